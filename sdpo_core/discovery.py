@@ -1,0 +1,164 @@
+"""Discovery statistics: how likely a method is to have found a verified solution within k attempts.
+
+- best-of-k: the unbiased pass@k estimator 1 - C(n-c, k) / C(n, k) from n i.i.d. samples with c successes
+  (Chen et al. 2021). Beyond k = n the estimator does not exist; there the plug-in 1 - (1 - c/n)^k is used.
+- sequential methods (SDPO, multi-turn): discovery@k = fraction of independent runs whose first verified solution
+  came within k attempts (paper Def. 5.1). One run gives a step function.
+- a set of problems: the average of the per-problem curves; confidence intervals by bootstrap over runs (one
+  problem) or over problems (a set).
+
+Pure Python, so the client SDK can use it without numpy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+import random
+from collections.abc import Callable, Sequence
+
+from pydantic import BaseModel, Field
+
+
+class DiscoveryCurve(BaseModel):
+    """discovery@k at the attempt counts `ks`, with a confidence band."""
+
+    label: str
+    ks: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    runs: int = Field(description="Independent runs (or samples for best-of-k) behind the curve.")
+    confidence: float = 0.9
+
+    def at(self, k: int) -> float:
+        """The curve's value at k (the last point at or before k)."""
+        i = bisect.bisect_right(self.ks, k) - 1
+        return self.mean[i] if i >= 0 else 0.0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """P(at least one success among k of n samples with c successes); unbiased for k <= n."""
+    if not 0 <= c <= n or n < 1 or k < 1:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n, n >= 1 and k >= 1 (got n={n}, c={c}, k={k})")
+    if k > n:
+        return 1.0 - (1.0 - c / n) ** k
+    if n - c < k:
+        return 1.0
+    # log C(n-c, k) - log C(n, k), in O(1) through log-gamma
+    log_ratio = math.lgamma(n - c + 1) - math.lgamma(n - c - k + 1) - math.lgamma(n + 1) + math.lgamma(n - k + 1)
+    return -math.expm1(log_ratio)
+
+
+def discovery_at_k(first_success: Sequence[int | None], k: int) -> float:
+    """Fraction of runs that found a solution within k attempts (None = never found)."""
+    if not first_success:
+        raise ValueError("discovery_at_k needs at least one run")
+    return sum(1 for t in first_success if t is not None and t <= k) / len(first_success)
+
+
+def curve_grid(budget: int, points: int = 200) -> list[int]:
+    """Attempt counts to evaluate a curve at: every k for small budgets, else a geometric grid ending at budget."""
+    if budget <= points:
+        return list(range(1, budget + 1))
+    grid = {max(1, round(budget ** (i / (points - 1)))) for i in range(points)}
+    return sorted(grid | {budget})
+
+
+def _band(samples: list[list[float]], confidence: float) -> tuple[list[float], list[float]]:
+    """Per-point percentile interval of bootstrap replicate curves."""
+    lo_q, hi_q = (1 - confidence) / 2, 1 - (1 - confidence) / 2
+    low, high = [], []
+    for column in zip(*samples, strict=True):
+        ordered = sorted(column)
+        low.append(ordered[int(lo_q * (len(ordered) - 1))])
+        high.append(ordered[math.ceil(hi_q * (len(ordered) - 1))])
+    return low, high
+
+
+def bootstrap_band(
+    units: Sequence, curve: Callable[[Sequence], list[float]], *, n_boot: int = 1000, confidence: float = 0.9,
+    seed: int = 0,
+) -> tuple[list[float], list[float]]:
+    """Percentile bootstrap band of `curve(units)`, resampling the units with replacement."""
+    rng = random.Random(seed)
+    replicates = [curve([units[rng.randrange(len(units))] for _ in units]) for _ in range(n_boot)]
+    return _band(replicates, confidence)
+
+
+def best_of_k_curve(
+    outcomes: Sequence[bool], ks: Sequence[int], *, label: str = "best-of-k", n_boot: int = 1000,
+    confidence: float = 0.9, seed: int = 0,
+) -> DiscoveryCurve:
+    """pass@k at `ks` from i.i.d. sample outcomes, with a bootstrap band over the samples."""
+
+    @functools.cache
+    def curve_for(n: int, c: int) -> tuple[float, ...]:
+        return tuple(pass_at_k(n, c, k) for k in ks)
+
+    def curve(sample: Sequence[bool]) -> list[float]:
+        return list(curve_for(len(sample), sum(sample)))
+
+    low, high = bootstrap_band(list(outcomes), curve, n_boot=n_boot, confidence=confidence, seed=seed)
+    return DiscoveryCurve(
+        label=label, ks=list(ks), mean=curve(outcomes), low=low, high=high, runs=len(outcomes), confidence=confidence
+    )
+
+
+def sequential_curve(
+    first_success: Sequence[int | None], ks: Sequence[int], *, label: str, n_boot: int = 1000,
+    confidence: float = 0.9, seed: int = 0,
+) -> DiscoveryCurve:
+    """discovery@k at `ks` from the first-success attempt of independent runs, bootstrap band over runs."""
+
+    def curve(runs: Sequence[int | None]) -> list[float]:
+        return [discovery_at_k(runs, k) for k in ks]
+
+    low, high = bootstrap_band(list(first_success), curve, n_boot=n_boot, confidence=confidence, seed=seed)
+    return DiscoveryCurve(
+        label=label, ks=list(ks), mean=curve(first_success), low=low, high=high, runs=len(first_success),
+        confidence=confidence,
+    )
+
+
+def average_curve(
+    per_problem: Sequence[Callable[[int], float]], ks: Sequence[int], *, label: str, n_boot: int = 1000,
+    confidence: float = 0.9, seed: int = 0,
+) -> DiscoveryCurve:
+    """The average over problems of per-problem discovery functions, bootstrap band over problems."""
+
+    def curve(problems: Sequence[Callable[[int], float]]) -> list[float]:
+        return [sum(f(k) for f in problems) / len(problems) for k in ks]
+
+    low, high = bootstrap_band(list(per_problem), curve, n_boot=n_boot, confidence=confidence, seed=seed)
+    return DiscoveryCurve(
+        label=label, ks=list(ks), mean=curve(per_problem), low=low, high=high, runs=len(per_problem),
+        confidence=confidence,
+    )
+
+
+def attempts_to_reach(curve: Callable[[int], float], target: float, budget: int) -> int | None:
+    """The fewest attempts k <= budget at which `curve(k) >= target` (curves are non-decreasing)."""
+    if curve(budget) < target:
+        return None
+    lo, hi = 1, budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if curve(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def attempts_ratio(method: Callable[[int], float], baseline: Callable[[int], float], budget: int) -> float | None:
+    """How many times fewer attempts `method` needs to reach the probability `baseline` reaches at `budget`.
+
+    None when the baseline never succeeds within the budget, or the method does not reach its level.
+    """
+    target = baseline(budget)
+    if target <= 0:
+        return None
+    needed = attempts_to_reach(method, target, budget)
+    return budget / needed if needed else None

@@ -1,0 +1,75 @@
+"""What a run produces and reports: attempts, progress events, the final result.
+
+One event type serves every consumer: the CLI draws its progress bar from it, the workers publish it to the job's
+Redis stream, the API streams it over SSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RunStatus = Literal["running", "succeeded", "exhausted", "cancelled"]
+
+
+class Attempt(BaseModel):
+    """One verified attempt."""
+
+    index: int = Field(description="1-based position in generation order over the whole run.")
+    step: int = Field(description="1-based step that sampled it.")
+    text: str
+    token_count: int
+    truncated: bool = Field(description="The attempt hit max_new_tokens before the end-of-sequence token.")
+    reward: float
+    solved: bool
+    feedback: str
+    answer: str | None = None
+
+
+class StepMetrics(BaseModel):
+    """Numbers from one step; the update fields are None for the baselines."""
+
+    loss: float | None = None
+    distilled_samples: int = 0
+    distilled_tokens: int = 0
+    grad_norm: float | None = None
+    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time per phase of the step.")
+
+
+class ProgressEvent(BaseModel):
+    """A run's progress after a step, or its end."""
+
+    type: Literal["step", "finished"]
+    method: str
+    step: int
+    attempts: int = Field(description="Attempts made so far.")
+    max_attempts: int
+    best_reward: float
+    solved: bool
+    first_success_attempt: int | None = None
+    status: RunStatus = "running"
+    metrics: StepMetrics | None = None
+
+
+EventSink = Callable[[ProgressEvent], None]
+
+
+def ignore_events(event: ProgressEvent) -> None:
+    """The default sink."""
+
+
+class RunResult(BaseModel):
+    """The outcome of one run."""
+
+    method: str
+    status: RunStatus
+    attempts: list[Attempt]
+    steps: int
+    first_success_attempt: int | None = Field(description="Index of the first verified solution, if found.")
+    solution: str | None = None
+
+    @property
+    def solved(self) -> bool:
+        return self.first_success_attempt is not None

@@ -1,0 +1,78 @@
+"""All knobs of one discovery run in one place: the method, the budget and the SDPO hyperparameters.
+
+Defaults follow the paper's test-time setting (arXiv 2601.20802, Table 12 "TTT" column) except where a LoRA
+adapter needs otherwise; each departure is said on its field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["sdpo", "best-of-k", "multi-turn"]
+TeacherKind = Literal["ema", "frozen", "trust-region"]
+
+# All attention and MLP projections of Llama/Qwen/Mistral-style decoders.
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class SDPOSettings(BaseModel):
+    """Hyperparameters of the SDPO update (ignored by the baselines)."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(default=1.0, ge=0.0, le=1.0, description="0 forward KL, 1 reverse KL, between: JSD.")
+    top_k: int | None = Field(default=20, ge=1, description="Distil over the student's top-K tokens; None = full vocab.")
+    add_tail: bool = Field(default=True, description="Add one bucket for the probability mass outside the top-K.")
+    is_clip: float | None = Field(default=2.0, gt=0, description="Cap of the detached importance weight pi/pi_old.")
+    teacher: TeacherKind = Field(default="ema", description="Which self-teacher regularisation to use.")
+    teacher_update_rate: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="EMA rate r, or the trust-region interpolation weight."
+    )
+    learning_rate: float = Field(
+        default=1e-4, gt=0, description="AdamW learning rate of the LoRA adapter (measured: docs/benchmarks.md)."
+    )
+    weight_decay: float = Field(default=0.01, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    lora_rank: int = Field(default=16, ge=1, le=512)
+    lora_alpha: float = Field(default=32.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
+    include_feedback: bool = Field(default=True, description="Put the verifier's feedback in the teacher's context.")
+    feedback_only_without_solution: bool = Field(
+        default=True, description="Use feedback only for samples that have no successful sibling to imitate."
+    )
+    success_threshold: float = Field(default=1.0, ge=0, le=1, description="Reward at which a sibling demonstrates.")
+    remove_thinking: bool = Field(default=True, description="Strip <think>...</think> from demonstrations.")
+    max_reprompt_tokens: int = Field(default=4096, ge=64, description="Longest teacher prompt; feedback shortened.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Attempts per forward/backward pass.")
+    loss_chunk_tokens: int = Field(default=512, ge=1, description="Tokens whose logits are materialised at once.")
+
+
+class RunSettings(BaseModel):
+    """One discovery run: which method, how many attempts, how they are sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method = "sdpo"
+    max_attempts: int = Field(default=256, ge=1, le=1_000_000, description="The attempt budget.")
+    attempts_per_step: int = Field(default=16, ge=1, le=1024, description="Attempts sampled per step (N).")
+    max_new_tokens: int = Field(default=256, ge=1, le=65_536, description="Longest attempt in tokens.")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    stop_at_first_success: bool = Field(default=True, description="False keeps going to trace a full curve.")
+    max_prompt_tokens: int = Field(
+        default=4096, ge=64, description="Multi-turn: the oldest feedback is dropped beyond this many prompt tokens."
+    )
+    sdpo: SDPOSettings = Field(default_factory=SDPOSettings)
+
+    @model_validator(mode="after")
+    def _budget_covers_a_step(self) -> RunSettings:
+        if self.max_attempts < self.attempts_per_step:
+            raise ValueError(
+                f"max_attempts ({self.max_attempts}) is smaller than one step of attempts_per_step "
+                f"({self.attempts_per_step})"
+            )
+        return self
+
+    @property
+    def max_steps(self) -> int:
+        return -(-self.max_attempts // self.attempts_per_step)
