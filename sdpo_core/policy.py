@@ -89,7 +89,7 @@ class LoraPolicy:
     def _active(self, adapter: str | None) -> Iterator[None]:
         """Run the model with one adapter active, or with none (the base model)."""
         if adapter is None:
-            if self.peft is None:
+            if self.peft is None or not self.adapters:
                 yield
             else:
                 with self.peft.disable_adapter():
@@ -116,9 +116,9 @@ class LoraPolicy:
     ) -> torch.Tensor:
         """Logits (B, V) of the next token for rows that each use their own adapter (None = base)."""
         kwargs = {self.cache_kwarg: cache, "use_cache": True, "logits_to_keep": 1}
-        if self.peft is None:
-            assert all(a is None for a in adapters), "adapters requested before any was created"
-            out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        if all(a is None for a in adapters):
+            with self._active(None):
+                out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         else:
             names = [BASE if a is None else a for a in adapters]
             out = self.peft(
