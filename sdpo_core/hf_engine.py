@@ -122,6 +122,8 @@ class TransformersEngine:
         self.max_batch_size = max_batch_size
         self.stop_token_ids = stop_token_ids if stop_token_ids is not None else policy.stop_token_ids
         self.sync_every = sync_every or (8 if policy.device.type == "cuda" else 1)
+        self.decode_steps = 0  # counters for benchmarks: batched decode forwards, and KV-cache bytes they read
+        self.cache_bytes_read = 0
 
     def publish_adapter(self, name: str) -> None:
         """Nothing to do: generation reads the adapter's live weights."""
@@ -190,6 +192,8 @@ class TransformersEngine:
     def _forward(self, batch: _Batch, tokens: torch.Tensor, rows: RowAdapters) -> None:
         """Feed `tokens` (B,) to the model: extends the cache, refreshes the logits."""
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.slots), 1)], dim=1)
+        self.decode_steps += 1
+        self.cache_bytes_read += sum(2 * k.numel() * k.element_size() for k, _ in batch.layers)
         rows.index = batch.adapter
         cache = DynamicCache(ddp_cache_data=batch.layers)
         batch.logits = self.policy.next_token_logits(tokens[:, None], batch.mask, batch.next_pos[:, None], cache).float()

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdpo", description="Test-time discovery with SDPO on a per-problem LoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_solve_parser(sub)
+    from service.bench_commands import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
