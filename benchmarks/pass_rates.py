@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--hard-out", help="write the problems with 0 < pass@1 <= --max-rate to this JSONL")
+    parser.add_argument("--max-rate", type=float, default=0.05)
     args = parser.parse_args()
+    hard = []
     warnings.filterwarnings("ignore")
     model, tokenizer = load_model_and_tokenizer(args.model)
     policy = LoraPolicy(model, tokenizer)
@@ -51,6 +54,11 @@ def main() -> None:
         tokens = sum(len(c.token_ids) for c in completions) / len(completions)
         print(f"{problem.id or Path(path).stem:<28} {solved:>3}/{args.samples:<3} {solved / args.samples:>7.3f} "
               f"[{low:.3f}, {high:.3f}] {tokens:>11.1f}", flush=True)
+        if 0 < solved <= args.max_rate * args.samples:
+            hard.append(problem.model_dump_json(exclude_none=True))
+    if args.hard_out:
+        Path(args.hard_out).write_text("".join(line + "\n" for line in hard))
+        print(f"{len(hard)} problems with 0 < pass@1 <= {args.max_rate} written to {args.hard_out}")
 
 
 if __name__ == "__main__":

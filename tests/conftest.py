@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,13 +20,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+# The engine contract suite also runs on a GPU machine with SDPO_TEST_DEVICE=cuda (benchmarks/gpu_suite.sh).
+TEST_DEVICE = os.environ.get("SDPO_TEST_DEVICE", "cpu")
+
+
 @pytest.fixture
 def tiny_policy(tiny_model_dir):
     """A fresh LoraPolicy on the tiny model (adapters are per test)."""
     from sdpo_core.models import load_model_and_tokenizer
     from sdpo_core.policy import LoraPolicy
 
-    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device=TEST_DEVICE, dtype="float32")
     return LoraPolicy(model, tokenizer)
 
 

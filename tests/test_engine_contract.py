@@ -37,7 +37,7 @@ def make_adapter(policy, name, scale, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in policy.parameters(name).values():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+            p.add_(torch.randn(p.shape, generator=g).to(p.device) * scale)
 
 
 def test_shapes_stops_and_lengths(engine_and_policy):
