@@ -54,9 +54,10 @@ def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 class TransformersEngine:
     """Batched multi-adapter sampling on a LoraPolicy; the policy's adapters are used live (no copies)."""
 
-    def __init__(self, policy: LoraPolicy, max_batch_size: int = 32) -> None:
+    def __init__(self, policy: LoraPolicy, max_batch_size: int = 32, stop_token_ids: set[int] | None = None) -> None:
         self.policy = policy
         self.max_batch_size = max_batch_size
+        self.stop_token_ids = stop_token_ids if stop_token_ids is not None else policy.stop_token_ids
 
     def publish_adapter(self, name: str) -> None:
         """Nothing to do: generation reads the adapter's live weights."""
@@ -67,7 +68,7 @@ class TransformersEngine:
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         device = self.policy.device
-        stop = torch.tensor(sorted(self.policy.stop_token_ids), device=device)
+        stop = torch.tensor(sorted(self.stop_token_ids), device=device)
         prompts = [self._prefill(r) for r in requests]  # (cache layers, last logits) per request
         queue = deque(
             _Slot(i, j, r.adapter, r.max_new_tokens, r.temperature, [], [])
@@ -76,12 +77,13 @@ class TransformersEngine:
         results: list[list[Completion | None]] = [[None] * r.n for r in requests]
 
         slots: list[_Slot] = []
-        cache = DynamicCache()  # rebuilt only when slots join or leave
-        mask = torch.zeros(0, 0, dtype=torch.long, device=device)  # (B, L)
-        next_pos = torch.zeros(0, dtype=torch.long, device=device)  # (B,)
-        logits = torch.zeros(0, 0, device=device)  # (B, V) for the token each slot samples next
-        uniforms = torch.zeros(0, 0, device=device)  # (B, max_new)
         while slots or queue:
+            if not slots:  # an empty batch: start its tensors afresh
+                cache = DynamicCache()  # rebuilt only when slots join or leave
+                mask = torch.zeros(0, 0, dtype=torch.long, device=device)  # (B, L)
+                next_pos = torch.zeros(0, dtype=torch.long, device=device)  # (B,)
+                logits = torch.zeros(0, 0, device=device)  # (B, V) for the token each slot samples next
+                uniforms = torch.zeros(0, 0, device=device)  # (B, max_new)
             # ---- fill free slots with waiting attempts (their KV cache is their prompt's) ----
             newcomers = [queue.popleft() for _ in range(min(self.max_batch_size - len(slots), len(queue)))]
             if newcomers:

@@ -17,6 +17,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from sdpo_core.settings import SDPOSettings
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+_PREFIX = "sdpo_"  # peft adapters are ModuleDict keys: a bare name like "half" would clash with nn.Module
+
+
+def _key(name: str) -> str:
+    """peft's name for our adapter `name` (dots are not allowed in module names)."""
+    return _PREFIX + name.replace(".", "_")
 
 
 class LoraPolicy:
@@ -38,7 +44,7 @@ class LoraPolicy:
 
     @property
     def adapters(self) -> list[str]:
-        return list(self.peft.peft_config) if self.peft is not None else []
+        return [key.removeprefix(_PREFIX) for key in self.peft.peft_config] if self.peft is not None else []
 
     def create_adapter(self, name: str, settings: SDPOSettings, seed: int) -> None:
         """A fresh adapter: A random (seeded), B zero, so it starts exactly at the base model."""
@@ -49,25 +55,29 @@ class LoraPolicy:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             if self.peft is None:
-                self.peft = get_peft_model(self.base, config, adapter_name=name)
+                self.peft = get_peft_model(self.base, config, adapter_name=_key(name))
             else:
-                self.peft.add_adapter(name, config)
+                self.peft.add_adapter(_key(name), config)
+        self._keep_active_adapter_valid()
         self.peft.eval()  # no dropout anywhere; eval mode is also what mixed-adapter batches require
         for param in self.parameters(name).values():
             param.requires_grad_(True)
 
     def delete_adapter(self, name: str) -> None:
-        if self.peft is not None and name in self.peft.peft_config:
-            self.peft.delete_adapter(name)
+        if self.peft is not None and _key(name) in self.peft.peft_config:
+            self.peft.delete_adapter(_key(name))
+            self._keep_active_adapter_valid()
+
+    def _keep_active_adapter_valid(self) -> None:
+        """peft keeps pointing its active adapter at a deleted one, and its forward then fails: repoint it."""
+        if self.peft.peft_config and self.peft.active_adapter not in self.peft.peft_config:
+            self.peft.set_adapter(next(iter(self.peft.peft_config)))
 
     def parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
         """The adapter's LoRA tensors keyed by module path (the adapter's name left out)."""
-        assert self.peft is not None and name in self.peft.peft_config, f"no adapter named {name!r}"
-        found = {}
-        for key, param in self.peft.named_parameters():
-            if "lora_" in key and key.endswith(f".{name}.weight"):
-                found[key.removesuffix(f".{name}.weight")] = param
-        return found
+        assert self.peft is not None and _key(name) in self.peft.peft_config, f"no adapter named {name!r}"
+        suffix = f".{_key(name)}.weight"
+        return {key.removesuffix(suffix): p for key, p in self.peft.named_parameters() if key.endswith(suffix)}
 
     def state(self, name: str) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the adapter's tensors, for checkpoints."""
@@ -96,7 +106,7 @@ class LoraPolicy:
                     yield
             return
         assert self.peft is not None, f"no adapter named {adapter!r}"
-        self.peft.set_adapter(adapter)
+        self.peft.set_adapter(_key(adapter))
         yield
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None) -> torch.Tensor:
@@ -120,7 +130,7 @@ class LoraPolicy:
             with self._active(None):
                 out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         else:
-            names = [BASE if a is None else a for a in adapters]
+            names = [BASE if a is None else _key(a) for a in adapters]
             out = self.peft(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, adapter_names=names,
                 **kwargs,

@@ -1,16 +1,47 @@
-"""Shared fixtures: a real redis-server on a free loopback port, and the tiny test model folder."""
+"""Shared fixtures: the tiny random model (fast unit tests), the real SmolLM2 (integration tests), and a real
+redis-server on a free loopback port (service tests)."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import make_tiny_model_dir
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import make_tiny_model_dir  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_policy(tiny_model_dir):
+    """A fresh LoraPolicy on the tiny model (adapters are per test)."""
+    from sdpo_core.models import load_model_and_tokenizer
+    from sdpo_core.policy import LoraPolicy
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    return LoraPolicy(model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def smollm2_policy():
+    """The real offline default model, loaded once per session (converted from the GGUF on first use)."""
+    from sdpo_core.models import load_model_and_tokenizer
+    from sdpo_core.policy import LoraPolicy
+
+    model, tokenizer = load_model_and_tokenizer(None, device="cpu")
+    return LoraPolicy(model, tokenizer)
 
 
 def free_port() -> int:
@@ -19,36 +50,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory):
+def redis_url(tmp_path_factory):
     """redis://127.0.0.1:N/0 of a redis-server started for this test session (no persistence)."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed: run ./scripts/setup.sh"
-    directory = tmp_path_factory.mktemp("redis")
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
+    while not _redis_answers(port):
         assert process.poll() is None, "redis-server exited at start"
         assert time.monotonic() < deadline, "redis-server did not answer within 20 s"
         time.sleep(0.05)
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with a character tokenizer, as an HF folder."""
-    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-llama")

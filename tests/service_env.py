@@ -16,7 +16,7 @@ import uvicorn
 from service.app import create_app
 from service.auth import hash_key
 from service.config import Settings
-from tests.conftest import free_port
+from conftest import free_port
 
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 
