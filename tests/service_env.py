@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from conftest import free_port
 
 from service.app import create_app
 from service.auth import hash_key
 from service.config import Settings
-from conftest import free_port
 
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 

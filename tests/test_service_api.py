@@ -10,11 +10,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from service_env import KEYS, ApiServer, api_settings
 
 from service.app import create_app
 from service.client import Client, Conflict, NotFound, RateLimited
 from service.config import Settings
-from service_env import KEYS, ApiServer, api_settings
 
 PROBLEM = {"prompt": "What is 2 + 2?", "verifier": {"type": "numeric", "answer": 4}}
 ALICE = {"Authorization": f"Bearer {KEYS['alice']}"}

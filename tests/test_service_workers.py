@@ -13,9 +13,9 @@ import tarfile
 
 import httpx
 import pytest
+from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
 
 from service.client import Client
-from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
 
 EASY = {"id": "easy", "prompt": "Say a", "verifier": {"type": "regex", "pattern": "a", "target": "completion",
                                                       "full_match": False}}
