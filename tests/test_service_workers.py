@@ -133,6 +133,55 @@ def test_batch_results_in_order_with_the_average_curve(service):
     assert result.curve.curves[0].mean[-1] == pytest.approx(2 / 3)
     assert client.list_batches().data[0].id == result.batch.id
 
+    # "easy" and "never" ran at once (concurrency 2) in one worker: some step of each came from the same
+    # generation call, which reports one shared generate time to every run it served.
+    def generate_times(job_id: str) -> set[float]:
+        return {e.data["metrics"]["seconds"]["generate"] for e in client.event_page(job_id, limit=1000).data
+                if e.type == "progress" and e.data["type"] == "step"}
+
+    easy, never = (r.job.id for r in result.results[:2])
+    assert generate_times(easy) & generate_times(never)
+
+
+def test_async_client_and_cli_commands(service, tmp_path, capsys):
+    import asyncio
+    import json
+
+    from service.cli import main
+    from service.client import AsyncClient
+
+    api, _, _ = service
+
+    async def solve_and_follow() -> tuple[str, list[str]]:
+        async with AsyncClient(api.url, KEYS["alice"]) as client:
+            job = await client.submit(EASY, budget=8, settings=SMALL, baselines=[])
+            types = [event.type async for event in client.events(job.id)]
+            return (await client.wait(job.id, timeout=60, poll_s=0.2)).status, types
+
+    status, types = asyncio.run(solve_and_follow())
+    assert status == "succeeded" and types[0] == "status" and "progress" in types and types[-1] == "status"
+
+    flags = ["--url", api.url, "--api-key", KEYS["alice"]]
+    (tmp_path / "p.json").write_text(json.dumps(EASY))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(SMALL))
+    assert main(["submit", str(tmp_path / "p.json"), "--budget", "8", "--settings", str(settings), "--wait",
+                 "--json", *flags]) == 0
+    job_id = json.loads(capsys.readouterr().out)["id"]
+    assert main(["status", job_id, *flags]) == 0
+    assert "succeeded" in capsys.readouterr().out
+    assert main(["events", job_id, *flags]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["type"] == "status" and lines[-1]["status"] == "succeeded"
+    assert main(["curve", job_id, "-o", str(tmp_path / "c.svg"), *flags]) == 0
+    assert (tmp_path / "c.svg").read_text().startswith("<svg")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({**EASY, "id": f"e{i}"}) for i in range(2)))
+    assert main(["batch", str(tmp_path / "b.jsonl"), "--budget", "8", "--settings", str(settings), "--no-baseline",
+                 *flags]) == 0
+    assert capsys.readouterr().out.count("succeeded") == 2
+    assert main(["status", "job_0123456789abcdef012345", *flags]) == 2
+    assert "404" in capsys.readouterr().err
+
 
 def test_kill_9_mid_job_a_second_worker_resumes_without_losing_or_repeating_attempts(redis_url, tiny_model_dir,
                                                                                        tmp_path):
@@ -178,7 +227,19 @@ def test_sigterm_hands_running_jobs_back_to_the_queue(redis_url, tiny_model_dir,
         reasons = [e.data.get("reason") for e in client.event_page(job.id, limit=1000).data if e.type == "status"]
         assert "worker shut down" in reasons
         assert len(client.attempts(job.id)) == handed_back.attempts  # the last step was checkpointed and published
-        client.cancel(job.id)
+
+        # The job has now been started `max_tries` times without finishing: the next worker ends it `failed`.
+        import redis
+
+        with redis.Redis.from_url(redis_url) as r:
+            r.hset(f"{prefix}:job:{job.id}", "tries", 3)
+        workers.start(max_tries=3)
+        try:
+            failed = client.wait(job.id, timeout=120, poll_s=0.2)
+        finally:
+            workers.stop_all()
+        assert failed.status == "failed" and failed.error.code == "job_keeps_failing", workers.logs()
+        assert "started 3 times" in failed.error.message
 
 
 def test_adapter_archive_is_a_tarball_of_a_peft_folder():
