@@ -441,6 +441,32 @@ class AsyncClient(_Base):
                     raise WaitTimeout(f"job {job_id} still {job.status} after {timeout} s")
                 await asyncio.sleep(poll_s)
 
+    async def event_page(self, job_id: str, *, after: str | None = None, limit: int = 100) -> EventList:
+        params = {"after": after, "limit": limit}
+        return EventList.model_validate((await self.request("GET", f"/v1/jobs/{job_id}/events", params=params)).json())
+
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        attempts, after = [], 0
+        while True:
+            response = await self.request("GET", f"/v1/jobs/{job_id}/attempts", params={"after": after, "limit": 500})
+            page = AttemptList.model_validate(response.json())
+            attempts += page.data
+            if not page.has_more or page.last_id is None:
+                return attempts
+            after = page.last_id
+
+    async def curve_svg(self, job_id: str) -> str:
+        return (await self.request("GET", f"/v1/jobs/{job_id}/curve.svg")).text
+
+    async def download_adapter(self, job_id: str, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_bytes((await self.request("GET", f"/v1/jobs/{job_id}/adapter")).content)
+        return path
+
+    async def list_batches(self, *, after: str | None = None, limit: int = 10) -> BatchList:
+        params = {"after": after, "limit": limit}
+        return BatchList.model_validate((await self.request("GET", "/v1/batches", params=params)).json())
+
     async def solution(self, job_id: str) -> Solution:
         return Solution.model_validate((await self.request("GET", f"/v1/jobs/{job_id}/solution")).json())
 

@@ -210,3 +210,38 @@ def fuzz_api(redis_url):
                                  HealthCheck.filter_too_much])
 def test_no_server_errors_on_any_input(case, fuzz_api):
     case.call_and_validate(base_url=fuzz_api.url, headers=ALICE, checks=[not_a_server_error], timeout=10)
+
+
+# ---- batches and key configuration -----------------------------------------------------------------------------
+def test_batch_with_concurrency_queues_some_and_cancel_stops_all(api):
+    with Client(api.url, KEYS["alice"]) as client:
+        batch = client.submit_batch([PROBLEM, PROBLEM, PROBLEM], concurrency=1, budget=16,
+                                    settings={"attempts_per_step": 4}, metadata={"suite": "smoke"})
+        assert batch.status == "in_progress" and len(batch.job_ids) == 3 and batch.counts == {"queued": 3}
+        assert batch.metadata == {"suite": "smoke"} and batch.curve is None
+        assert client.get(batch.job_ids[0]).batch_id == batch.id
+        cancelled = client.cancel_batch(batch.id)
+        assert cancelled.status == "cancelled" and cancelled.counts == {"cancelled": 3}
+        assert client.cancel_batch(batch.id).status == "cancelled"  # idempotent
+    with Client(api.url, KEYS["bob"]) as other, pytest.raises(NotFound):
+        other.get_batch(batch.id)
+
+
+def test_api_keys_from_a_file_and_malformed_configuration(tmp_path):
+    import json
+
+    from service.auth import KeyConfigError, hash_key, load_keys, tenant_for
+
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": [{"tenant": "acme", "sha256": hash_key("s3cret")}]}))
+    keys = load_keys(Settings(api_keys_file=path, api_keys=f"zeta={hash_key('z')}"))
+    assert "s3cret" not in json.dumps(keys)  # only hashes are held
+    assert tenant_for(keys, "Bearer s3cret", allow_anonymous=False) == "acme"
+    assert tenant_for(keys, "Bearer z", allow_anonymous=False) == "zeta"
+    assert tenant_for(keys, "Basic s3cret", allow_anonymous=False) is None
+    assert tenant_for(keys, None, allow_anonymous=True) == "anonymous"
+    with pytest.raises(KeyConfigError, match="SHA-256"):
+        load_keys(Settings(api_keys="acme=plaintext-key"))
+    path.write_text("not json")
+    with pytest.raises(KeyConfigError, match="keys.json"):
+        load_keys(Settings(api_keys_file=path))
