@@ -27,6 +27,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workers import checkpoint
 from workers.jobs import TERMINAL, JobFailure, JobSpec, now
@@ -36,6 +38,7 @@ from workers.runtime import METHOD, ActiveJob, open_runs
 from workers.store import JobStore
 
 log = logging.getLogger(__name__)
+FORGET_WORKERS_AFTER_S = 3600  # a worker silent this long is dropped from the liveness table
 
 
 class Worker:
@@ -85,9 +88,13 @@ class Worker:
         try:
             await self._beat()
             while not self.stopping.is_set():
-                await self._admit_jobs()
-                if self.active:
-                    await self._iteration()
+                try:
+                    await self._admit_jobs()
+                    if self.active:
+                        await self._iteration()
+                except (RedisConnectionError, RedisTimeoutError) as exc:  # ride out a Redis restart
+                    log.warning("redis unavailable (%s); retrying in 1 s", exc)
+                    await asyncio.sleep(1.0)
         finally:
             heartbeat.cancel()
             await self._hand_back_all()
@@ -132,6 +139,10 @@ class Worker:
             await self.redis.xclaim(self.keys.queue, GROUP, self.id, 0, entries, justid=True)
         info = {"seen_at": now(), "model": self.model_name, "jobs": sorted(self.active)}
         await self.redis.hset(self.keys.workers, self.id, json.dumps(info))
+        gone = [w for w, raw in (await self.redis.hgetall(self.keys.workers)).items()
+                if json.loads(raw).get("seen_at", 0) < now() - FORGET_WORKERS_AFTER_S]
+        if gone:
+            await self.redis.hdel(self.keys.workers, *gone)
 
     # ---- admission --------------------------------------------------------------------------------------------
     async def _admit_jobs(self) -> None:
