@@ -1,7 +1,7 @@
 """The transformers + peft generation engine: runs everywhere (CPU tests and demo, GPU).
 
 A decode loop of our own rather than `generate`, for three reasons:
-- attempts of different adapters share a batch (peft `adapter_names`, one adapter per row);
+- attempts of different adapters share a batch (LoraPolicy.rows_lora: one adapter per row, batched matmuls);
 - a finished attempt leaves the batch at once and a waiting one takes its slot, so no slot decodes padding while
   the longest attempt runs on (plain `generate` at batch 32 spent ~70% of its slots on padding here);
 - sampling is inverse-CDF with per-attempt uniform streams (engine.attempt_uniforms), reproducible whatever the
@@ -67,9 +67,14 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        names = sorted({r.adapter for r in requests if r.adapter is not None})
+        with self.policy.rows_lora(names) as rows:
+            return self._generate(requests, rows, {name: i for i, name in enumerate(names, start=1)})
+
+    def _generate(self, requests: list[GenerationRequest], rows, adapter_index: dict[str, int]) -> list[list[Completion]]:
         device = self.policy.device
         stop = torch.tensor(sorted(self.stop_token_ids), device=device)
-        prompts = [self._prefill(r) for r in requests]  # (cache layers, last logits) per request
+        prompts = [self._prefill(r, rows, adapter_index) for r in requests]  # (cache layers, last logits) per request
         queue = deque(
             _Slot(i, j, r.adapter, r.max_new_tokens, r.temperature, [], [])
             for i, r in enumerate(requests) for j in range(r.n)
@@ -118,19 +123,19 @@ class TransformersEngine:
                 layers, mask = _trim_padding(layers, mask)
                 cache = DynamicCache(ddp_cache_data=layers)
             mask = torch.cat([mask, mask.new_ones(len(slots), 1)], dim=1)
-            logits = self.policy.next_token_logits(
-                tokens[:, None], mask, next_pos[:, None], cache, [s.adapter for s in slots]
-            ).float()
+            rows.index = torch.tensor([adapter_index.get(s.adapter, 0) for s in slots], device=device)
+            logits = self.policy.next_token_logits(tokens[:, None], mask, next_pos[:, None], cache).float()
             next_pos = next_pos + 1
         return [[c for c in per_request if c is not None] for per_request in results]
 
-    def _prefill(self, request: GenerationRequest) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def _prefill(self, request: GenerationRequest, rows, adapter_index: dict[str, int]):
         """The prompt's KV cache (batch 1) and the logits of the first response token."""
         ids = torch.tensor([request.prompt_ids], device=self.policy.device)
         mask = torch.ones_like(ids)
         positions = torch.arange(ids.shape[1], device=ids.device)[None]
         cache = DynamicCache()
-        logits = self.policy.next_token_logits(ids, mask, positions, cache, [request.adapter]).float()
+        rows.index = torch.tensor([adapter_index.get(request.adapter, 0)], device=ids.device)
+        logits = self.policy.next_token_logits(ids, mask, positions, cache).float()
         return _layers(cache), logits[0]
 
     def _admit(self, newcomers, requests, prompts, layers, mask, next_pos, logits, uniforms):
