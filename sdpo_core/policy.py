@@ -110,6 +110,12 @@ class LoraPolicy:
         suffix = f".{_key(name)}.weight"
         return {key.removesuffix(suffix): p for key, p in self.peft.named_parameters() if key.endswith(suffix)}
 
+    def lora_settings(self, name: str) -> SDPOSettings:
+        """The LoRA shape the adapter was created with (rank, alpha, target modules), as SDPOSettings fields."""
+        config = self.peft.peft_config[_key(name)]
+        return SDPOSettings(lora_rank=config.r, lora_alpha=config.lora_alpha,
+                            target_modules=sorted(config.target_modules))
+
     def state(self, name: str) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the adapter's tensors, for checkpoints."""
         return {key: param.detach().to("cpu", copy=True) for key, param in self.parameters(name).items()}

@@ -391,8 +391,10 @@ def add_hash_key_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdpo", description="Test-time discovery with SDPO on a per-problem LoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from service.bench_commands import add_bench_parser
+
     for add in (add_solve_parser, add_serve_parser, add_worker_parser, add_submit_parser, add_status_parser,
-                add_events_parser, add_curve_parser, add_batch_parser, add_hash_key_parser):
+                add_events_parser, add_curve_parser, add_batch_parser, add_hash_key_parser, add_bench_parser):
         add(sub)
     return parser
 

@@ -100,3 +100,15 @@ def test_batched_row_lora_matches_peft_for_each_adapter(tiny_policy):
             logits = tiny_policy.head(hidden[0, len(req.prompt_ids) - 1: -1])
             expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_looking_at_tokens_less_often_changes_nothing(tiny_policy):
+    """sync_every > 1 (the GPU setting) only wastes a few decode steps; the attempts are the same."""
+    stop = set(tiny_policy.tokenizer.convert_tokens_to_ids(list("aeiou")))
+    reqs = [request(tiny_policy, indices=range(1, 11), max_new=9), request(tiny_policy, "Other?", indices=[1, 2])]
+    every = TransformersEngine(tiny_policy, max_batch_size=4, stop_token_ids=stop, sync_every=1).generate(reqs)
+    lazy = TransformersEngine(tiny_policy, max_batch_size=4, stop_token_ids=stop, sync_every=5).generate(reqs)
+    for a_req, b_req in zip(every, lazy):
+        assert [(c.token_ids, c.truncated) for c in a_req] == [(c.token_ids, c.truncated) for c in b_req]
+        for a, b in zip(a_req, b_req):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
