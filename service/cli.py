@@ -1,6 +1,14 @@
 """The `sdpo` command line.
 
     sdpo solve PROBLEM.json [--method sdpo|best-of-k|multi-turn] [--max-attempts N] ...   in-process, no server
+    sdpo serve [--host H] [--port P]                 the HTTP API (settings: SDPO_* environment variables)
+    sdpo worker [--model M] [--max-jobs N]           a worker taking jobs from Redis
+    sdpo submit PROBLEM.json [--wait]                submit one problem to the server
+    sdpo status ID | sdpo events ID | sdpo curve ID -o FILE.svg
+    sdpo batch FILE.jsonl [--concurrency N]          one problem per line, solved as a batch
+    sdpo hash-key KEY                                the SHA-256 to configure an API key with
+
+The server-facing commands take --url/--api-key, or SDPO_URL / SDPO_API_KEY.
 
 Heavy imports (torch, transformers) happen inside the commands that need them, so the light client install can
 run the server-facing commands.
@@ -114,14 +122,280 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_solve)
 
 
+# ---- server side: sdpo serve, sdpo worker -----------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP API under uvicorn."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.auth import KeyConfigError
+    from service.config import Settings
+
+    overrides = {"redis_url": args.redis_url} if args.redis_url else {}
+    try:
+        app = create_app(Settings(**overrides))
+    except KeyConfigError as exc:
+        raise CLIError(str(exc)) from exc
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP API (settings from SDPO_* environment variables)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--redis-url", help="Redis URL (default $SDPO_REDIS_URL or redis://localhost:6379/0)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker until SIGTERM."""
+    import asyncio
+    import logging
+    import os
+
+    from workers.worker import Worker
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(
+        redis_url=args.redis_url or os.environ.get("SDPO_REDIS_URL", "redis://localhost:6379/0"),
+        model=args.model, checkpoint_dir=Path(args.checkpoint_dir), prefix=args.prefix, max_jobs=args.max_jobs,
+        lease_ms=args.lease_ms, max_tries=args.max_tries, poll_ms=args.poll_ms, retention_s=args.retention_s,
+        max_batch_size=args.max_batch_size,
+    )
+    asyncio.run(worker.run())
+    return 0
+
+
+def add_worker_parser(sub: argparse._SubParsersAction) -> None:
+    import os
+
+    env = os.environ.get
+    p = sub.add_parser("worker", help="take jobs from Redis and run them on one base model")
+    p.add_argument("--model", default=env("SDPO_MODEL"), help="HF id or local folder (default: offline smollm2)")
+    p.add_argument("--redis-url", help="Redis URL (default $SDPO_REDIS_URL or redis://localhost:6379/0)")
+    p.add_argument("--prefix", default=env("SDPO_REDIS_PREFIX", "sdpo"), help="Redis key prefix (default sdpo)")
+    p.add_argument("--checkpoint-dir", default=env("SDPO_CHECKPOINT_DIR", "checkpoints"),
+                   help="job checkpoints; share it between workers that may take over each other's jobs")
+    p.add_argument("--max-jobs", type=int, default=4, help="jobs interleaved in one generation batch (default 4)")
+    p.add_argument("--lease-ms", type=int, default=30_000, help="a silent worker's jobs are reclaimed after this")
+    p.add_argument("--max-tries", type=int, default=3, help="starts before a job that keeps failing ends failed")
+    p.add_argument("--poll-ms", type=int, default=1000, help="how long an idle worker waits for a job")
+    p.add_argument("--retention-s", type=int, default=int(env("SDPO_RETENTION_S", 7 * 86400)),
+                   help="how long finished jobs are kept (default 7 days)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="generation slots (default 32)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_worker)
+
+
+# ---- client side: submit, status, events, curve, batch ------------------------------------------------------------
+def _client(args: argparse.Namespace):
+    from service.client import Client
+
+    return Client(args.url, args.api_key)
+
+
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="server URL (default $SDPO_URL or http://localhost:8000)")
+    p.add_argument("--api-key", help="API key (default $SDPO_API_KEY)")
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.settings:
+        options["settings"] = read_json(args.settings)
+    for name in ("method", "budget", "model"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.no_baseline:
+        options["baselines"] = []
+    return options
+
+
+def _add_job_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["sdpo", "best-of-k", "multi-turn"], help="discovery method (default sdpo)")
+    p.add_argument("--budget", type=int, help="attempt budget (default 256)")
+    p.add_argument("--settings", help="JSON file with RunSettings fields")
+    p.add_argument("--model", help="base model the job needs (default: the served one)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the best-of-k comparison")
+
+
+def _print_job(job) -> None:
+    solved = f", solved at attempt {job.first_success_attempt}" if job.solved else ""
+    print(f"{job.id}  {job.status}  {job.attempts}/{job.budget} attempts{solved}")
+    if job.error:
+        print(f"  error {job.error.code}: {job.error.message}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a problem; with --wait, follow it to the end."""
+    from service.client import SDPOError
+
+    problem = load_problem(args.problem)
+    try:
+        with _client(args) as client:
+            job = client.submit(problem, **_job_options(args))
+            if args.wait:
+                job = client.wait(job.id, progress=not args.json)
+    except (SDPOError, ValidationError) as exc:
+        raise CLIError(str(exc)) from exc
+    print(job.model_dump_json(indent=2)) if args.json else _print_job(job)
+    return 0 if job.status != "failed" else 1
+
+
+def add_submit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit one problem to the server")
+    p.add_argument("problem", help="problem JSON file")
+    _add_job_flags(p)
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish, with a progress bar")
+    p.add_argument("--json", action="store_true", help="print the job as JSON")
+    _add_connection_flags(p)
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from service.client import SDPOError
+
+    try:
+        with _client(args) as client:
+            job = client.get(args.id)
+    except SDPOError as exc:
+        raise CLIError(str(exc)) from exc
+    print(job.model_dump_json(indent=2)) if args.json else _print_job(job)
+    return 0
+
+
+def add_status_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show a job")
+    p.add_argument("id", help="job id")
+    p.add_argument("--json", action="store_true", help="print the job as JSON")
+    _add_connection_flags(p)
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Follow a job's events (SSE) until it ends, one JSON line each."""
+    from service.client import SDPOError
+
+    try:
+        with _client(args) as client:
+            for event in client.events(args.id, last_event_id=args.last_event_id):
+                print(json.dumps({"id": event.id, "type": event.type, **event.data}), flush=True)
+    except SDPOError as exc:
+        raise CLIError(str(exc)) from exc
+    return 0
+
+
+def add_events_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("events", help="follow a job's events until it ends")
+    p.add_argument("id", help="job id")
+    p.add_argument("--last-event-id", help="resume after this event id")
+    _add_connection_flags(p)
+    p.set_defaults(func=cmd_events)
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from service.client import SDPOError
+
+    try:
+        with _client(args) as client:
+            svg = client.curve_svg(args.id)
+            note = client.curve(args.id).comparison.note
+    except SDPOError as exc:
+        raise CLIError(str(exc)) from exc
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(svg)
+    print(f"{note}\ncurve written to {args.output}")
+    return 0
+
+
+def add_curve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curve", help="save a finished job's discovery curve as SVG")
+    p.add_argument("id", help="job id")
+    p.add_argument("-o", "--output", required=True, help="SVG file to write")
+    _add_connection_flags(p)
+    p.set_defaults(func=cmd_curve)
+
+
+def read_problems_jsonl(path: str) -> list[Any]:
+    from sdpo_core.problem import Problem
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError as exc:
+        raise CLIError(f"{path}: no such file") from exc
+    problems = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            problems.append(Problem.model_validate_json(line))
+        except ValidationError as exc:
+            raise CLIError(describe_validation_error(exc, f"{path}:{number}")) from exc
+    if not problems:
+        raise CLIError(f"{path}: no problems (one JSON object per line)")
+    return problems
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Solve a JSONL file of problems as one batch; print one line per problem and the batch curve."""
+    from service.client import SDPOError
+
+    problems = read_problems_jsonl(args.file)
+    try:
+        with _client(args) as client:
+            batch = client.submit_batch(problems, concurrency=args.concurrency, **_job_options(args))
+            print(f"batch {batch.id}: {len(batch.job_ids)} jobs", flush=True)
+            if not args.no_wait:
+                batch = client.wait_batch(batch.id)
+                for job_id in batch.job_ids:
+                    _print_job(client.get(job_id))
+                if args.curve and batch.curve:
+                    from sdpo_core.plot import discovery_svg
+
+                    Path(args.curve).write_text(discovery_svg(batch.curve.curves, title=f"Batch {batch.id}",
+                                                              note=batch.curve.note))
+                print(batch.curve.note if batch.curve else f"no finished jobs: {batch.counts}")
+    except SDPOError as exc:
+        raise CLIError(str(exc)) from exc
+    return 0
+
+
+def add_batch_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="solve a JSONL file of problems as one batch")
+    p.add_argument("file", help="one problem JSON per line")
+    _add_job_flags(p)
+    p.add_argument("--concurrency", type=int, help="jobs of the batch run at once (default all)")
+    p.add_argument("--no-wait", action="store_true", help="print the batch id and return")
+    p.add_argument("--curve", help="write the batch's average discovery curve to this SVG file")
+    _add_connection_flags(p)
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from service.auth import hash_key
+
+    print(hash_key(args.key))
+    return 0
+
+
+def add_hash_key_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("hash-key", help="print the SHA-256 of an API key for SDPO_API_KEYS / the keys file")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_hash_key)
+
+
 # ---- entry point ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdpo", description="Test-time discovery with SDPO on a per-problem LoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_solve_parser(sub)
     from service.bench_commands import add_bench_parser
 
-    add_bench_parser(sub)
+    for add in (add_solve_parser, add_serve_parser, add_worker_parser, add_submit_parser, add_status_parser,
+                add_events_parser, add_curve_parser, add_batch_parser, add_hash_key_parser, add_bench_parser):
+        add(sub)
     return parser
 
 

@@ -1,9 +1,14 @@
-"""Shared fixtures: the tiny random model (fast unit tests) and the real SmolLM2 (integration tests)."""
+"""Shared fixtures: the tiny random model (fast unit tests), the real SmolLM2 (integration tests), and a real
+redis-server on a free loopback port (service tests)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -42,3 +47,39 @@ def smollm2_policy():
 
     model, tokenizer = load_model_and_tokenizer(None, device="cpu")
     return LoraPolicy(model, tokenizer)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """redis://127.0.0.1:N/0 of a redis-server started for this test session (no persistence)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed: run ./scripts/setup.sh"
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while not _redis_answers(port):
+        assert process.poll() is None, "redis-server exited at start"
+        assert time.monotonic() < deadline, "redis-server did not answer within 20 s"
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)

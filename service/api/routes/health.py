@@ -1,0 +1,43 @@
+"""/healthz (the process answers), /readyz (Redis reachable, a worker seen recently), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from service.deps import SettingsDep, StoreDep
+from service.metrics import live_workers, render
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The API process is up."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(store: StoreDep, settings: SettingsDep):
+    """Ready when Redis answers and at least one worker was seen recently."""
+    try:
+        await store.redis.ping()
+        workers = await store.redis.hgetall(store.keys.workers)
+    except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
+        body = Readiness(status="not_ready", redis=False, workers=0, detail=f"redis unreachable: {exc}")
+        return JSONResponse(body.model_dump(), status_code=503)
+    count = live_workers({k.decode(): v.decode() for k, v in workers.items()}, settings.worker_stale_s)
+    if count == 0:
+        body = Readiness(status="not_ready", redis=True, workers=0,
+                         detail=f"no worker seen in the last {settings.worker_stale_s:g} s")
+        return JSONResponse(body.model_dump(), status_code=503)
+    return Readiness(status="ready", redis=True, workers=count)
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+async def metrics(store: StoreDep, settings: SettingsDep) -> Response:
+    """Prometheus metrics: jobs by status, attempts per second, step latency, queue depth, verifier outcomes."""
+    body = await render(store, worker_stale_s=settings.worker_stale_s)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

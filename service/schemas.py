@@ -1,0 +1,231 @@
+"""The HTTP API's request and response bodies, shared by the server, the client SDK and the CLI.
+
+Built on the core models (Problem, RunSettings, Attempt, DiscoveryCurve, Comparison) rather than repeating their
+fields. Imports neither fastapi, redis nor torch: the light client installs only pydantic and httpx.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sdpo_core.discovery import Comparison, DiscoveryCurve
+from sdpo_core.problem import Problem
+from sdpo_core.records import Attempt
+from sdpo_core.settings import Method, RunSettings
+from workers.jobs import JobSpec, JobStatus
+
+Metadata = dict[str, str]
+BatchStatus = Literal["in_progress", "completed", "cancelled"]
+
+
+def _check_metadata(value: Metadata) -> Metadata:
+    if len(value) > 16:
+        raise ValueError("at most 16 metadata keys")
+    for key, item in value.items():
+        if not 1 <= len(key) <= 64 or len(item) > 512:
+            raise ValueError(f"metadata '{key[:64]}': keys are 1-64 characters, values at most 512")
+    return value
+
+
+# ---- requests --------------------------------------------------------------------------------------------------
+class BaselineRequest(BaseModel):
+    """A baseline to compare the method against (today: best-of-k sampling of the frozen model)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["best-of-k"] = "best-of-k"
+    attempts: int | None = Field(default=None, ge=1, le=1_000_000, description="Samples; default: the job's budget.")
+
+
+class JobOptions(BaseModel):
+    """How to attack a problem: shared by a single job and every job of a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method | None = Field(default=None, description="sdpo, best-of-k or multi-turn (default sdpo).")
+    budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Attempts to spend (default 256).")
+    settings: RunSettings = Field(default_factory=RunSettings, description="Method settings (sampling, SDPO).")
+    baselines: list[BaselineRequest] = Field(
+        default_factory=lambda: [BaselineRequest()], max_length=1,
+        description="Baselines for the discovery curve; [] for none.",
+    )
+    metadata: Metadata = Field(default_factory=dict, description="Your labels: up to 16 string pairs.")
+    model: str | None = Field(default=None, max_length=200, description="Base model; default: the one served.")
+
+    _metadata = field_validator("metadata")(_check_metadata)
+
+    @model_validator(mode="after")
+    def _merge_shorthands(self) -> JobOptions:
+        """`method` and `budget` are shorthands for settings.method and settings.max_attempts."""
+        updates: dict[str, Any] = {}
+        for short, field in (("method", "method"), ("budget", "max_attempts")):
+            value = getattr(self, short)
+            if value is None:
+                continue
+            if field in self.settings.model_fields_set and getattr(self.settings, field) != value:
+                raise ValueError(f"{short} ({value!r}) disagrees with settings.{field} "
+                                 f"({getattr(self.settings, field)!r}); give one of them")
+            updates[field] = value
+        if updates:
+            self.settings = RunSettings.model_validate({**self.settings.model_dump(), **updates})
+        self.method, self.budget = self.settings.method, self.settings.max_attempts
+        return self
+
+    def to_spec(self, problem: Problem) -> JobSpec:
+        samples = (self.baselines[0].attempts or self.settings.max_attempts) if self.baselines else 0
+        return JobSpec(problem=problem, settings=self.settings, baseline_attempts=samples, model=self.model)
+
+
+class JobCreate(JobOptions):
+    """POST /v1/jobs: one problem and how to attack it."""
+
+    problem: Problem
+
+
+class BatchCreate(JobOptions):
+    """POST /v1/batches: many problems under the same options."""
+
+    problems: list[Problem] = Field(min_length=1, max_length=1000)
+    concurrency: int | None = Field(default=None, ge=1, le=1000,
+                                    description="Jobs of this batch queued or running at once; default: all.")
+
+
+# ---- responses -------------------------------------------------------------------------------------------------
+class JobError(BaseModel):
+    """Why a job failed, and what to do about it."""
+
+    code: str = Field(description="e.g. model_not_served, verifier_unavailable, job_keeps_failing.")
+    message: str
+
+
+class BaselineProgress(BaseModel):
+    samples: int = Field(description="Baseline attempts made.")
+    successes: int
+
+
+class Job(BaseModel):
+    """A job: its status with timestamps, its progress and its request."""
+
+    object: Literal["job"] = "job"
+    id: str
+    status: JobStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested_at: float | None = None
+    batch_id: str | None = None
+    method: Method
+    budget: int
+    attempts: int = 0
+    steps: int = 0
+    best_reward: float = 0.0
+    solved: bool = False
+    first_success_attempt: int | None = None
+    baseline: BaselineProgress | None = None
+    error: JobError | None = None
+    problem: Problem
+    settings: RunSettings
+    metadata: Metadata = Field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "exhausted", "failed", "cancelled")
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    has_more: bool
+    last_id: str | None = Field(default=None, description="Pass as `after` for the next page.")
+
+
+class JobEvent(BaseModel):
+    """One entry of a job's event stream; `id` is the SSE id (Last-Event-ID) and the `after` cursor."""
+
+    object: Literal["job.event"] = "job.event"
+    id: str
+    type: str = Field(description="status | progress | resumed | cancel_requested")
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEvent]
+    has_more: bool
+    last_id: str | None = None
+
+
+class AttemptList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Attempt]
+    has_more: bool
+    last_id: int | None = Field(default=None, description="Attempt index; pass as `after` for the next page.")
+
+
+class Solution(BaseModel):
+    job_id: str
+    status: JobStatus
+    solved: bool
+    attempt: Attempt | None = Field(default=None, description="The first verified solution.")
+
+
+class JobCurve(BaseModel):
+    """discovery@k of the job's method against pass@k of best-of-k, with confidence bands."""
+
+    job_id: str
+    status: JobStatus
+    comparison: Comparison
+
+
+class BatchCurve(BaseModel):
+    """The batch's average discovery curve against the average best-of-k curve (bands: bootstrap over problems)."""
+
+    budget: int
+    problems: int = Field(description="Finished problems behind the curves.")
+    curves: list[DiscoveryCurve]
+    note: str
+
+
+class Batch(BaseModel):
+    object: Literal["batch"] = "batch"
+    id: str
+    status: BatchStatus
+    created_at: float
+    cancel_requested_at: float | None = None
+    method: Method
+    budget: int
+    job_ids: list[str]
+    counts: dict[str, int] = Field(description="Jobs per status.")
+    curve: BatchCurve | None = Field(default=None, description="Over the batch's succeeded and exhausted jobs.")
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Batch]
+    has_more: bool
+    last_id: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    redis: bool
+    workers: int = Field(description="Workers seen within the staleness window.")
+    detail: str = ""
+
+
+class ProblemDetail(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    code: str | None = None
+    errors: list[dict[str, Any]] | None = Field(default=None, description="Validation errors: field and message.")

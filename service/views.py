@@ -1,0 +1,90 @@
+"""From stored records to API bodies: jobs, batches and their discovery curves."""
+
+from __future__ import annotations
+
+import json
+
+from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
+from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError
+from workers.jobs import TERMINAL, JobSpec
+
+FINISHED_WITH_CURVE = ("succeeded", "exhausted")
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def job_view(record: dict[str, str]) -> Job:
+    spec = JobSpec.model_validate_json(record["spec"])
+    samples = _int(record.get("baseline_samples"))
+    error = JobError(code=record["error_code"], message=record.get("error_message", "")) \
+        if record.get("error_code") else None
+    first = _int(record.get("first_success_attempt"))
+    return Job(
+        id=record["id"], status=record["status"], created_at=float(record["created_at"]),
+        started_at=_float(record.get("started_at")), finished_at=_float(record.get("finished_at")),
+        cancel_requested_at=_float(record.get("cancel_requested_at")), batch_id=record.get("batch_id") or None,
+        method=spec.settings.method, budget=spec.settings.max_attempts, attempts=int(record.get("attempts") or 0),
+        steps=int(record.get("steps") or 0), best_reward=float(record.get("best_reward") or 0.0),
+        solved=first is not None, first_success_attempt=first,
+        baseline=BaselineProgress(samples=samples, successes=int(record.get("baseline_successes") or 0))
+        if samples is not None else None,
+        error=error, problem=spec.problem, settings=spec.settings, metadata=json.loads(record.get("metadata") or "{}"),
+    )
+
+
+def baseline_outcomes(job: Job) -> list[bool]:
+    """The best-of-k samples' outcomes (only their count and successes matter to pass@k)."""
+    if job.baseline is None:
+        return []
+    return [True] * job.baseline.successes + [False] * (job.baseline.samples - job.baseline.successes)
+
+
+def job_comparison(job: Job) -> Comparison:
+    return compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget)
+
+
+def batch_curve(jobs: list[Job], budget: int, method: str) -> BatchCurve | None:
+    """The average discovery curve of the finished jobs against their average best-of-k curve."""
+    finished = [job for job in jobs if job.status in FINISHED_WITH_CURVE]
+    if not finished:
+        return None
+    ks = curve_grid(budget)
+
+    def method_at(first: int | None):
+        return lambda k: 1.0 if first is not None and first <= k else 0.0
+
+    curves = [average_curve([method_at(j.first_success_attempt) for j in finished], ks, label=method, n_boot=300)]
+    with_baseline = [j for j in finished if j.baseline and j.baseline.samples]
+
+    def baseline_at(n: int, c: int):
+        return lambda k: pass_at_k(n, c, k)
+
+    if with_baseline:
+        curves.append(average_curve([baseline_at(j.baseline.samples, j.baseline.successes) for j in with_baseline],
+                                    ks, label="best-of-k", n_boot=300))
+        note = (f"{method} solved {sum(j.solved for j in finished)} of {len(finished)} problems within {budget} "
+                f"attempts; best-of-k expects {curves[1].mean[-1] * len(with_baseline):.1f} of {len(with_baseline)}")
+    else:
+        note = f"{method} solved {sum(j.solved for j in finished)} of {len(finished)}; no best-of-k samples"
+    return BatchCurve(budget=budget, problems=len(finished), curves=curves, note=note)
+
+
+def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[Job]) -> Batch:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    all_done = all(job.status in TERMINAL for job in jobs)
+    status = "in_progress" if not all_done else ("cancelled" if record.get("cancel_requested_at") else "completed")
+    return Batch(
+        id=record["id"], status=status, created_at=float(record["created_at"]),
+        cancel_requested_at=_float(record.get("cancel_requested_at")), method=record["method"],
+        budget=int(record["budget"]), job_ids=job_ids, counts=counts,
+        curve=batch_curve(jobs, int(record["budget"]), record["method"]),
+        metadata=json.loads(record.get("metadata") or "{}"),
+    )

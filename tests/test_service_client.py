@@ -1,0 +1,76 @@
+"""The client SDK's retry policy and errors, against scripted transports (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from service.client import AsyncClient, BadRequest, Client, NotFound, ServerError, ServiceUnreachable
+
+PROBLEM = {"prompt": "What is 2 + 2?", "verifier": {"type": "numeric", "answer": 4}}
+JOB = {
+    "id": "job_0123456789abcdef012345", "status": "queued", "created_at": 1.0, "method": "sdpo", "budget": 16,
+    "problem": PROBLEM, "settings": {"max_attempts": 16, "attempts_per_step": 4},
+}
+
+
+def scripted(answers: list, seen: list[httpx.Request]):
+    """A transport answering with `answers` in turn: a status code (problem details body), a dict (201), or an
+    exception to raise."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, dict):
+            return httpx.Response(201, json=answer)
+        headers = {"Retry-After": "0"} if answer == 429 else {}
+        return httpx.Response(answer, json={"status": answer, "title": "x", "detail": f"scripted {answer}",
+                                            "code": f"c{answer}"}, headers=headers)
+
+    return handler
+
+
+def test_submit_retries_429_5xx_and_connection_errors_with_one_idempotency_key():
+    seen: list[httpx.Request] = []
+    answers = [503, 429, httpx.ConnectError("refused"), JOB]
+    with Client("http://sdpo.test", "k", backoff_s=0.001, transport=httpx.MockTransport(scripted(answers, seen))) as c:
+        job = c.submit(PROBLEM, budget=16, settings={"attempts_per_step": 4})
+    assert job.id == JOB["id"] and len(seen) == 4
+    keys = {r.headers["Idempotency-Key"] for r in seen}
+    assert len(keys) == 1 and next(iter(keys))
+    assert all(r.headers["Authorization"] == "Bearer k" for r in seen)
+
+
+def test_errors_say_what_went_wrong_and_are_not_retried_when_final():
+    seen: list[httpx.Request] = []
+    with Client("http://sdpo.test", backoff_s=0.001, max_retries=2,
+                transport=httpx.MockTransport(scripted([422, 404, 500, 500, 500], seen))) as c:
+        with pytest.raises(BadRequest) as bad:
+            c.get("job_x")
+        assert bad.value.status == 422 and "scripted 422" in str(bad.value) and bad.value.code == "c422"
+        with pytest.raises(NotFound):
+            c.get("job_x")
+        with pytest.raises(ServerError):
+            c.get("job_x")
+    assert len(seen) == 2 + 3  # 422 and 404 once each, 500 three times (1 + 2 retries)
+
+
+def test_unreachable_server_raises_after_retries_and_async_client_behaves_the_same():
+    seen: list[httpx.Request] = []
+    failing = [httpx.ConnectError("refused")] * 3
+    with Client("http://sdpo.test", backoff_s=0.001, max_retries=2,
+                transport=httpx.MockTransport(scripted(list(failing), seen))) as c, \
+            pytest.raises(ServiceUnreachable, match="cannot reach"):
+        c.list()
+
+    async def run() -> str:
+        answers = [502, JOB]
+        async with AsyncClient("http://sdpo.test", backoff_s=0.001,
+                               transport=httpx.MockTransport(scripted(answers, seen))) as c:
+            return (await c.submit(PROBLEM, budget=16, settings={"attempts_per_step": 4})).id
+
+    assert asyncio.run(run()) == JOB["id"]

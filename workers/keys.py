@@ -1,0 +1,107 @@
+"""Every Redis key the service uses, in one place.
+
+All keys share a prefix (default ``sdpo``) so that one Redis can host several deployments or test sessions.
+
+=================================  ===========  =====================================================================
+key                                type         what it holds
+=================================  ===========  =====================================================================
+{p}:queue                          stream       one entry per job to run: ``job_id``; consumer group ``workers``
+{p}:job:{id}                       hash         the job record: status, timestamps, request (JSON), progress, error
+{p}:job:{id}:events                stream       progress events (``type``, ``data`` JSON), capped; ids feed SSE
+{p}:job:{id}:attempts              list         the method's attempts as JSON, in attempt order (index i at i-1)
+{p}:job:{id}:lease                 string       the worker holding the job; expires unless renewed
+{p}:job:{id}:adapter               string       the finished job's LoRA adapter as a tar.gz peft loads
+{p}:tenant:{t}:jobs                zset         the tenant's job ids (score 0, ordered by the time-sortable id)
+{p}:tenant:{t}:status:{s}          zset         the tenant's job ids with status ``s`` (same ordering)
+{p}:tenant:{t}:batches             zset         the tenant's batch ids
+{p}:tenant:{t}:rate:{window}       string       requests in the current rate-limit window (expires)
+{p}:idem:{t}:{kind}:{key}          string       an Idempotency-Key's request fingerprint and resulting id (expires)
+{p}:batch:{id}                     hash         the batch record: tenant, settings, counts, timestamps
+{p}:batch:{id}:jobs                list         the batch's job ids in problem order
+{p}:batch:{id}:waiting             list         job ids not yet on the queue (the batch's concurrency limit)
+{p}:workers                        hash         worker id -> JSON {seen_at, model, jobs}: liveness for /readyz
+{p}:metrics:counters               hash         counters: attempts, steps, verifier outcomes, jobs finished by status
+{p}:metrics:jobs_by_status        hash         jobs per status (terminal ones counted since the Redis was created)
+{p}:metrics:step_seconds           hash         step latency histogram: bucket upper bounds, ``sum``, ``count``
+{p}:metrics:attempts_log           stream       one entry per step with its attempt count (ids are timestamps)
+=================================  ===========  =====================================================================
+
+Finished jobs (and their events, attempts and adapter) expire after the configured retention; their ids drop out of
+the tenant's index lazily when a listing finds them gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "sdpo"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def attempts(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:attempts"
+
+    def lease(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:lease"
+
+    def adapter(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:adapter"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    def tenant_status(self, tenant: str, status: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:status:{status}"
+
+    def tenant_batches(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:batches"
+
+    def rate(self, tenant: str, window: int) -> str:
+        return f"{self.prefix}:tenant:{tenant}:rate:{window}"
+
+    def idempotency(self, tenant: str, kind: str, key: str) -> str:
+        return f"{self.prefix}:idem:{tenant}:{kind}:{key}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    def batch_waiting(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:waiting"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def counters(self) -> str:
+        return f"{self.prefix}:metrics:counters"
+
+    @property
+    def jobs_by_status(self) -> str:
+        return f"{self.prefix}:metrics:jobs_by_status"
+
+    @property
+    def step_seconds(self) -> str:
+        return f"{self.prefix}:metrics:step_seconds"
+
+    @property
+    def attempts_log(self) -> str:
+        return f"{self.prefix}:metrics:attempts_log"
