@@ -1,4 +1,4 @@
-"""The batch verify callable the discovery loop uses for a problem: `verify(problem, completions) -> verdicts`.
+"""How a worker (or `sdpo solve`) verifies a batch of attempts: `verify(problem, completions) -> verdicts`.
 
 Answer types (exact, numeric, regex, math, reasoning_gym) are plain functions of the text and run in the caller;
 types that run untrusted code (code_io, code_functional, python) or call out (webhook) go to a VerifierPool, whose
@@ -19,7 +19,7 @@ from workers.pool import VerifierPool
 
 logger = logging.getLogger(__name__)
 
-VerifyBatch = Callable[[Problem, Sequence[str]], list[Verdict]]
+VerifyFn = Callable[[Problem, Sequence[str]], list[Verdict]]
 IN_PROCESS_TYPES = frozenset({"exact", "numeric", "regex", "math", "reasoning_gym"})
 WORKERS_ENV = "SDPO_VERIFIER_WORKERS"
 
@@ -27,8 +27,8 @@ _shared: VerifierPool | None = None
 _shared_lock = threading.Lock()
 
 
-def batch_verifier(problem: Problem, *, pool: VerifierPool | None = None) -> VerifyBatch:
-    """The verify callable for `problem`'s verifier type; `pool` defaults to one shared by the process."""
+def verify_function(problem: Problem, *, pool: VerifierPool | None = None) -> VerifyFn:
+    """The batch verify callable the loop uses for `problem`; `pool` defaults to one shared by the process."""
     if problem.verifier.type in IN_PROCESS_TYPES:
         return _in_process
     return (pool or shared_pool()).verify_batch
