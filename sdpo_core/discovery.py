@@ -48,7 +48,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         return 1.0
     # log C(n-c, k) - log C(n, k), in O(1) through log-gamma
     log_ratio = math.lgamma(n - c + 1) - math.lgamma(n - c - k + 1) - math.lgamma(n + 1) + math.lgamma(n - k + 1)
-    return -math.expm1(log_ratio)
+    return -math.expm1(log_ratio) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def discovery_at_k(first_success: Sequence[int | None], k: int) -> float:
@@ -162,3 +162,44 @@ def attempts_ratio(method: Callable[[int], float], baseline: Callable[[int], flo
         return None
     needed = attempts_to_reach(method, target, budget)
     return budget / needed if needed else None
+
+
+class Comparison(BaseModel):
+    """A method's discovery curve against best-of-k under one budget."""
+
+    budget: int
+    curves: list[DiscoveryCurve]
+    attempts_ratio: float | None = Field(
+        description="Attempts best-of-k needs for its discovery probability at the budget, divided by the "
+        "attempts the method needs for the same probability (None: undefined, see note)."
+    )
+    baseline_at_budget: float | None = None
+    method_at_budget: float
+    note: str
+
+
+def compare_to_best_of_k(
+    method: str, first_success: Sequence[int | None], baseline_outcomes: Sequence[bool], budget: int,
+    *, n_boot: int = 1000, confidence: float = 0.9, seed: int = 0,
+) -> Comparison:
+    """discovery@k of `method` (independent runs) against pass@k of best-of-k from base-model samples."""
+    ks = curve_grid(budget)
+    curves = [sequential_curve(first_success, ks, label=method, n_boot=n_boot, confidence=confidence, seed=seed)]
+    method_at = discovery_at_k(first_success, budget)
+    if not baseline_outcomes:
+        return Comparison(budget=budget, curves=curves, attempts_ratio=None, method_at_budget=method_at,
+                          note="no best-of-k samples to compare against")
+    curves.append(best_of_k_curve(baseline_outcomes, ks, n_boot=n_boot, confidence=confidence, seed=seed))
+    n, c = len(baseline_outcomes), sum(baseline_outcomes)
+    baseline_at = pass_at_k(n, c, budget)
+    ratio = attempts_ratio(lambda k: discovery_at_k(first_success, k), lambda k: pass_at_k(n, c, k), budget)
+    if c == 0:
+        note = f"best-of-k found no solution in {n} samples: the ratio is undefined"
+    elif ratio is None:
+        note = f"{method} did not reach best-of-k's {baseline_at:.2f} at {budget} attempts"
+    else:
+        note = f"{method} reaches best-of-k's P={baseline_at:.2f}@{budget} with {ratio:.2f}x fewer attempts"
+    if budget > n:
+        note += f" (best-of-k beyond {n} samples: plug-in 1-(1-c/n)^k)"
+    return Comparison(budget=budget, curves=curves, attempts_ratio=ratio, baseline_at_budget=baseline_at,
+                      method_at_budget=method_at, note=note)

@@ -1,0 +1,246 @@
+"""The per-problem discovery loop: SDPO and its two baselines in one code path.
+
+    run = ProblemRun(problem, settings, policy)        # a fresh adapter (sdpo) or none (baselines)
+    while not run.done:
+        completions = engine.generate([run.next_request()])
+        run.finish_step(completions[0])                 # verify -> record -> teacher contexts -> update -> event
+
+- sdpo: attempts from the run's own adapter; after each step one SDPO update (sdpo_core.update).
+- best-of-k: attempts from the frozen base model, i.i.d.; no update.
+- multi-turn: the frozen base model, its prompt extended with the feedback of earlier attempts (oldest dropped
+  when the prompt would exceed max_prompt_tokens); no update. Departure from the paper's baseline, which runs
+  one attempt per turn: here a turn samples attempts_per_step attempts in parallel from the same prompt
+  (attempts_per_step=1 gives the paper's sequential form).
+A run stops at its first verified solution (or runs on, for a full curve) or when the budget is spent.
+
+The state between steps is explicit: `state_dict()` holds the problem, settings, attempts, adapter, teacher and
+optimizer; the random state is the seed plus the attempt count (each attempt samples from its own stream keyed
+by (seed, attempt index)), so `ProblemRun.restore(state)` continues exactly where the run stopped.
+`run_step(runs, engine)` advances several runs at once with one generation batch: the worker's multi-problem mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
+from sdpo_core.policy import LoraPolicy
+from sdpo_core.problem import Problem
+from sdpo_core.records import Attempt, EventSink, ProgressEvent, RunResult, RunStatus, StepMetrics, ignore_events
+from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, teacher_sections
+from sdpo_core.settings import RunSettings
+from sdpo_core.teacher import drop_teacher, init_teacher, teacher_adapter
+from sdpo_core.update import DistillSample, make_optimizer, sdpo_update
+from sdpo_core.verifiers import Verdict, verify_attempts
+
+VerifyFn = Callable[[Problem, Sequence[str]], list[Verdict]]
+STATE_VERSION = 1
+
+
+class ProblemRun:
+    """One problem under one method and budget: its state between steps, and how a step advances it."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        settings: RunSettings,
+        policy: LoraPolicy,
+        *,
+        name: str = "run",
+        verify: VerifyFn = verify_attempts,
+        on_event: EventSink = ignore_events,
+    ) -> None:
+        self.problem, self.settings, self.policy = problem, settings, policy
+        self.name, self.verify, self.on_event = name, verify, on_event
+        self.attempts: list[Attempt] = []
+        self.step = 0
+        self.status: RunStatus = "running"
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.prompt_ids = policy.chat_ids(problem.chat())
+        if settings.method == "sdpo":
+            policy.create_adapter(name, settings.sdpo, seed=settings.seed)
+            init_teacher(policy, name, settings.sdpo, seed=settings.seed)
+            self.optimizer = make_optimizer(policy, name, settings.sdpo)
+
+    # ---- state ------------------------------------------------------------------------------------------------
+    @property
+    def adapter(self) -> str | None:
+        return self.name if self.settings.method == "sdpo" else None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+    @property
+    def first_success(self) -> Attempt | None:
+        return next((a for a in self.attempts if a.solved), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run elsewhere (tensors on CPU; save with torch.save)."""
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "problem": self.problem.model_dump(mode="json"),
+            "settings": self.settings.model_dump(mode="json"),
+            "step": self.step,
+            "status": self.status,
+            "attempts": [a.model_dump() for a in self.attempts],
+        }
+        if self.settings.method == "sdpo":
+            state["adapter"] = self.policy.state(self.name)
+            state["optimizer"] = self.optimizer.state_dict()
+            if self.settings.sdpo.teacher == "ema":
+                state["teacher"] = self.policy.state(teacher_adapter(self.name))
+        return state
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], policy: LoraPolicy, **kwargs: Any) -> ProblemRun:
+        """A run continued from `state_dict()` output, on this policy (the same base model)."""
+        assert state.get("version") == STATE_VERSION, f"unknown run state version {state.get('version')}"
+        run = cls(Problem.model_validate(state["problem"]), RunSettings.model_validate(state["settings"]), policy,
+                  **kwargs)
+        run.step, run.status = state["step"], state["status"]
+        run.attempts = [Attempt.model_validate(a) for a in state["attempts"]]
+        if run.settings.method == "sdpo":
+            policy.load_state(run.name, state["adapter"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            if "teacher" in state:
+                policy.load_state(teacher_adapter(run.name), state["teacher"])
+        return run
+
+    def close(self) -> None:
+        """Free the run's adapters (the policy is shared with other runs)."""
+        if self.settings.method == "sdpo":
+            drop_teacher(self.policy, self.name)
+            self.policy.delete_adapter(self.name)
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.status = "cancelled"
+            self._emit("finished")
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def next_request(self) -> GenerationRequest | None:
+        """The attempts of the next step, or None when the run is over."""
+        if self.done:
+            return None
+        n = min(self.settings.attempts_per_step, self.settings.max_attempts - len(self.attempts))
+        return GenerationRequest(
+            prompt_ids=self._step_prompt(),
+            adapter=self.adapter,
+            seed=self.settings.seed,
+            attempt_indices=list(range(len(self.attempts) + 1, len(self.attempts) + n + 1)),
+            max_new_tokens=self.settings.max_new_tokens,
+            temperature=self.settings.temperature,
+        )
+
+    def finish_step(self, request: GenerationRequest, completions: list[Completion],
+                    generate_seconds: float = 0.0) -> ProgressEvent:
+        """Verify the step's attempts, record them, update the adapter (sdpo), report progress."""
+        assert not self.done, "finish_step on a finished run"
+        self.step += 1
+        clock = time.perf_counter()
+        verdicts = self.verify(self.problem, [c.text for c in completions])
+        verify_seconds = time.perf_counter() - clock
+        new = [
+            Attempt(
+                index=index, step=self.step, text=c.text, token_count=len(c.token_ids), truncated=c.truncated,
+                reward=v.reward, solved=v.solved, feedback=v.feedback, answer=v.answer,
+            )
+            for index, c, v in zip(request.attempt_indices, completions, verdicts, strict=True)
+        ]
+        self.attempts += new
+
+        metrics = StepMetrics()
+        solved_now = any(a.solved for a in new)
+        if solved_now and self.settings.stop_at_first_success:
+            self.status = "succeeded"
+        elif self.settings.method == "sdpo":
+            metrics = self._update(request, completions, new)
+        if not self.done and len(self.attempts) >= self.settings.max_attempts:
+            self.status = "succeeded" if self.first_success else "exhausted"
+        metrics.seconds = {"generate": generate_seconds, "verify": verify_seconds, **metrics.seconds}
+        event = self._emit("step", metrics)
+        if self.done:
+            self._emit("finished")
+        return event
+
+    def _step_prompt(self) -> list[int]:
+        if self.settings.method != "multi-turn" or not self.attempts:
+            return self.prompt_ids
+        latest: dict[str, None] = {}  # distinct feedback, most recent last
+        for attempt in self.attempts:
+            if attempt.feedback:
+                latest.pop(attempt.feedback, None)
+                latest[attempt.feedback] = None
+        return multi_turn_prompt(self.problem, self.policy.chat_ids, list(latest), self.settings.max_prompt_tokens)
+
+    def _update(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
+        sdpo = self.settings.sdpo
+        outcomes = [AttemptOutcome(a.text, a.reward, a.feedback) for a in new]
+        samples = []
+        for completion, sections in zip(completions, teacher_sections(outcomes, sdpo), strict=True):
+            if sections is None or not completion.token_ids:
+                continue  # zero loss: nothing for the teacher to know more than the student
+            solution, feedback = sections
+            teacher_prompt = fit_prompt(self.problem, self.policy.chat_ids, sdpo.max_reprompt_tokens, solution, feedback)
+            samples.append(DistillSample(request.prompt_ids, teacher_prompt, completion.token_ids, completion.logprobs))
+        return sdpo_update(self.policy, self.optimizer, self.name, samples, sdpo, self.settings.temperature)
+
+    def _emit(self, kind: str, metrics: StepMetrics | None = None) -> ProgressEvent:
+        first = self.first_success
+        event = ProgressEvent(
+            type=kind, method=self.settings.method, step=self.step, attempts=len(self.attempts),
+            max_attempts=self.settings.max_attempts, best_reward=max((a.reward for a in self.attempts), default=0.0),
+            solved=first is not None, first_success_attempt=first.index if first else None, status=self.status,
+            metrics=metrics,
+        )
+        self.on_event(event)
+        return event
+
+    def result(self) -> RunResult:
+        first = self.first_success
+        return RunResult(
+            method=self.settings.method, status=self.status, attempts=list(self.attempts), steps=self.step,
+            first_success_attempt=first.index if first else None, solution=first.text if first else None,
+        )
+
+
+def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[ProgressEvent]:
+    """Advance every unfinished run by one step, their attempts sampled in one generation call."""
+    live = [(run, run.next_request()) for run in runs if not run.done]
+    live = [(run, request) for run, request in live if request is not None]
+    if not live:
+        return []
+    clock = time.perf_counter()
+    completions = engine.generate([request for _, request in live])
+    generate_seconds = time.perf_counter() - clock
+    events = []
+    for (run, request), run_completions in zip(live, completions, strict=True):
+        events.append(run.finish_step(request, run_completions, generate_seconds))
+        if run.adapter is not None:
+            engine.publish_adapter(run.adapter)
+    return events
+
+
+def solve(
+    problem: Problem,
+    settings: RunSettings,
+    policy: LoraPolicy,
+    engine: GenerationEngine,
+    *,
+    verify: VerifyFn = verify_attempts,
+    on_event: EventSink = ignore_events,
+    name: str = "run",
+) -> RunResult:
+    """Run one problem to its end and free its adapter."""
+    run = ProblemRun(problem, settings, policy, name=name, verify=verify, on_event=on_event)
+    try:
+        while not run.done:
+            run_step([run], engine)
+        return run.result()
+    finally:
+        run.close()

@@ -1,0 +1,160 @@
+"""One base model shared by many per-problem LoRA adapters.
+
+Each run owns a student adapter (trained) and, with the EMA teacher, a teacher adapter (a slow copy). The base
+weights are loaded once and never change, so a worker holds one model for every problem it serves; generation
+batches attempts of different adapters together through peft's `adapter_names`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from sdpo_core.settings import SDPOSettings
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+_PREFIX = "sdpo_"  # peft adapters are ModuleDict keys: a bare name like "half" would clash with nn.Module
+
+
+def _key(name: str) -> str:
+    """peft's name for our adapter `name` (dots are not allowed in module names)."""
+    return _PREFIX + name.replace(".", "_")
+
+
+class LoraPolicy:
+    """The base causal LM plus named LoRA adapters, with the few operations SDPO needs."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer) -> None:
+        self.base = model  # the transformers CausalLM; LoRA layers are injected into it in place
+        self.tokenizer = tokenizer
+        self.peft: PeftModel | None = None
+        self.base.requires_grad_(False)
+        # transformers 5 renamed the forward's `past_key_values` to `cache`; use whichever this version has.
+        params = inspect.signature(type(self.base).forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    # ---- adapters ---------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    @property
+    def adapters(self) -> list[str]:
+        return [key.removeprefix(_PREFIX) for key in self.peft.peft_config] if self.peft is not None else []
+
+    def create_adapter(self, name: str, settings: SDPOSettings, seed: int) -> None:
+        """A fresh adapter: A random (seeded), B zero, so it starts exactly at the base model."""
+        config = LoraConfig(
+            r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules=list(settings.target_modules),
+            lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        )
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            if self.peft is None:
+                self.peft = get_peft_model(self.base, config, adapter_name=_key(name))
+            else:
+                self.peft.add_adapter(_key(name), config)
+        self._keep_active_adapter_valid()
+        self.peft.eval()  # no dropout anywhere; eval mode is also what mixed-adapter batches require
+        for param in self.parameters(name).values():
+            param.requires_grad_(True)
+
+    def delete_adapter(self, name: str) -> None:
+        if self.peft is not None and _key(name) in self.peft.peft_config:
+            self.peft.delete_adapter(_key(name))
+            self._keep_active_adapter_valid()
+
+    def _keep_active_adapter_valid(self) -> None:
+        """peft keeps pointing its active adapter at a deleted one, and its forward then fails: repoint it."""
+        if self.peft.peft_config and self.peft.active_adapter not in self.peft.peft_config:
+            self.peft.set_adapter(next(iter(self.peft.peft_config)))
+
+    def parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """The adapter's LoRA tensors keyed by module path (the adapter's name left out)."""
+        assert self.peft is not None and _key(name) in self.peft.peft_config, f"no adapter named {name!r}"
+        suffix = f".{_key(name)}.weight"
+        return {key.removesuffix(suffix): p for key, p in self.peft.named_parameters() if key.endswith(suffix)}
+
+    def state(self, name: str) -> dict[str, torch.Tensor]:
+        """A detached CPU copy of the adapter's tensors, for checkpoints."""
+        return {key: param.detach().to("cpu", copy=True) for key, param in self.parameters(name).items()}
+
+    @torch.no_grad()
+    def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        params = self.parameters(name)
+        assert params.keys() == state.keys(), f"adapter {name!r}: checkpoint tensors do not match the adapter"
+        for key, param in params.items():
+            param.copy_(state[key])
+
+    @torch.no_grad()
+    def copy_adapter(self, source: str, target: str) -> None:
+        self.load_state(target, {k: v.detach() for k, v in self.parameters(source).items()})
+
+    # ---- forward passes ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _active(self, adapter: str | None) -> Iterator[None]:
+        """Run the model with one adapter active, or with none (the base model)."""
+        if adapter is None:
+            if self.peft is None or not self.adapters:
+                yield
+            else:
+                with self.peft.disable_adapter():
+                    yield
+            return
+        assert self.peft is not None, f"no adapter named {adapter!r}"
+        self.peft.set_adapter(_key(adapter))
+        yield
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None) -> torch.Tensor:
+        """Final (normed) hidden states (B, T, H) with `adapter` active; grads flow if enabled."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding
+        with self._active(adapter):
+            out = self.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return out.last_hidden_state
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states -> vocabulary logits (the frozen output embedding)."""
+        return self.base.get_output_embeddings()(hidden)
+
+    def next_token_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache,
+        adapters: list[str | None],
+    ) -> torch.Tensor:
+        """Logits (B, V) of the next token for rows that each use their own adapter (None = base)."""
+        kwargs = {self.cache_kwarg: cache, "use_cache": True, "logits_to_keep": 1}
+        if all(a is None for a in adapters):
+            with self._active(None):
+                out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        else:
+            names = [BASE if a is None else _key(a) for a in adapters]
+            out = self.peft(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, adapter_names=names,
+                **kwargs,
+            )
+        return out.logits[:, -1, :]
+
+    # ---- prompts ----------------------------------------------------------------------------------------------
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation with the chat template and the assistant's generation prompt."""
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    @property
+    def stop_token_ids(self) -> set[int]:
+        """Tokens that end an attempt: the tokenizer's EOS plus the model's generation-config EOS ids."""
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        config_eos = getattr(getattr(self.base, "generation_config", None), "eos_token_id", None)
+        if isinstance(config_eos, int):
+            ids.add(config_eos)
+        elif config_eos:
+            ids.update(config_eos)
+        return ids

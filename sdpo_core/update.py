@@ -1,0 +1,120 @@
+"""One SDPO update of a run's adapter from one step of attempts, start to finish.
+
+    for each micro-batch of distilled attempts:
+        teacher pass (no grad)  : reprompt + attempt tokens -> hidden states at the attempt's positions
+        student pass            : prompt + attempt tokens   -> hidden states at the same positions
+        loss += sum_t D_alpha(student_t, teacher_t) * w_t / (distilled tokens in the whole step)
+        loss.backward()
+    clip grad norm, AdamW step, EMA teacher step
+
+Both passes re-score the tokens the student sampled; nothing new is generated. Attempts without a teacher
+context (no feedback, no successful sibling) are skipped: they contribute zero loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from sdpo_core.loss import chunked_loss_sum
+from sdpo_core.policy import LoraPolicy
+from sdpo_core.records import StepMetrics
+from sdpo_core.settings import SDPOSettings
+from sdpo_core.teacher import teacher_hidden, teacher_logits, update_teacher
+
+
+@dataclass
+class DistillSample:
+    """One attempt to distil: the student's prompt, the teacher's prompt and the sampled tokens."""
+
+    prompt_ids: list[int]
+    teacher_prompt_ids: list[int]
+    response_ids: list[int]
+    response_logprobs: list[float]  # under the sampling policy (pi_old)
+
+
+def make_optimizer(policy: LoraPolicy, adapter: str, settings: SDPOSettings) -> torch.optim.AdamW:
+    params = list(policy.parameters(adapter).values())
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _right_aligned(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and mask (B, T): every sequence ends at the last column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _response_positions(hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Hidden states (sum R, H) that predict each response token: positions T-R-1 .. T-2 of right-aligned rows."""
+    width = hidden.shape[1]
+    return torch.cat([hidden[row, width - n - 1: width - 1] for row, n in enumerate(lengths)])
+
+
+def sdpo_update(
+    policy: LoraPolicy,
+    optimizer: torch.optim.Optimizer,
+    adapter: str,
+    samples: list[DistillSample],
+    settings: SDPOSettings,
+    temperature: float = 1.0,
+) -> StepMetrics:
+    """Distil the teacher into the student adapter over `samples`; one optimizer step."""
+    total_tokens = sum(len(s.response_ids) for s in samples)
+    if total_tokens == 0:
+        return StepMetrics(loss=0.0)  # nothing to learn from this step (the reference's empty-target batch)
+    device, pad_id = policy.device, policy.tokenizer.pad_token_id
+    scale = 1.0 / (temperature if temperature > 0 else 1.0)  # logits at the sampling temperature
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        return policy.head(h) * scale
+
+    optimizer.zero_grad(set_to_none=True)
+    loss_total = 0.0
+    seconds = {"teacher_forward": 0.0, "student_forward_backward": 0.0}
+    for start in range(0, len(samples), settings.micro_batch_size):
+        mb = samples[start: start + settings.micro_batch_size]
+        mb_lengths = [len(s.response_ids) for s in mb]
+        mb_tokens = torch.tensor([t for s in mb for t in s.response_ids], device=device)  # (N,)
+        mb_old_lp = torch.tensor([lp for s in mb for lp in s.response_logprobs], device=device)  # (N,)
+
+        # ---- teacher: the same attempt tokens after the feedback-informed prompt ----
+        clock = time.perf_counter()
+        t_ids, t_mask = _right_aligned([s.teacher_prompt_ids + s.response_ids for s in mb], pad_id, device)
+        t_hidden = [_response_positions(h, mb_lengths) for h in teacher_hidden(policy, adapter, settings, t_ids, t_mask)]
+
+        def mb_teacher_logits(piece: slice, t_hidden: list[torch.Tensor] = t_hidden) -> torch.Tensor:
+            return teacher_logits(policy, settings, [h[piece] for h in t_hidden]) * scale
+
+        seconds["teacher_forward"] += time.perf_counter() - clock
+
+        # ---- student: the original prompt ----
+        clock = time.perf_counter()
+        s_ids, s_mask = _right_aligned([s.prompt_ids + s.response_ids for s in mb], pad_id, device)
+        s_hidden = _response_positions(policy.hidden_states(s_ids, s_mask, adapter), mb_lengths)  # (N, H)
+
+        loss = chunked_loss_sum(
+            s_hidden, mb_teacher_logits, head, mb_tokens, mb_old_lp,
+            alpha=settings.alpha, top_k=settings.top_k, add_tail=settings.add_tail, is_clip=settings.is_clip,
+            chunk_tokens=settings.loss_chunk_tokens,
+        ) / total_tokens  # token mean over the whole step
+        loss.backward()
+        loss_total += loss.item()
+        seconds["student_forward_backward"] += time.perf_counter() - clock
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+    if torch.isfinite(grad_norm):  # a non-finite step is skipped, teacher included, as the reference does
+        optimizer.step()
+        update_teacher(policy, adapter, settings)
+    optimizer.zero_grad(set_to_none=True)
+    return StepMetrics(
+        loss=loss_total, distilled_samples=len(samples), distilled_tokens=total_tokens, grad_norm=float(grad_norm),
+        seconds=seconds,
+    )
