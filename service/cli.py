@@ -1,6 +1,7 @@
 """The `sdpo` command line.
 
     sdpo solve PROBLEM.json [--method sdpo|best-of-k|multi-turn] [--max-attempts N] ...   in-process, no server
+    sdpo verify PROBLEM.json ANSWER.txt      check a verifier spec on a known answer; prints the verdict as JSON
 
 Heavy imports (torch, transformers) happen inside the commands that need them, so the light client install can
 run the server-facing commands.
@@ -114,11 +115,46 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_solve)
 
 
+# ---- sdpo verify ----------------------------------------------------------------------------------------------
+def read_answer(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError as exc:
+        raise CLIError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: cannot be read as text ({exc})") from exc
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify one answer the way a job would (sandbox included); exit 0 if solved, 1 if not."""
+    problem = load_problem(args.problem)
+    answer = read_answer(args.answer)
+    from workers.verification import verify_answer
+
+    verdict = verify_answer(problem, answer)
+    print(json.dumps(verdict.model_dump(include={"reward", "solved", "feedback", "answer"}), indent=2))
+    return 0 if verdict.solved else 1
+
+
+def add_verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify", help="check a problem's verifier on a known answer before submitting it",
+        description="Prints {reward, solved, feedback, answer} as JSON. Exit status: 0 solved, 1 not solved, "
+                    "2 bad input.",
+    )
+    p.add_argument("problem", help="problem JSON file: {prompt | messages, system_prompt?, verifier}")
+    p.add_argument("answer", help="text file with the answer to check, as a model would write it ('-' = stdin)")
+    p.set_defaults(func=cmd_verify)
+
+
 # ---- entry point ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdpo", description="Test-time discovery with SDPO on a per-problem LoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_solve_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 
