@@ -186,3 +186,10 @@ def test_functional_module_level_asserts_by_name(sandbox):
         "type": "code_functional", "entry_point": "double", "test": "assert double(2) == 4\nassert double(-1) == -2\n"}})
     assert verify(problem, block("def double(x):\n    return 2 * x"), sandbox).solved
     assert not verify(problem, block("def double(x):\n    return x + 2"), sandbox).solved
+
+
+def test_third_party_packages_only_when_the_problem_allows_them(sandbox):
+    program = block("import pydantic\na, b = map(int, input().split())\nprint(a + b)")
+    without = verify(sum_problem(), program, sandbox)
+    assert "ModuleNotFoundError: No module named 'pydantic'" in without.feedback
+    assert verify(sum_problem(packages=True), program, sandbox).solved

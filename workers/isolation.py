@@ -163,7 +163,7 @@ def choose_isolation(options: SandboxOptions) -> Isolation:
         raise SandboxUnavailable("the sandbox needs util-linux `prlimit` and `setpriv`")
     python_cmd = [options.python, "-I", "-c", "pass"]
     candidates: list[Isolation] = ["bwrap", "unshare", "rlimits"] if options.isolation == "auto" else [
-        options.isolation  # type: ignore[list-item]
+        options.isolation
     ]
     for mode in candidates:
         if mode == "bwrap" and shutil.which("bwrap"):

@@ -23,7 +23,18 @@ from types import TracebackType
 from typing import Any
 
 from sdpo_core.problem import Problem
-from sdpo_core.verifiers import SANDBOXED_TYPES, Verdict, Verifier, build_verifier, clip_feedback
+from sdpo_core.verifiers import (
+    SANDBOXED_TYPES,
+    CodeFunctionalSpec,
+    CodeIOSpec,
+    MathSpec,
+    PythonSpec,
+    Verdict,
+    Verifier,
+    WebhookSpec,
+    build_verifier,
+    clip_feedback,
+)
 from workers.isolation import SandboxOptions
 
 logger = logging.getLogger(__name__)
@@ -34,16 +45,16 @@ _EXTRA_S = 30.0  # margin over a verifier's own worst case before the pool gives
 
 def worst_case_seconds(problem: Problem) -> float:
     """How long one verification of `problem` may legitimately take, from its verifier's own limits."""
-    spec: Any = problem.verifier
-    if spec.type == "code_io":
+    spec = problem.verifier
+    if isinstance(spec, CodeIOSpec):
         tests = len(spec.public_tests) + len(spec.hidden_tests)
         return tests * (spec.time_limit_s + 1.0) * 1.5 + _EXTRA_S
-    if spec.type in ("code_functional", "python"):
+    if isinstance(spec, CodeFunctionalSpec | PythonSpec):
         return spec.timeout_s * 1.5 + 5.0 + _EXTRA_S
-    if spec.type == "webhook":
-        return (spec.max_retries + 1) * (spec.timeout_s + 2.0 ** spec.max_retries) + _EXTRA_S
-    if spec.type == "math":
-        return 4 * spec.timeout_s + _EXTRA_S
+    if isinstance(spec, WebhookSpec):
+        return (spec.max_retries + 1) * (spec.timeout_s + 2.0**spec.max_retries) + _EXTRA_S
+    if isinstance(spec, MathSpec):
+        return 4.0 * spec.timeout_s + _EXTRA_S
     return 60.0 + _EXTRA_S
 
 

@@ -62,6 +62,7 @@ class SubprocessSandbox:
         stdin: str = "",
         files: Mapping[str, str] | None = None,
         limits: RunLimits | None = None,
+        site_packages: bool = True,
     ) -> RunResult:
         """Run `script` as main.py in a fresh directory holding `files`; see `RunResult` for what comes back."""
         limits = limits or RunLimits()
@@ -72,7 +73,7 @@ class SubprocessSandbox:
             with tempfile.TemporaryFile() as stdin_file:
                 stdin_file.write(stdin.encode())
                 stdin_file.seek(0)
-                return self._execute(workdir, stdin_file, limits, lease)
+                return self._execute(workdir, stdin_file, limits, lease, site_packages)
         finally:
             if lease is not None:
                 if self.isolation == "rlimits":  # no pid namespace took the leftovers with it
@@ -80,8 +81,10 @@ class SubprocessSandbox:
                 lease.release()
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _command(self, workdir: Path, limits: RunLimits, lease: UidLease | None, env: dict[str, str]) -> list[str]:
-        python = [self.options.python, "-I", "-B", SCRIPT_NAME]
+    def _command(
+        self, workdir: Path, limits: RunLimits, lease: UidLease | None, env: dict[str, str], site_packages: bool
+    ) -> list[str]:
+        python = [self.options.python, "-I", "-B", *([] if site_packages else ["-S"]), SCRIPT_NAME]
         inner = (drop_argv(lease.uid) if lease else []) + limits_argv(limits, with_nproc=lease is not None or
                                                                        self.isolation != "rlimits") + python
         if self.isolation == "bwrap":
@@ -90,11 +93,13 @@ class SubprocessSandbox:
             return unshare_argv() + inner
         return inner
 
-    def _execute(self, workdir: Path, stdin_file: IO[bytes], limits: RunLimits, lease: UidLease | None) -> RunResult:
+    def _execute(
+        self, workdir: Path, stdin_file: IO[bytes], limits: RunLimits, lease: UidLease | None, site_packages: bool
+    ) -> RunResult:
         result_r, result_w = os.pipe()
         home = SANDBOX_DIR if self.isolation == "bwrap" else str(workdir)
         env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", RESULT_FD_ENV: str(result_w)}
-        command = self._command(workdir, limits, lease, env)
+        command = self._command(workdir, limits, lease, env, site_packages)
         started = time.monotonic()
         try:
             proc = subprocess.Popen(

@@ -48,6 +48,11 @@ class CodeIOSpec(BaseModel):
     compare: Compare = Field(
         default="lines", description="lines: trailing whitespace ignored; tokens: any whitespace; exact: bytes."
     )
+    packages: bool = Field(
+        default=False,
+        description="Let the program import third-party packages installed on the service (numpy, ...); without "
+        "them (the default, as on most judges) Python starts 2-3x faster.",
+    )
 
 
 _COMPARE: dict[str, Callable[[str], object]] = {
@@ -94,7 +99,7 @@ class CodeIOVerifier:
         return Verdict(reward=1.0, solved=True)
 
     def run_test(self, code: str, test: IOTest) -> tuple[Outcome, RunResult]:
-        run = self.sandbox.run_python(code, stdin=test.input, limits=self.limits)
+        run = self.sandbox.run_python(code, stdin=test.input, limits=self.limits, site_packages=self.spec.packages)
         if run.timed_out or run.cpu_limited:
             return "time", run
         if run.output_truncated:

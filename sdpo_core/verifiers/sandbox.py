@@ -90,6 +90,10 @@ class Sandbox(Protocol):
         stdin: str = "",
         files: Mapping[str, str] | None = None,
         limits: RunLimits | None = None,
+        site_packages: bool = True,
     ) -> RunResult:
-        """Run `script` with `stdin`, in a fresh directory that holds `files` (name -> text)."""
+        """Run `script` with `stdin`, in a fresh directory that holds `files` (name -> text).
+
+        `site_packages=False` starts the interpreter without third-party packages (`python -S`), 2-3x faster.
+        """
         ...
