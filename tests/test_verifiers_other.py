@@ -32,7 +32,7 @@ def test_math_wrong_answer_does_not_reveal_gold():
 
 
 def test_math_gold_goes_first():
-    """math-verify is asymmetric: an equation as the attempt is accepted for a plain gold value, not the reverse."""
+    """math-verify is asymmetric (gold first): an attempt written as an equation, x = 3, matches the gold value 3."""
     problem = problem_with({"type": "math", "answer": "3"})
     assert build_verifier(problem.verifier).verify(problem, "\\boxed{x = 3}").solved
 

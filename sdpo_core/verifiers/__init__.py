@@ -1,8 +1,9 @@
 """Verifier specs (a pydantic union tagged by `type`) and the factory that turns a spec into a Verifier.
 
-Answer verifiers (exact, numeric, regex) run in-process. Verifiers that execute code (programs written by the
-model, or verifier code written by a user) never run in the process that holds the model: their specs build a
-verifier from the sandbox runner that `workers/` provides, passed to `build_verifier(spec, sandbox=...)`.
+Answer verifiers (exact, numeric, regex, math, reasoning_gym) run in-process; webhook calls out over HTTP.
+Verifiers that execute code (code_io and code_functional programs written by the model, python verifiers written
+by a user) never run in the process that holds the model: their specs build a verifier from the sandbox that
+`workers/` provides (the `Sandbox` protocol of sandbox.py), passed to `build_verifier(spec, sandbox=...)`.
 To add a verifier type: write its spec model with a `type` literal, add it to `VerifierSpec`, and give it a
 `verify(problem, completion)` method or a factory in `_FACTORIES`.
 """
