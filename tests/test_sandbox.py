@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import pytest
 from sandbox_helpers import wait_until_no_sandbox_processes
 
 from sdpo_core.verifiers.sandbox import RunLimits
-from workers.isolation import SandboxOptions
+from workers.isolation import SandboxOptions, choose_isolation
 from workers.sandbox import SubprocessSandbox
 
 
@@ -150,3 +151,21 @@ def test_unshare_fallback_isolates_the_network():
     code, interfaces = run.stdout.strip().split("\n")
     assert int(code) != 0
     assert interfaces == "['lo']"
+
+
+def test_rlimits_fallback_warns_and_still_cleans_up(caplog):
+    """Without namespaces the network is open (a logged warning), but limits, the uid drop and cleanup remain."""
+    choose_isolation.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="workers.isolation"):
+        fallback = SubprocessSandbox(SandboxOptions(isolation="rlimits", python="/usr/bin/python3"))
+    assert fallback.isolation == "rlimits"
+    assert any("WITH network access" in record.getMessage() for record in caplog.records)
+    run = fallback.run_python(
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+        "import resource\nprint(os.getuid() != 0, resource.getrlimit(resource.RLIMIT_NPROC)[0])",
+        limits=RunLimits(max_processes=12),
+    )
+    assert run.exit_code == 0, run.stderr
+    if os.geteuid() == 0:  # as root the run drops to a leased uid, where RLIMIT_NPROC holds
+        assert run.stdout.split() == ["True", "12"]
+    assert wait_until_no_sandbox_processes() == []
