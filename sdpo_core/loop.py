@@ -32,7 +32,7 @@ from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt, EventSink, ProgressEvent, RunResult, RunStatus, StepMetrics, ignore_events
 from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, teacher_sections
-from sdpo_core.settings import RunSettings
+from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.teacher import drop_teacher, init_teacher, teacher_adapter
 from sdpo_core.update import DistillSample, make_optimizer, sdpo_update
 from sdpo_core.verifiers import Verdict, verify_attempts
@@ -179,16 +179,9 @@ class ProblemRun:
         return multi_turn_prompt(self.problem, self.policy.chat_ids, list(latest), self.settings.max_prompt_tokens)
 
     def _update(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
-        sdpo = self.settings.sdpo
-        outcomes = [AttemptOutcome(a.text, a.reward, a.feedback) for a in new]
-        samples = []
-        for completion, sections in zip(completions, teacher_sections(outcomes, sdpo), strict=True):
-            if sections is None or not completion.token_ids:
-                continue  # zero loss: nothing for the teacher to know more than the student
-            solution, feedback = sections
-            teacher_prompt = fit_prompt(self.problem, self.policy.chat_ids, sdpo.max_reprompt_tokens, solution, feedback)
-            samples.append(DistillSample(request.prompt_ids, teacher_prompt, completion.token_ids, completion.logprobs))
-        return sdpo_update(self.policy, self.optimizer, self.name, samples, sdpo, self.settings.temperature)
+        samples = distill_samples(self.problem, self.policy, self.settings.sdpo, request.prompt_ids, completions, new)
+        return sdpo_update(self.policy, self.optimizer, self.name, samples, self.settings.sdpo,
+                           self.settings.temperature)
 
     def _emit(self, kind: str, metrics: StepMetrics | None = None) -> ProgressEvent:
         first = self.first_success
@@ -207,6 +200,22 @@ class ProblemRun:
             method=self.settings.method, status=self.status, attempts=list(self.attempts), steps=self.step,
             first_success_attempt=first.index if first else None, solution=first.text if first else None,
         )
+
+
+def distill_samples(
+    problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
+    completions: Sequence[Completion], attempts: Sequence[Attempt],
+) -> list[DistillSample]:
+    """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss)."""
+    outcomes = [AttemptOutcome(a.text, a.reward, a.feedback) for a in attempts]
+    samples = []
+    for completion, sections in zip(completions, teacher_sections(outcomes, settings), strict=True):
+        if sections is None or not completion.token_ids:
+            continue  # zero loss: the teacher would know nothing more than the student
+        solution, feedback = sections
+        teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)
+        samples.append(DistillSample(prompt_ids, teacher_prompt, completion.token_ids, completion.logprobs))
+    return samples
 
 
 def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[ProgressEvent]:

@@ -76,45 +76,36 @@ def _shorten(text: str, keep_chars: int) -> str:
     return text[: max(0, keep_chars)].rstrip() + TRUNCATION_MARK
 
 
-def fit_prompt(
-    problem: Problem, tokenize: Tokenize, max_tokens: int, solution: str | None, feedback: str | None,
-    render: Callable[[str, str | None, str | None], str] = reprompt_text,
-) -> list[int]:
-    """Prompt ids of the rendered reprompt, shortening the feedback, then the demonstration, to fit max_tokens.
+def _fit_section(ids_with: Callable[[str], list[int]], text: str, max_tokens: int) -> str:
+    """The longest head of `text` (marked as shortened) whose prompt fits; bisection, O(log n) tokenisations."""
+    if len(ids_with(_shorten(text, 0))) > max_tokens:
+        return _shorten(text, 0)
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(ids_with(_shorten(text, mid))) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _shorten(text, lo)
 
-    Shortening halves the section until it fits, then grows it back by bisection: O(log n) tokenisations.
-    """
+
+def fit_prompt(
+    problem: Problem, tokenize: Tokenize, max_tokens: int, solution: str | None, feedback: str | None
+) -> list[int]:
+    """Prompt ids of the reprompt, the feedback and then the demonstration shortened until it fits max_tokens."""
 
     def ids_for(sol: str | None, fb: str | None) -> list[int]:
-        return tokenize(problem.chat(question=render(problem.question, sol, fb)))
+        return tokenize(problem.chat(question=reprompt_text(problem.question, sol, fb)))
 
     ids = ids_for(solution, feedback)
-    if len(ids) <= max_tokens:
-        return ids
-    for section in ("feedback", "solution"):
-        text = feedback if section == "feedback" else solution
-        if not text:
-            continue
-
-        def build(keep: int, section: str = section, text: str = text) -> list[int]:
-            shortened = _shorten(text, keep)
-            return ids_for(solution, shortened) if section == "feedback" else ids_for(shortened, feedback)
-
-        lo, hi = 0, len(text)  # largest `keep` whose prompt fits
-        if len(build(0)) > max_tokens:
-            if section == "feedback":
-                feedback = _shorten(text, 0)
-            else:
-                solution = _shorten(text, 0)
-            continue
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if len(build(mid)) <= max_tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        return build(lo)
-    return ids_for(solution, feedback)  # the question alone is too long: keep it whole, as the student saw it
+    if len(ids) > max_tokens and feedback:
+        feedback = _fit_section(lambda fb: ids_for(solution, fb), feedback, max_tokens)
+        ids = ids_for(solution, feedback)
+    if len(ids) > max_tokens and solution:
+        solution = _fit_section(lambda sol: ids_for(sol, feedback), solution, max_tokens)
+        ids = ids_for(solution, feedback)
+    return ids  # a question too long on its own stays whole, as the student saw it
 
 
 def multi_turn_text(question: str, feedbacks: Sequence[str]) -> str:

