@@ -169,3 +169,13 @@ def test_rlimits_fallback_warns_and_still_cleans_up(caplog):
     if os.geteuid() == 0:  # as root the run drops to a leased uid, where RLIMIT_NPROC holds
         assert run.stdout.split() == ["True", "12"]
     assert wait_until_no_sandbox_processes() == []
+
+
+def test_stale_run_directories_of_killed_workers_are_swept(tmp_path):
+    stale, fresh = tmp_path / "sdpo-run-stale", tmp_path / "sdpo-run-fresh"
+    stale.mkdir()
+    fresh.mkdir()
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    SubprocessSandbox(SandboxOptions(tmp_dir=str(tmp_path)))
+    assert not stale.exists() and fresh.exists()

@@ -39,6 +39,8 @@ from workers.uids import UidLease, UidPool, kill_processes_of
 logger = logging.getLogger(__name__)
 
 SCRIPT_NAME = "main.py"
+RUN_DIR_PREFIX = "sdpo-run-"
+STALE_RUN_DIR_S = 3600.0  # a run directory this old belongs to a worker that was killed mid-run
 _EXIT_GRACE_S = 0.2  # after the main process exits, how long to wait for pipes held by its children
 
 
@@ -54,6 +56,7 @@ class SubprocessSandbox:
             lock_dir = Path(self.options.tmp_dir or tempfile.gettempdir()) / "sdpo-sandbox-uids"
             self._uids = UidPool(base=self.options.uid_base, count=self.options.uid_count, lock_dir=lock_dir)
         logger.info("sandbox isolation: %s, uid drop: %s", self.isolation, self._uids is not None)
+        _sweep_stale_run_dirs(Path(self.options.tmp_dir or tempfile.gettempdir()))
 
     def run_python(
         self,
@@ -67,7 +70,7 @@ class SubprocessSandbox:
         """Run `script` as main.py in a fresh directory holding `files`; see `RunResult` for what comes back."""
         limits = limits or RunLimits()
         lease = self._uids.acquire() if self._uids is not None else None
-        workdir = Path(tempfile.mkdtemp(prefix="sdpo-run-", dir=self.options.tmp_dir))
+        workdir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=self.options.tmp_dir))
         try:
             _stage(workdir, {SCRIPT_NAME: script, **(files or {})}, lease)
             with tempfile.TemporaryFile() as stdin_file:
@@ -112,8 +115,8 @@ class SubprocessSandbox:
             captured = _collect(proc, result_r, limits, started)
         finally:
             _kill_group(proc)
-            proc.wait()
-            os.close(result_r)
+            with proc:  # waits, closes stdout and stderr
+                os.close(result_r)
         return _result(proc.returncode, captured, limits, time.monotonic() - started, self.isolation)
 
 
@@ -126,6 +129,15 @@ class _Captured:
     result_overflow: bool = False
     timed_out: bool = False
     output_truncated: bool = False
+
+
+def _sweep_stale_run_dirs(base: Path) -> None:
+    """Remove run directories left by workers killed mid-run (their `finally` never ran)."""
+    cutoff = time.time() - STALE_RUN_DIR_S
+    for stale in base.glob(f"{RUN_DIR_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and stale.stat().st_mtime < cutoff:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _stage(workdir: Path, files: Mapping[str, str], lease: UidLease | None) -> None:
