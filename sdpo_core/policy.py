@@ -13,16 +13,47 @@ from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from sdpo_core.settings import SDPOSettings
 
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 _PREFIX = "sdpo_"  # peft adapters are ModuleDict keys: a bare name like "half" would clash with nn.Module
 
 
 def _key(name: str) -> str:
     """peft's name for our adapter `name` (dots are not allowed in module names)."""
     return _PREFIX + name.replace(".", "_")
+
+
+class RowAdapters:
+    """Which adapter each row of the next forward uses (0 = base model, i = names[i - 1])."""
+
+    index: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def _stack_adapters(module: LoraLayer, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) stacks of shape (n + 1, r, in), (n + 1, out, r) with a zero adapter first; ranks padded, B scaled."""
+    rank = max(module.lora_A[k].weight.shape[0] for k in keys)
+    weight = module.lora_A[keys[0]].weight
+    a_stack = weight.new_zeros(len(keys) + 1, rank, module.in_features)
+    b_stack = weight.new_zeros(len(keys) + 1, module.out_features, rank)
+    for i, key in enumerate(keys, start=1):
+        r = module.lora_A[key].weight.shape[0]
+        a_stack[i, :r] = module.lora_A[key].weight
+        b_stack[i, :, :r] = module.lora_B[key].weight * module.scaling[key]
+    return a_stack, b_stack
+
+
+def _row_lora_hook(rows: RowAdapters, a_stack: torch.Tensor, b_stack: torch.Tensor):
+    def hook(module, args, output):
+        if rows.index is None:
+            return output
+        x = args[0]  # (B, T, in)
+        low_rank = torch.bmm(x.to(a_stack.dtype), a_stack[rows.index].transpose(1, 2))  # (B, T, r)
+        return output + torch.bmm(low_rank, b_stack[rows.index].transpose(1, 2)).to(output.dtype)  # (B, T, out)
+
+    return hook
 
 
 class LoraPolicy:
@@ -79,6 +110,12 @@ class LoraPolicy:
         suffix = f".{_key(name)}.weight"
         return {key.removesuffix(suffix): p for key, p in self.peft.named_parameters() if key.endswith(suffix)}
 
+    def lora_settings(self, name: str) -> SDPOSettings:
+        """The LoRA shape the adapter was created with (rank, alpha, target modules), as SDPOSettings fields."""
+        config = self.peft.peft_config[_key(name)]
+        return SDPOSettings(lora_rank=config.r, lora_alpha=config.lora_alpha,
+                            target_modules=sorted(config.target_modules))
+
     def state(self, name: str) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the adapter's tensors, for checkpoints."""
         return {key: param.detach().to("cpu", copy=True) for key, param in self.parameters(name).items()}
@@ -121,21 +158,34 @@ class LoraPolicy:
         return self.base.get_output_embeddings()(hidden)
 
     def next_token_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache,
-        adapters: list[str | None],
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache
     ) -> torch.Tensor:
-        """Logits (B, V) of the next token for rows that each use their own adapter (None = base)."""
+        """Logits (B, V) of the next token; inside `rows_lora` each row uses its own adapter, else the base."""
         kwargs = {self.cache_kwarg: cache, "use_cache": True, "logits_to_keep": 1}
-        if all(a is None for a in adapters):
-            with self._active(None):
-                out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        else:
-            names = [BASE if a is None else _key(a) for a in adapters]
-            out = self.peft(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, adapter_names=names,
-                **kwargs,
-            )
+        with self._active(None):
+            out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         return out.logits[:, -1, :]
+
+    @contextmanager
+    def rows_lora(self, names: list[str]) -> Iterator[RowAdapters]:
+        """Batched multi-LoRA for generation: row b of a forward uses adapter `names[index[b] - 1]` (0 = base).
+
+        Each LoRA layer gets a forward hook adding x A_b^T B_b^T with the row's (A, B) gathered from stacks built
+        once here: two batched matmuls per layer whatever the number of adapters (peft's `adapter_names` loops
+        over adapters instead). The base weights run once for all rows.
+        """
+        rows = RowAdapters()
+        hooks = []
+        if self.peft is not None and names:
+            for module in self.peft.modules():
+                if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
+                    a_stack, b_stack = _stack_adapters(module, [_key(n) for n in names])
+                    hooks.append(module.register_forward_hook(_row_lora_hook(rows, a_stack, b_stack)))
+        try:
+            yield rows
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     # ---- prompts ----------------------------------------------------------------------------------------------
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_solve_parser(sub)
     add_verify_parser(sub)
+    from service.bench_commands import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -84,3 +84,31 @@ def test_temperature_zero_is_greedy(tiny_policy):
     ids = torch.tensor([request(tiny_policy).prompt_ids])
     first = tiny_policy.head(tiny_policy.hidden_states(ids, torch.ones_like(ids), None)[0, -1]).argmax()
     assert out[0].token_ids[0] == int(first)
+
+
+def test_batched_row_lora_matches_peft_for_each_adapter(tiny_policy):
+    """The engine's gathered-LoRA forward gives the log-probs peft's own adapter forward gives."""
+    for name, seed in (("one", 1), ("two", 2)):
+        tiny_policy.create_adapter(name, SDPOSettings(lora_rank=4 * seed), seed=seed)
+        perturb(tiny_policy, name, scale=0.3, seed=seed)
+    reqs = [request(tiny_policy, adapter=a, indices=[1, 2], max_new=8) for a in ("one", None, "two")]
+    outputs = TransformersEngine(tiny_policy).generate(reqs)
+    for req, completions in zip(reqs, outputs):
+        for c in completions:
+            ids = torch.tensor([req.prompt_ids + c.token_ids])
+            hidden = tiny_policy.hidden_states(ids, torch.ones_like(ids), req.adapter)
+            logits = tiny_policy.head(hidden[0, len(req.prompt_ids) - 1: -1])
+            expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_looking_at_tokens_less_often_changes_nothing(tiny_policy):
+    """sync_every > 1 (the GPU setting) only wastes a few decode steps; the attempts are the same."""
+    stop = set(tiny_policy.tokenizer.convert_tokens_to_ids(list("aeiou")))
+    reqs = [request(tiny_policy, indices=range(1, 11), max_new=9), request(tiny_policy, "Other?", indices=[1, 2])]
+    every = TransformersEngine(tiny_policy, max_batch_size=4, stop_token_ids=stop, sync_every=1).generate(reqs)
+    lazy = TransformersEngine(tiny_policy, max_batch_size=4, stop_token_ids=stop, sync_every=5).generate(reqs)
+    for a_req, b_req in zip(every, lazy):
+        assert [(c.token_ids, c.truncated) for c in a_req] == [(c.token_ids, c.truncated) for c in b_req]
+        for a, b in zip(a_req, b_req):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
