@@ -23,6 +23,7 @@ fi
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v setpriv >/dev/null && command -v prlimit >/dev/null || need_apt+=(util-linux)  # the sandbox's uid drop and rlimits
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -7,6 +7,8 @@
     sdpo status ID | sdpo events ID | sdpo curve ID -o FILE.svg
     sdpo batch FILE.jsonl [--concurrency N]          one problem per line, solved as a batch
     sdpo hash-key KEY                                the SHA-256 to configure an API key with
+    sdpo verify PROBLEM.json ANSWER.txt              check a verifier spec on a known answer (verdict as JSON)
+    sdpo bench discovery | sdpo bench throughput     the benchmarks (see docs/benchmarks.md)
 
 The server-facing commands take --url/--api-key, or SDPO_URL / SDPO_API_KEY.
 
@@ -120,6 +122,40 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     p.add_argument("--curve", help="write the discovery curve against best-of-k to this SVG file")
     p.set_defaults(func=cmd_solve)
+
+
+# ---- sdpo verify ----------------------------------------------------------------------------------------------
+def read_answer(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError as exc:
+        raise CLIError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: cannot be read as text ({exc})") from exc
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify one answer the way a job would (sandbox included); exit 0 if solved, 1 if not."""
+    problem = load_problem(args.problem)
+    answer = read_answer(args.answer)
+    from workers.verification import verify_answer
+
+    verdict = verify_answer(problem, answer)
+    print(json.dumps(verdict.model_dump(include={"reward", "solved", "feedback", "answer"}), indent=2))
+    return 0 if verdict.solved else 1
+
+
+def add_verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify", help="check a problem's verifier on a known answer before submitting it",
+        description="Prints {reward, solved, feedback, answer} as JSON. Exit status: 0 solved, 1 not solved, "
+                    "2 bad input.",
+    )
+    p.add_argument("problem", help="problem JSON file: {prompt | messages, system_prompt?, verifier}")
+    p.add_argument("answer", help="text file with the answer to check, as a model would write it ('-' = stdin)")
+    p.set_defaults(func=cmd_verify)
 
 
 # ---- server side: sdpo serve, sdpo worker -----------------------------------------------------------------------
@@ -393,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from service.bench_commands import add_bench_parser
 
-    for add in (add_solve_parser, add_serve_parser, add_worker_parser, add_submit_parser, add_status_parser,
+    for add in (add_solve_parser, add_verify_parser, add_serve_parser, add_worker_parser, add_submit_parser, add_status_parser,
                 add_events_parser, add_curve_parser, add_batch_parser, add_hash_key_parser, add_bench_parser):
         add(sub)
     return parser

@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny random model (fast unit tests), the real SmolLM2 (integration tests), and a real
-redis-server on a free loopback port (service tests)."""
+redis-server on a free loopback port (service tests), the sandbox and verifier pool (subprocesses, no mocks)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import make_tiny_model_dir  # noqa: E402
+
+from workers.pool import VerifierPool  # noqa: E402
+from workers.sandbox import SubprocessSandbox  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -83,3 +86,14 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> SubprocessSandbox:
+    return SubprocessSandbox()
+
+
+@pytest.fixture(scope="session")
+def pool():
+    with VerifierPool(max_workers=2) as verifier_pool:
+        yield verifier_pool

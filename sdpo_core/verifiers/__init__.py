@@ -1,8 +1,9 @@
 """Verifier specs (a pydantic union tagged by `type`) and the factory that turns a spec into a Verifier.
 
-Answer verifiers (exact, numeric, regex) run in-process. Verifiers that execute code (programs written by the
-model, or verifier code written by a user) never run in the process that holds the model: their specs build a
-verifier from the sandbox runner that `workers/` provides, passed to `build_verifier(spec, sandbox=...)`.
+Answer verifiers (exact, numeric, regex, math, reasoning_gym) run in-process; webhook calls out over HTTP.
+Verifiers that execute code (code_io and code_functional programs written by the model, python verifiers written
+by a user) never run in the process that holds the model: their specs build a verifier from the sandbox that
+`workers/` provides (the `Sandbox` protocol of sandbox.py), passed to `build_verifier(spec, sandbox=...)`.
 To add a verifier type: write its spec model with a `type` literal, add it to `VerifierSpec`, and give it a
 `verify(problem, completion)` method or a factory in `_FACTORIES`.
 """
@@ -16,14 +17,44 @@ from pydantic import Field
 
 from sdpo_core.verifiers.answer import ExactSpec, NumericSpec, RegexSpec
 from sdpo_core.verifiers.base import Verdict, Verifier, VerifierError, clip_feedback
+from sdpo_core.verifiers.code_io import CodeIOSpec, CodeIOVerifier
+from sdpo_core.verifiers.functional import CodeFunctionalSpec, CodeFunctionalVerifier
+from sdpo_core.verifiers.math_answer import MathSpec
+from sdpo_core.verifiers.python_verifier import PythonSpec, PythonVerifier
+from sdpo_core.verifiers.reasoning import ReasoningGymSpec
+from sdpo_core.verifiers.sandbox import RunLimits, RunResult, Sandbox
+from sdpo_core.verifiers.webhook import WebhookSpec
 
 if TYPE_CHECKING:
     from sdpo_core.problem import Problem
 
-VerifierSpec = Annotated[ExactSpec | NumericSpec | RegexSpec, Field(discriminator="type")]
+VerifierSpec = Annotated[
+    ExactSpec | NumericSpec | RegexSpec | MathSpec | ReasoningGymSpec | CodeIOSpec | CodeFunctionalSpec | PythonSpec
+    | WebhookSpec,
+    Field(discriminator="type"),
+]
+
+# Types whose verification executes untrusted code: they run only through a sandbox.
+SANDBOXED_TYPES = frozenset({"code_io", "code_functional", "python"})
+
+
+def _sandboxed(verifier_class: Callable[[Any, Sandbox], Verifier]) -> Callable[[Any, Any], Verifier]:
+    def factory(spec: Any, sandbox: Any) -> Verifier:
+        if sandbox is None:
+            raise VerifierError(
+                f"verifier type '{spec.type}' runs code and needs a sandbox (workers.verification provides one)"
+            )
+        return verifier_class(spec, sandbox)
+
+    return factory
+
 
 # type -> factory(spec, sandbox) for specs that need resources beyond their own fields.
-_FACTORIES: dict[str, Callable[[Any, Any], Verifier]] = {}
+_FACTORIES: dict[str, Callable[[Any, Any], Verifier]] = {
+    "code_io": _sandboxed(CodeIOVerifier),
+    "code_functional": _sandboxed(CodeFunctionalVerifier),
+    "python": _sandboxed(PythonVerifier),
+}
 
 
 def build_verifier(spec: Any, *, sandbox: Any = None) -> Verifier:
@@ -53,6 +84,7 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
 
 
 __all__ = [
-    "ExactSpec", "NumericSpec", "RegexSpec", "Verdict", "Verifier", "VerifierError", "VerifierSpec",
-    "build_verifier", "verify_attempts",
+    "SANDBOXED_TYPES", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec", "NumericSpec", "PythonSpec",
+    "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "Verdict", "Verifier", "VerifierError",
+    "VerifierSpec", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
 ]

@@ -1,0 +1,140 @@
+"""`webhook`: the attempt is POSTed to the user's URL, which answers {"reward", "feedback"}.
+
+Each request body is signed: X-SDPO-Signature is "sha256=" + HMAC-SHA256(secret, timestamp + "." + body) and
+X-SDPO-Timestamp the Unix time, so the receiver can check that the call comes from this service and is fresh.
+Requests have a timeout, a bounded number of retries (on connection errors, timeouts, 429 and 5xx) and never follow
+redirects. Private, loopback, link-local and other non-public addresses are refused, so a job cannot make the
+service probe its own network, unless the operator sets SDPO_WEBHOOK_ALLOW_PRIVATE=1. The check resolves the host
+name before each request; a name that resolves differently a moment later (DNS rebinding) is not caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import math
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from sdpo_core.verifiers.base import Verdict, clip_feedback
+
+if TYPE_CHECKING:
+    import httpx
+
+    from sdpo_core.problem import Problem
+
+ALLOW_PRIVATE_ENV = "SDPO_WEBHOOK_ALLOW_PRIVATE"
+SIGNATURE_HEADER = "X-SDPO-Signature"
+TIMESTAMP_HEADER = "X-SDPO-Timestamp"
+MAX_RESPONSE_BYTES = 65_536
+RETRY_BACKOFF_S = 0.5
+
+
+class WebhookSpec(BaseModel):
+    """An HTTP(S) endpoint that scores attempts."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"] = "webhook"
+    url: AnyHttpUrl = Field(description="Where attempts are POSTed as JSON.")
+    secret: str = Field(min_length=16, max_length=512, description="Shared secret for the HMAC-SHA256 signature.")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per request.")
+    max_retries: int = Field(default=2, ge=0, le=5, description="Extra tries after a failed request.")
+
+    def verify(self, problem: Problem, completion: str) -> Verdict:
+        refused = refusal(str(self.url))
+        if refused:
+            return _broken(f"The webhook verifier was not called: {refused}.")
+        body = json.dumps({"problem_id": problem.id, "prompt": problem.question, "completion": completion}).encode()
+        try:
+            data = self._post(body)
+        except WebhookFailed as exc:
+            return _broken(f"The webhook verifier failed: {exc}.")
+        return verdict_from_reply(data)
+
+    def _post(self, body: bytes) -> Any:
+        import httpx  # imported here: the spec is also loaded by light clients that never call webhooks
+
+        last_error = "no request was made"
+        with httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False) as client:
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+                try:
+                    status, content = _send(client, str(self.url), body, sign(self.secret, body))
+                except httpx.HTTPError as exc:
+                    last_error = f"{type(exc).__name__} after {attempt + 1} tries"
+                    continue
+                if status == 429 or status >= 500:
+                    last_error = f"HTTP {status} after {attempt + 1} tries"
+                    continue
+                if status != 200:
+                    raise WebhookFailed(f"it answered HTTP {status}")
+                try:
+                    return json.loads(content)
+                except ValueError:
+                    raise WebhookFailed("its answer is not JSON") from None
+        raise WebhookFailed(last_error)
+
+
+class WebhookFailed(RuntimeError):
+    """The webhook could not give a usable answer."""
+
+
+def sign(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """The signature headers for `body`."""
+    timestamp = str(int(time.time() if now is None else now))
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: f"sha256={digest}", "Content-Type": "application/json"}
+
+
+def _send(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    with client.stream("POST", url, content=body, headers=headers) as response:
+        content = b""
+        for chunk in response.iter_bytes():
+            content += chunk
+            if len(content) > MAX_RESPONSE_BYTES:
+                raise WebhookFailed(f"its answer is longer than {MAX_RESPONSE_BYTES} bytes")
+        return response.status_code, content
+
+
+def refusal(url: str) -> str | None:
+    """Why `url` may not be called (its host resolves to a non-public address), or None."""
+    if os.environ.get(ALLOW_PRIVATE_ENV) == "1":
+        return None
+    parsed = urlsplit(url)
+    host = parsed.hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"its host {host!r} does not resolve ({exc.strerror})"
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address.is_global or address.is_multicast:
+            return (f"{host} resolves to the non-public address {address}, which this service does not call "
+                    f"(an operator can allow it with {ALLOW_PRIVATE_ENV}=1)")
+    return None
+
+
+def verdict_from_reply(data: Any) -> Verdict:
+    """A Verdict from the webhook's JSON: {"reward": number in [0, 1], "feedback"?: str, "solved"?: bool}."""
+    if type(data) is not dict or "reward" not in data:
+        return _broken('The webhook verifier answered without a "reward".')
+    reward, feedback, solved = data["reward"], data.get("feedback", ""), data.get("solved")
+    if type(reward) not in (int, float) or not math.isfinite(reward) or not 0.0 <= reward <= 1.0:
+        return _broken("The webhook verifier answered a reward that is not a number in [0, 1].")
+    if type(feedback) is not str:
+        return _broken("The webhook verifier answered a feedback that is not a string.")
+    return Verdict(
+        reward=float(reward), solved=solved if type(solved) is bool else reward >= 1.0, feedback=clip_feedback(feedback)
+    )
+
+
+def _broken(message: str) -> Verdict:
+    return Verdict(reward=0.0, solved=False, feedback=clip_feedback(message))

@@ -1,0 +1,161 @@
+"""Hostile programs and verifiers: each is contained, its verdict says what happened, and the pool keeps working.
+
+Every case goes through the real verifier pool (worker processes -> sandbox -> bubblewrap) next to a correct
+solution of the same problem, so one batch shows both the containment and that the pool still verifies.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+from sandbox_helpers import SUM_SOLUTION, block, sum_problem, wait_until_no_sandbox_processes
+
+from sdpo_core.problem import Problem
+from sdpo_core.verifiers.sandbox import RunLimits
+from workers.pool import VerifierPool
+
+
+def verify_with_good_neighbour(pool: VerifierPool, problem: Problem, hostile: str):
+    """The verdict on `hostile`, after checking that a correct attempt in the same batch still solves."""
+    hostile_verdict, good_verdict = pool.verify_batch(problem, [hostile, block(SUM_SOLUTION)])
+    assert good_verdict.solved, good_verdict.feedback
+    assert not hostile_verdict.solved and hostile_verdict.reward == 0.0
+    return hostile_verdict
+
+
+@pytest.mark.parametrize(("name", "program", "says"), [
+    ("infinite loop", "while True:\n    pass", "Time Limit Exceeded"),
+    ("fork bomb", "import os\nwhile True:\n    os.fork()", "Resource temporarily unavailable"),
+    ("patient fork bomb", "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+                          "        time.sleep(0.01)", "Time Limit Exceeded"),
+    ("memory bomb", "chunks = []\nwhile True:\n    chunks.append(bytearray(50 << 20))", "MemoryError"),
+    ("gigabyte of stdout", "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)",
+     "Output Limit Exceeded"),
+    ("sys.exit(1)", "import sys\nsys.exit(1)", "exited with status 1"),
+    ("os._exit(3)", "import os\nos._exit(3)", "exited with status 3"),
+    ("killing its parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "PermissionError"),
+    ("killing everything it can", "import os, signal\nos.kill(-1, signal.SIGKILL)", "SIGKILL"),
+    ("killing its process group", "import os, signal\nos.killpg(os.getpgid(0), signal.SIGKILL)", "SIGKILL"),
+])
+def test_hostile_program_is_contained(pool, name, program, says):
+    problem = sum_problem(memory_mb=256, time_limit_s=1.0)  # 256 MB: the kernel zeroes every page a bomb touches
+    verdict = verify_with_good_neighbour(pool, problem, block(program))
+    assert says in verdict.feedback, f"{name}: {verdict.feedback}"
+    assert wait_until_no_sandbox_processes() == [], f"{name} left processes behind"
+
+
+def test_fork_bomb_leaves_the_machine_able_to_fork(pool):
+    verify_with_good_neighbour(pool, sum_problem(), block("import os\nwhile True:\n    os.fork()"))
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_writing_and_deleting_outside_the_run_directory_fails(pool, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    escaped = tmp_path / "escaped.txt"
+    program = (
+        f"import os, shutil\nfor path in [{str(escaped)!r}, '/etc/sdpo-escaped', {sys.prefix!r} + '/escaped', '/usr/escaped']:\n"
+        "    try:\n        open(path, 'w').write('x')\n    except OSError:\n        pass\n"
+        f"for path in [{str(precious)!r}, {os.path.realpath(sys.executable)!r}]:\n    try:\n        os.remove(path)\n    except OSError:\n        pass\n"
+        f"shutil.rmtree({str(tmp_path)!r}, ignore_errors=True)\nshutil.rmtree('/usr/bin', ignore_errors=True)\n"
+        "a, b = map(int, input().split())\nprint(a + b)\n"
+    )
+    verdicts = pool.verify_batch(sum_problem(), [block(program), block(SUM_SOLUTION)])
+    assert verdicts[1].solved
+    assert precious.read_text() == "keep me"
+    assert not escaped.exists() and not os.path.exists(os.path.join(sys.prefix, "escaped"))
+    assert not os.path.exists("/etc/sdpo-escaped") and not os.path.exists("/usr/escaped")
+    assert os.path.exists(os.path.realpath(sys.executable)) and os.path.isdir("/usr/bin")
+
+
+def test_service_secrets_are_out_of_reach(monkeypatch, tmp_path):
+    """Neither the environment nor any /proc/*/environ nor the service's files show the secret."""
+    secret = "sdpo-service-secret-6c1f9a"
+    monkeypatch.setenv("SDPO_TEST_SERVICE_SECRET", secret)
+    secret_file = tmp_path / "service.env"
+    secret_file.write_text(secret)
+    secret_file.chmod(0o600)
+    program = (
+        "import glob, os\nfound = [k for k, v in os.environ.items() if 'sdpo-service' in v]\n"
+        f"for path in glob.glob('/proc/*/environ') + [{str(secret_file)!r}]:\n"
+        "    try:\n        found += [path] if b'sdpo-service' in open(path, 'rb').read() else []\n"
+        "    except OSError:\n        pass\nprint(found)\n"
+    )
+    with VerifierPool(max_workers=1) as fresh_pool:  # spawned after the secret was set: the worker has it
+        verdict = verify_with_good_neighbour(fresh_pool, sum_problem(), block(program))
+    assert "Output:\n[]" in verdict.feedback
+    assert secret not in verdict.feedback
+
+
+def test_network_connections_are_impossible(pool):
+    """A listener on the host's loopback cannot be reached from inside; nothing is ever accepted."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    program = (
+        f"import socket\nresults = []\nfor family, address in [(socket.AF_INET, ('127.0.0.1', {port})),"
+        f" (socket.AF_INET6, ('::1', {port}))]:\n"
+        "    try:\n        s = socket.socket(family)\n        s.settimeout(2)\n        s.connect(address)\n"
+        "        results.append('connected')\n    except OSError as exc:\n        results.append(type(exc).__name__)\n"
+        "print(results, [name for _, name in socket.if_nameindex()])\n"
+    )
+    try:
+        verdict = verify_with_good_neighbour(pool, sum_problem(), block(program))
+        assert "connected" not in verdict.feedback and "['lo']" in verdict.feedback
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ("def verify(c):\n    return 'yes'", "The verifier returned 'yes'"),
+    ("def verify(c):\n    return 2.5", "The verifier returned 2.5; it must return a bool, a number in [0, 1]"),
+    ("def verify(c):\n    return float('nan')", "The verifier returned nan"),
+    ("def verify(c):\n    return {'reward': -1}", "the reward -1, which is not a number in [0, 1]"),
+    ("def verify(c):\n    return object()", "only built-in data"),
+    ("def verify(c):\n    return {'feedback': 'no reward'}", "must return"),
+    ("def verify(c):\n    raise ValueError('broken verifier')", "raised ValueError in verify(): broken verifier"),
+    ("raise RuntimeError('at import')\ndef verify(c):\n    return True", "raised RuntimeError while loading"),
+    ("def verify(c):\n    while True:\n        pass", "did not finish within 1 s"),
+    ("import time\ndef verify(c):\n    time.sleep(60)", "did not finish within 1 s"),
+    ("import os\ndef verify(c):\n    os._exit(0)", "exited (status 0) before returning"),
+    ("import sys\ndef verify(c):\n    sys.exit(0)", "raised SystemExit"),
+    ("import os\ndef verify(c):\n    os.kill(os.getppid(), 9)", "killed by signal SIGKILL"),  # it kills its judge
+])
+def test_bad_user_verifier_gives_reward_zero_and_says_why(pool, source, says):
+    problem = Problem.model_validate({"prompt": "Say ok.", "verifier": {"type": "python", "source": source,
+                                                                       "timeout_s": 1.0}})
+    verdict = pool.verify_batch(problem, ["ok"])[0]
+    assert verdict.reward == 0.0 and not verdict.solved
+    assert says in verdict.feedback, verdict.feedback
+    good = Problem.model_validate({"prompt": "Say ok.", "verifier": {"type": "python",
+                                                                     "source": "def verify(c):\n    return c == 'ok'"}})
+    assert pool.verify_batch(good, ["ok"])[0].solved
+
+
+def test_pool_stops_a_verification_that_overruns_and_recovers(tmp_path):
+    """A verification past the pool's deadline is killed with its worker (and sandbox); the pool goes on."""
+    slow = sum_problem(time_limit_s=20.0)
+    with VerifierPool(max_workers=1, task_timeout_s=1.5) as short_pool:
+        verdict = short_pool.verify_batch(slow, [block("import time\ntime.sleep(60)")])[0]
+        assert verdict.reward == 0.0 and "did not finish within 1.5 s" in verdict.feedback
+        assert wait_until_no_sandbox_processes() == []
+        assert short_pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)])[0].solved
+
+
+def test_sandbox_limits_hold_for_direct_runs(sandbox):
+    """The same containment without the pool: fork bomb and memory bomb on small limits."""
+    bomb = sandbox.run_python("import os\nwhile True:\n    os.fork()", limits=RunLimits(wall_s=5, max_processes=8))
+    assert bomb.exit_code != 0 and "Resource temporarily unavailable" in bomb.stderr
+    memory = sandbox.run_python("x = bytearray(300 << 20)", limits=RunLimits(memory_mb=200))
+    assert memory.out_of_memory and "out of memory" in memory.describe()
+    assert wait_until_no_sandbox_processes() == []

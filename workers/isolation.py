@@ -1,0 +1,185 @@
+"""How a sandboxed command is wrapped: namespaces (bubblewrap, else `unshare`), a dropped uid, rlimits.
+
+Three levels, the best that works on the machine is chosen once and logged:
+- `bwrap`: new pid, net, ipc and uts namespaces; a filesystem with only /usr, the Python installation (read-only),
+  a fresh /proc, /dev and /tmp and the run directory; a cleared environment. Needs the `bubblewrap` package.
+- `unshare`: new net and pid namespaces from util-linux `unshare` (no private filesystem view; the dropped uid
+  and file permissions keep the run out of other files). Used where bwrap is missing.
+- `rlimits`: no namespaces at all, so the network is reachable; logged as a warning. Last resort.
+In every level, when the service runs as root, the command drops to a uid leased for the run (`setpriv`) so that
+RLIMIT_NPROC holds, and rlimits are set by util-linux `prlimit` right before the interpreter starts. Using those
+two small programs rather than `preexec_fn` keeps process creation safe in a threaded caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sdpo_core.verifiers.sandbox import RunLimits
+
+logger = logging.getLogger(__name__)
+
+Isolation = Literal["bwrap", "unshare", "rlimits"]
+IsolationChoice = Literal["auto", "bwrap", "unshare", "rlimits"]
+
+SANDBOX_DIR = "/sandbox"  # where the run directory appears inside bwrap
+_CORE_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The isolation asked for cannot run on this machine."""
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """Operator settings of the sandbox (environment variables in brackets)."""
+
+    isolation: IsolationChoice = "auto"  # [SDPO_SANDBOX_ISOLATION]
+    python: str = sys.executable  # the interpreter that runs scripts [SDPO_SANDBOX_PYTHON]
+    uid_base: int = 61000  # first uid leased to runs when the service is root [SDPO_SANDBOX_UID_BASE]
+    uid_count: int = 256  # how many uids, so how many concurrent runs [SDPO_SANDBOX_UID_COUNT]
+    tmp_dir: str | None = None  # where run directories are made; None = the system default [SDPO_SANDBOX_TMP]
+    tmpfs_mb: int = 64  # size of the private /tmp inside bwrap
+
+    @classmethod
+    def from_env(cls) -> SandboxOptions:
+        env = os.environ
+        choice = env.get("SDPO_SANDBOX_ISOLATION", "auto")
+        if choice not in ("auto", "bwrap", "unshare", "rlimits"):
+            raise ValueError(f"SDPO_SANDBOX_ISOLATION must be auto, bwrap, unshare or rlimits, not {choice!r}")
+        return cls(
+            isolation=choice,  # type: ignore[arg-type]
+            python=env.get("SDPO_SANDBOX_PYTHON", sys.executable),
+            uid_base=int(env.get("SDPO_SANDBOX_UID_BASE", "61000")),
+            uid_count=int(env.get("SDPO_SANDBOX_UID_COUNT", "256")),
+            tmp_dir=env.get("SDPO_SANDBOX_TMP") or None,
+        )
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def limits_argv(limits: RunLimits, *, with_nproc: bool) -> list[str]:
+    """`prlimit` arguments; the CPU hard limit is one second above the soft one so SIGXCPU comes first."""
+    cpu = max(1, math.ceil(limits.cpu_s))
+    argv = [
+        "prlimit",
+        f"--as={limits.memory_mb * 1024 * 1024}",
+        f"--cpu={cpu}:{cpu + 1}",
+        f"--fsize={limits.max_file_mb * 1024 * 1024}",
+        f"--nofile={limits.max_open_files}",
+        "--core=0",
+    ]
+    if with_nproc:
+        argv.append(f"--nproc={limits.max_processes}")
+    return [*argv, "--"]
+
+
+def drop_argv(uid: int) -> list[str]:
+    """`setpriv` arguments that become `uid` with no groups and no capabilities, for good."""
+    return [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+    ]
+
+
+def python_paths(python: str) -> list[str]:
+    """Directories the interpreter needs: its installation and, for a venv, the venv."""
+    probe = subprocess.run(
+        [python, "-I", "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    paths = {p for p in probe.stdout.split("\n") if p}
+    paths.add(str(Path(os.path.realpath(python)).parent.parent))
+    paths.add(str(Path(python).parent.parent))
+    return sorted(p for p in paths if not any(p == c or p.startswith(c + "/") for c in _CORE_PATHS))
+
+
+def bwrap_argv(*, workdir: Path, extra_ro: Sequence[str], env: dict[str, str], tmpfs_mb: int) -> list[str]:
+    """bwrap arguments up to `--`: what the sandbox sees and which namespaces it gets."""
+    argv = ["bwrap"]
+    for path in _CORE_PATHS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    made: set[str] = set()
+    for path in extra_ro:
+        for parent in reversed(Path(path).parents[:-1]):  # parents bwrap would otherwise make with mode 0700
+            if str(parent) not in made:
+                argv += ["--perms", "0755", "--dir", str(parent)]
+                made.add(str(parent))
+        argv += ["--ro-bind", path, path]
+    argv += [
+        "--proc", "/proc", "--dev", "/dev",
+        "--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
+        "--bind", str(workdir), SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+        "--die-with-parent", "--new-session", "--clearenv",
+    ]
+    if not is_root():
+        argv += ["--unshare-user"]
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    return [*argv, "--"]
+
+
+def unshare_argv() -> list[str]:
+    """util-linux unshare arguments: no network, and a pid namespace whose end takes every leftover process."""
+    if is_root():
+        return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+    return ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+
+
+def _probe(argv: list[str]) -> bool:
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if done.returncode != 0:
+        logger.info("sandbox probe %s failed: %s", argv[0], done.stderr.decode(errors="replace").strip()[:300])
+    return done.returncode == 0
+
+
+def _probe_uid(options: SandboxOptions) -> list[str]:
+    return drop_argv(options.uid_base) if is_root() else []
+
+
+@functools.cache
+def choose_isolation(options: SandboxOptions) -> Isolation:
+    """The best isolation that works here, probed once per options; raises if an explicit choice cannot run."""
+    if shutil.which("prlimit") is None or (is_root() and shutil.which("setpriv") is None):
+        raise SandboxUnavailable("the sandbox needs util-linux `prlimit` and `setpriv`")
+    python_cmd = [options.python, "-I", "-c", "pass"]
+    candidates: list[Isolation] = ["bwrap", "unshare", "rlimits"] if options.isolation == "auto" else [
+        options.isolation
+    ]
+    for mode in candidates:
+        if mode == "bwrap" and shutil.which("bwrap"):
+            workdir = Path(options.tmp_dir or "/tmp")
+            wrapped = bwrap_argv(workdir=workdir, extra_ro=python_paths(options.python), env={}, tmpfs_mb=1)
+            if _probe(wrapped + _probe_uid(options) + python_cmd):
+                return mode
+        elif mode == "unshare" and shutil.which("unshare"):
+            if _probe(unshare_argv() + _probe_uid(options) + python_cmd):
+                return mode
+        elif mode == "rlimits":
+            if not _probe(_probe_uid(options) + python_cmd):
+                raise SandboxUnavailable(f"the sandbox uid {options.uid_base} cannot run {options.python}")
+            logger.warning(
+                "sandbox: neither bubblewrap nor unshare works here; sandboxed code runs with rlimits only, "
+                "WITH network access and a view of the whole filesystem. Install bubblewrap."
+            )
+            return mode
+    raise SandboxUnavailable(f"sandbox isolation {options.isolation!r} does not work on this machine")
