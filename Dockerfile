@@ -43,8 +43,7 @@ RUN python -m venv /opt/venv
 # CPU torch first, from the PyTorch CPU index; the constraint makes any later attempt to swap it fail loudly
 # instead of silently pulling the multi-GB CUDA build from PyPI.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX}" \
-    && python -c "import torch; print(torch.__version__)" | tee /tmp/torch-version \
-    && echo "torch==$(cat /tmp/torch-version)" > /opt/constraints.txt
+    && python -c "import torch; print('torch==' + torch.__version__)" > /opt/constraints.txt
 WORKDIR /src
 # Dependencies before the source: a code change does not reinstall them.
 COPY pyproject.toml deploy/pyproject_requirements.py ./
@@ -63,20 +62,21 @@ RUN python -c "from sdpo_core.models import converted_default_model; print(conve
     && chmod -R a+rX /opt/sdpo
 
 # The runtime shared by the API and the CPU worker: no compiler, no source tree, the venv and the model.
+# Mount points exist (owned by sdpo) so that named volumes mounted there start writable.
 FROM python-base AS cpu-runtime
 # bubblewrap and util-linux (prlimit, setpriv, unshare) for the verifier sandbox; see docs/deploy.md.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap util-linux \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin sdpo \
-    && install -d -o sdpo -g sdpo /data /data/checkpoints
+    && install -d -o sdpo -g sdpo /data /data/checkpoints /home/sdpo/.cache/huggingface
 COPY --from=cpu-builder /opt/venv /opt/venv
 COPY --from=model /opt/sdpo /opt/sdpo
 COPY deploy/healthcheck.py /opt/sdpo/healthcheck.py
 WORKDIR /data
 ENV SDPO_CHECKPOINT_DIR=/data/checkpoints \
     HF_HOME=/home/sdpo/.cache/huggingface
-USER sdpo
+USER 10001:10001
 # Fail the build unless the default model loads offline as the user the container runs as.
 RUN HF_HUB_OFFLINE=1 python -c "from sdpo_core.models import load_model_and_tokenizer as load; load(None, device='cpu')"
 
@@ -121,7 +121,7 @@ RUN pip install --no-deps . \
 
 FROM gpu-base AS gpu-worker
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin sdpo \
-    && install -d -o sdpo -g sdpo /data /data/checkpoints
+    && install -d -o sdpo -g sdpo /data /data/checkpoints /home/sdpo/.cache/huggingface
 COPY --from=gpu-builder /opt/venv /opt/venv
 # The converted model is the same folder the CPU stages make: reuse it rather than converting twice.
 COPY --from=model /opt/sdpo /opt/sdpo
@@ -129,7 +129,7 @@ COPY deploy/healthcheck.py /opt/sdpo/healthcheck.py
 WORKDIR /data
 ENV SDPO_CHECKPOINT_DIR=/data/checkpoints \
     HF_HOME=/home/sdpo/.cache/huggingface
-USER sdpo
+USER 10001:10001
 RUN HF_HUB_OFFLINE=1 python -c "from sdpo_core.models import load_model_and_tokenizer as load; load(None, device='cpu')"
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
