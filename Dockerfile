@@ -69,7 +69,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap util-linux \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin sdpo \
-    && install -d -o sdpo -g sdpo /data /data/checkpoints /home/sdpo/.cache/huggingface
+    && install -d -o sdpo -g sdpo /data /data/checkpoints /home/sdpo/.cache /home/sdpo/.cache/huggingface
 COPY --from=cpu-builder /opt/venv /opt/venv
 COPY --from=model /opt/sdpo /opt/sdpo
 COPY deploy/healthcheck.py /opt/sdpo/healthcheck.py
@@ -121,7 +121,7 @@ RUN pip install --no-deps . \
 
 FROM gpu-base AS gpu-worker
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin sdpo \
-    && install -d -o sdpo -g sdpo /data /data/checkpoints /home/sdpo/.cache/huggingface
+    && install -d -o sdpo -g sdpo /data /data/checkpoints /home/sdpo/.cache /home/sdpo/.cache/huggingface
 COPY --from=gpu-builder /opt/venv /opt/venv
 # The converted model is the same folder the CPU stages make: reuse it rather than converting twice.
 COPY --from=model /opt/sdpo /opt/sdpo

@@ -169,6 +169,23 @@ def test_api_port_matches_compose_and_kubernetes():
     assert [p["containerPort"] for p in ports] == [API_PORT]
 
 
+@pytest.mark.parametrize("target", FINAL_TARGETS)
+def test_volume_mount_points_exist_and_belong_to_the_user(dockerfile, target):
+    """A named volume starts with the ownership of its mount point in the image; `install -d` owns only the last
+    component of a path, so every folder the user writes under must be listed (HOME/.cache for torch, vLLM)."""
+    _, stages, _ = dockerfile
+    made = [r for s in lineage(stages, target) for r in s.all("RUN") if "install -d -o sdpo -g sdpo" in r]
+    assert made, f"{target}: no mount points made"
+    folders = made[-1].split("install -d -o sdpo -g sdpo", 1)[1].split()
+    env = " ".join(e for s in lineage(stages, target) for e in s.all("ENV"))
+    for variable in ("SDPO_CHECKPOINT_DIR", "HF_HOME"):
+        path = re.search(rf"{variable}=(\S+)", env).group(1)
+        assert path in folders, f"{target}: {variable}={path} is not made writable for the user"
+        for parent in Path(path).parents:
+            if str(parent) not in ("/", "/home", "/home/sdpo"):  # useradd --create-home owns /home/sdpo
+                assert str(parent) in folders, f"{target}: {parent} would be owned by root"
+
+
 def test_workers_stop_on_sigterm(dockerfile):
     _, stages, _ = dockerfile
     for target in ("cpu-worker", "gpu-worker"):
