@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-deploy lint
 
 setup:
 	./scripts/setup.sh
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Offline checks of the Dockerfile, compose file, Kubernetes manifests and dashboard (no Docker or cluster needed).
+test-deploy: setup
+	$(PY) -m pytest -q tests/test_deploy_*.py
 
 lint:
 	$(VENV)/bin/ruff check .
