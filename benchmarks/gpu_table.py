@@ -19,7 +19,7 @@ for path in sorted(out.glob("tp-*.json")):
             (r.get("decode_floor_ms"), 7, 3), (over, 6, 1), (r.get("update_s_per_step"), 6, 2), (ratio, 8, 2))]
         print(f"{report['model']:<28} {r['concurrency']:>3} {r['method']:<10} " + " ".join(cells))
     print(f"  bandwidth {report['bandwidth_gb_s']:.0f} GB/s, weights {report['weight_bytes'] / 1e9:.2f} GB")
-discovery = out / "discovery" / "discovery.json"
+discovery = out / "discovery.json"
 if discovery.exists():
     report = json.loads(discovery.read_text())
     print(f"discovery: {len(report['problems'])} problems x {report['seeds']} seeds, budget {report['budget']}")

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--hard-out", help="write the problems with 0 < pass@1 <= --max-rate to this JSONL")
     parser.add_argument("--max-rate", type=float, default=0.05)
     args = parser.parse_args()
@@ -42,7 +43,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     model, tokenizer = load_model_and_tokenizer(args.model)
     policy = LoraPolicy(model, tokenizer)
-    engine = TransformersEngine(policy, max_batch_size=32)
+    engine = TransformersEngine(policy, max_batch_size=args.max_batch_size)
     print(f"{'problem':<28} {'solved':>7} {'pass@1':>7} {'90% CI':>15} {'mean tokens':>11}")
     for path in args.problems:
         problem = Problem.model_validate_json(Path(path).read_text())

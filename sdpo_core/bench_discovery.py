@@ -40,6 +40,7 @@ from sdpo_core.settings import RunSettings
 from sdpo_core.verifiers import verify_attempts
 
 BUILTIN_SET = Path(__file__).parent / "data" / "hard_problems.jsonl"
+BASELINE_SEED = 10_000  # best-of-k samples are independent of the sequential runs (seeds 0..S-1)
 
 
 class MethodOutcome(BaseModel):
@@ -125,9 +126,11 @@ def bench_discovery(
     runs: dict[tuple[str, str], list[ProblemRun]] = {}
     for p in problems:
         for method in methods:
-            if method == "best-of-k":
-                cfg = settings.model_copy(update={"method": method, "max_attempts": baseline_samples,
-                                                  "stop_at_first_success": False, "seed": 10_000})
+            if method == "best-of-k":  # i.i.d. samples: big steps finish sooner, the estimate is the same
+                cfg = settings.model_copy(update={
+                    "method": method, "max_attempts": baseline_samples, "stop_at_first_success": False,
+                    "seed": BASELINE_SEED, "attempts_per_step": min(baseline_samples, max(settings.attempts_per_step, 64)),
+                })
                 runs[(p.id, method)] = [ProblemRun(p, cfg, policy, name=f"{p.id}-bok", verify=verify,
                                                    on_event=on_event)]
             else:
