@@ -39,7 +39,7 @@ class _Batch:
     """Decode state, row b of every tensor belonging to slots[b]. Caches are right-aligned (left padding)."""
 
     slots: list[_Slot]
-    layers: Layers
+    cache: DynamicCache  # grows in place while the rows stay; rebuilt when rows join or leave
     mask: torch.Tensor  # (B, L) 1 where the cache holds a real token
     next_pos: torch.Tensor  # (B,) position id of the token fed next
     logits: torch.Tensor  # (B, V) logits of the token each row samples next
@@ -59,12 +59,12 @@ class _Batch:
     def select(self, keep: torch.Tensor) -> _Batch:
         """The rows in `keep`, with cache columns no remaining row attends to dropped."""
         picked = {name: getattr(self, name).index_select(0, keep) for name in self._ROW_TENSORS}
-        layers = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in self.layers]
         used = picked["mask"].any(dim=0).nonzero()
         start = int(used[0]) if len(used) else picked["mask"].shape[1]
         picked["mask"] = picked["mask"][:, start:]
-        layers = [(k[:, :, start:], v[:, :, start:]) for k, v in layers]
-        return _Batch(slots=[self.slots[b] for b in keep.tolist()], layers=layers, **picked)
+        layers = [(k.index_select(0, keep)[:, :, start:], v.index_select(0, keep)[:, :, start:])
+                  for k, v in _layers(self.cache)]
+        return _Batch(slots=[self.slots[b] for b in keep.tolist()], cache=DynamicCache(ddp_cache_data=layers), **picked)
 
     @staticmethod
     def concat(a: _Batch, b: _Batch) -> _Batch:
@@ -76,12 +76,12 @@ class _Batch:
             name = f.name
             if name == "slots":
                 joined[name] = a.slots + b.slots
-            elif name == "layers":
-                joined[name] = [
+            elif name == "cache":
+                joined[name] = DynamicCache(ddp_cache_data=[
                     (torch.cat([_left_pad(ka, length, 2), _left_pad(kb, length, 2)]),
                      torch.cat([_left_pad(va, length, 2), _left_pad(vb, length, 2)]))
-                    for (ka, va), (kb, vb) in zip(a.layers, b.layers, strict=True)
-                ]
+                    for (ka, va), (kb, vb) in zip(_layers(a.cache), _layers(b.cache), strict=True)
+                ])
             elif name == "mask":
                 joined[name] = torch.cat([_left_pad(a.mask, length, 1), _left_pad(b.mask, length, 1)])
             elif name in ("uniforms", "tokens", "logprobs"):
@@ -193,11 +193,10 @@ class TransformersEngine:
         """Feed `tokens` (B,) to the model: extends the cache, refreshes the logits."""
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.slots), 1)], dim=1)
         self.decode_steps += 1
-        self.cache_bytes_read += sum(2 * k.numel() * k.element_size() for k, _ in batch.layers)
+        self.cache_bytes_read += sum(2 * k.numel() * k.element_size() for k, _ in _layers(batch.cache))
         rows.index = batch.adapter
-        cache = DynamicCache(ddp_cache_data=batch.layers)
-        batch.logits = self.policy.next_token_logits(tokens[:, None], batch.mask, batch.next_pos[:, None], cache).float()
-        batch.layers = _layers(cache)
+        batch.logits = self.policy.next_token_logits(tokens[:, None], batch.mask, batch.next_pos[:, None],
+                                                     batch.cache).float()
         batch.next_pos = batch.next_pos + 1
 
     def _prefill(self, request: GenerationRequest, rows: RowAdapters, adapter: int) -> tuple[Layers, torch.Tensor]:
@@ -219,11 +218,11 @@ class TransformersEngine:
         mask = torch.zeros(len(slots), length, dtype=torch.long, device=device)
         for b, r in enumerate(reqs):
             mask[b, length - len(r.prompt_ids):] = 1
-        layers = [
+        cache = DynamicCache(ddp_cache_data=[
             (torch.cat([_left_pad(prompts[s.request][0][i][0], length, 2) for s in slots]),
              torch.cat([_left_pad(prompts[s.request][0][i][1], length, 2) for s in slots]))
             for i in range(len(prompts[0][0]))
-        ]
+        ])
         uniforms = torch.stack([
             _right_pad(torch.from_numpy(attempt_uniforms(r.seed, r.attempt_indices[s.attempt], r.max_new_tokens))[None],
                        width)[0]
@@ -231,7 +230,7 @@ class TransformersEngine:
         ]).to(device)
         n = len(slots)
         return _Batch(
-            slots=slots, layers=layers, mask=mask,
+            slots=slots, cache=cache, mask=mask,
             next_pos=torch.tensor([len(r.prompt_ids) for r in reqs], device=device),
             logits=torch.stack([prompts[s.request][1] for s in slots]),
             uniforms=uniforms,

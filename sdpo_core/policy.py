@@ -32,26 +32,34 @@ class RowAdapters:
 
 
 @torch.no_grad()
-def _stack_adapters(module: LoraLayer, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) stacks of shape (n + 1, r, in), (n + 1, out, r) with a zero adapter first; ranks padded, B scaled."""
-    rank = max(module.lora_A[k].weight.shape[0] for k in keys)
-    weight = module.lora_A[keys[0]].weight
-    a_stack = weight.new_zeros(len(keys) + 1, rank, module.in_features)
-    b_stack = weight.new_zeros(len(keys) + 1, module.out_features, rank)
+def _concat_adapters(module: LoraLayer, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All adapters of one layer side by side, in the base layer's dtype:
+    A (sum r, in), B (out, sum r) with each adapter's scaling folded in, and a block mask (n + 1, sum r) whose
+    row i keeps adapter i's columns (row 0, the base model, keeps none)."""
+    dtype = module.base_layer.weight.dtype
+    a_cat = torch.cat([module.lora_A[k].weight for k in keys]).to(dtype)
+    b_cat = torch.cat([module.lora_B[k].weight * module.scaling[k] for k in keys], dim=1).to(dtype)
+    mask = a_cat.new_zeros(len(keys) + 1, a_cat.shape[0])
+    start = 0
     for i, key in enumerate(keys, start=1):
-        r = module.lora_A[key].weight.shape[0]
-        a_stack[i, :r] = module.lora_A[key].weight
-        b_stack[i, :, :r] = module.lora_B[key].weight * module.scaling[key]
-    return a_stack, b_stack
+        rank = module.lora_A[key].weight.shape[0]
+        mask[i, start: start + rank] = 1
+        start += rank
+    return a_cat, b_cat, mask
 
 
-def _row_lora_hook(rows: RowAdapters, a_stack: torch.Tensor, b_stack: torch.Tensor):
+def _row_lora_hook(rows: RowAdapters, a_cat: torch.Tensor, b_cat: torch.Tensor, mask: torch.Tensor):
+    """out += ((x A_cat^T) * mask[row's adapter]) B_cat^T: two dense matmuls over every adapter's columns.
+
+    Reading every adapter costs sum(r) * (in + out) weights per layer, a few percent of the base layer's
+    in * out; there is no per-row gather of adapter weights, which would copy B * r * (in + out) every step."""
+
     def hook(module, args, output):
         if rows.index is None:
             return output
         x = args[0]  # (B, T, in)
-        low_rank = torch.bmm(x.to(a_stack.dtype), a_stack[rows.index].transpose(1, 2))  # (B, T, r)
-        return output + torch.bmm(low_rank, b_stack[rows.index].transpose(1, 2)).to(output.dtype)  # (B, T, out)
+        low_rank = (x.to(a_cat.dtype) @ a_cat.T) * mask[rows.index][:, None, :]  # (B, T, sum r)
+        return output + (low_rank @ b_cat.T).to(output.dtype)  # (B, T, out)
 
     return hook
 
@@ -170,17 +178,17 @@ class LoraPolicy:
     def rows_lora(self, names: list[str]) -> Iterator[RowAdapters]:
         """Batched multi-LoRA for generation: row b of a forward uses adapter `names[index[b] - 1]` (0 = base).
 
-        Each LoRA layer gets a forward hook adding x A_b^T B_b^T with the row's (A, B) gathered from stacks built
-        once here: two batched matmuls per layer whatever the number of adapters (peft's `adapter_names` loops
-        over adapters instead). The base weights run once for all rows.
+        Each LoRA layer gets a forward hook adding the rows' low-rank updates from all adapters concatenated once
+        here (in the base weights' dtype): two dense matmuls per layer whatever the number of adapters (peft's
+        `adapter_names` loops over adapters instead). The base weights run once for all rows.
         """
         rows = RowAdapters()
         hooks = []
         if self.peft is not None and names:
             for module in self.peft.modules():
                 if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
-                    a_stack, b_stack = _stack_adapters(module, [_key(n) for n in names])
-                    hooks.append(module.register_forward_hook(_row_lora_hook(rows, a_stack, b_stack)))
+                    a_cat, b_cat, mask = _concat_adapters(module, [_key(n) for n in names])
+                    hooks.append(module.register_forward_hook(_row_lora_hook(rows, a_cat, b_cat, mask)))
         try:
             yield rows
         finally:
