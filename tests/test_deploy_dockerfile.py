@@ -226,14 +226,14 @@ def test_cpu_images_install_cpu_torch_before_the_project_and_never_vllm(dockerfi
         text = " ".join(args for s in lineage(stages, target) for _, args in s.instructions)
         assert "vllm" not in text, f"{target} must not install vllm"
     extras = re.search(r"pyproject_requirements.py ([\w ]+) >", " ".join(runs)).group(1).split()
-    assert extras == ["train", "server", "verifiers"]
+    assert extras == ["train", "server", "verifiers", "s3"]
 
 
 def test_gpu_image_installs_the_vllm_extra(dockerfile):
     _, stages, _ = dockerfile
     runs = " ".join(stages["gpu-builder"].all("RUN"))
     extras = re.search(r"pyproject_requirements.py ([\w ]+) >", runs).group(1).split()
-    assert extras == ["train", "server", "verifiers", "vllm"]
+    assert extras == ["train", "server", "verifiers", "s3", "vllm"]
     assert "--index-url" not in runs, "the GPU image takes CUDA torch from PyPI, at the version vllm pins"
     assert "gpu-builder" in {c.split("=")[1].split()[0] for c in stages["gpu-worker"].all("COPY") if "--from=" in c}
 
