@@ -153,7 +153,9 @@ class Worker:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
                 await self._beat()
-            except Exception:  # noqa: BLE001 - a Redis hiccup must not kill the heartbeat
+            except REDIS_ERRORS as exc:  # the main loop reports the outage and backs off; keep beating
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            except Exception:  # noqa: BLE001 - nothing may kill the heartbeat
                 log.exception("heartbeat failed")
 
     async def _beat(self) -> None:
