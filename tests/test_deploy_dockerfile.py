@@ -186,6 +186,14 @@ def test_volume_mount_points_exist_and_belong_to_the_user(dockerfile, target):
                 assert str(parent) in folders, f"{target}: {parent} would be owned by root"
 
 
+@pytest.mark.parametrize("target", FINAL_TARGETS)
+def test_containers_log_json_lines(dockerfile, target):
+    """Log collectors parse one JSON object per line (job_id, tenant, worker): the images choose that format."""
+    _, stages, _ = dockerfile
+    env = " ".join(e for s in lineage(stages, target) for e in s.all("ENV"))
+    assert re.search(r"SDPO_LOG_FORMAT=json\b", env), f"{target}: SDPO_LOG_FORMAT=json is not set"
+
+
 def test_workers_stop_on_sigterm(dockerfile):
     _, stages, _ = dockerfile
     for target in ("cpu-worker", "gpu-worker"):
