@@ -2,8 +2,8 @@
 
     generate  ->  verify  ->  teacher forward  ->  student forward+backward (+ optimizer and EMA step)
 
-Both methods run the same problem, seed and engine; best-of-k skips the update. Prints seconds per phase
-(mean over the measured steps, after one warm-up step) and the SDPO/best-of-k ratios per step, per attempt and
+Both methods run the same problem, seed and engine, their steps alternating; best-of-k skips the update. Prints
+seconds per phase (mean over the measured steps, after one warm-up step each) and the SDPO/best-of-k ratios per step, per attempt and
 per generated token (SDPO's attempts change length as it learns, so per-token cost is the fairer ratio).
 
     python benchmarks/bench_step.py [--model M] [--steps 3] [--attempts-per-step 16] [--max-new-tokens 64]
@@ -26,28 +26,31 @@ from sdpo_core.settings import RunSettings
 PHASES = ["generate", "verify", "teacher_forward", "student_forward_backward", "total"]
 
 
-def measure(method: str, problem: Problem, policy: LoraPolicy, engine, args) -> dict[str, float]:
-    """Mean seconds per phase over `args.steps` steps after one warm-up step, plus attempts and tokens."""
-    settings = RunSettings(method=method, max_attempts=(args.steps + 1) * args.attempts_per_step,
-                           attempts_per_step=args.attempts_per_step, max_new_tokens=args.max_new_tokens,
-                           seed=args.seed, stop_at_first_success=False)
-    run = ProblemRun(problem, settings, policy, name=f"bench-{method}")
-    totals = dict.fromkeys(PHASES, 0.0)
-    tokens = 0
+def measure(problem: Problem, policy: LoraPolicy, engine, args) -> dict[str, dict[str, float]]:
+    """Mean seconds per phase for best-of-k and SDPO, their steps alternating so both see the same machine load."""
+    runs = {}
+    for method in ("best-of-k", "sdpo"):
+        settings = RunSettings(method=method, max_attempts=(args.steps + 1) * args.attempts_per_step,
+                               attempts_per_step=args.attempts_per_step, max_new_tokens=args.max_new_tokens,
+                               seed=args.seed, stop_at_first_success=False)
+        runs[method] = ProblemRun(problem, settings, policy, name=f"bench-{method}")
+    totals = {method: dict.fromkeys(PHASES, 0.0) | {"tokens": 0.0} for method in runs}
     for step in range(args.steps + 1):
-        clock = time.perf_counter()
-        event = run_step([run], engine)[0]
-        elapsed = time.perf_counter() - clock
-        if step == 0:
-            continue  # warm-up: first-call allocations, lazy imports
-        for phase, seconds in event.metrics.seconds.items():
-            totals[phase] = totals.get(phase, 0.0) + seconds
-        totals["total"] += elapsed
-        tokens += sum(a.token_count for a in run.attempts[-args.attempts_per_step:])
-    run.close()
-    means = {phase: seconds / args.steps for phase, seconds in totals.items()}
-    means["attempts"] = args.attempts_per_step
-    means["tokens"] = tokens / args.steps
+        for method, run in runs.items():
+            clock = time.perf_counter()
+            event = run_step([run], engine)[0]
+            elapsed = time.perf_counter() - clock
+            if step == 0:
+                continue  # warm-up: first-call allocations, lazy imports
+            for phase, seconds in event.metrics.seconds.items():
+                totals[method][phase] += seconds
+            totals[method]["total"] += elapsed
+            totals[method]["tokens"] += sum(a.token_count for a in run.attempts[-args.attempts_per_step:])
+    means = {}
+    for method, run in runs.items():
+        run.close()
+        means[method] = {phase: value / args.steps for phase, value in totals[method].items()}
+        means[method]["attempts"] = args.attempts_per_step
     return means
 
 
@@ -66,8 +69,8 @@ def main() -> None:
     policy = LoraPolicy(model, tokenizer)
     engine = TransformersEngine(policy)
     problem = Problem.model_validate_json(Path(args.problem).read_text())
-    bok = measure("best-of-k", problem, policy, engine, args)
-    sdpo = measure("sdpo", problem, policy, engine, args)
+    means = measure(problem, policy, engine, args)
+    bok, sdpo = means["best-of-k"], means["sdpo"]
 
     print(f"model={args.model or 'smollm2-135m-instruct'} device={policy.device} attempts/step={args.attempts_per_step} "
           f"max_new_tokens={args.max_new_tokens} steps={args.steps} (+1 warm-up)")

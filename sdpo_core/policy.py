@@ -48,20 +48,22 @@ def _concat_adapters(module: LoraLayer, keys: list[str]) -> tuple[torch.Tensor, 
     return a_cat, b_cat, mask
 
 
-def _row_lora_hook(rows: RowAdapters, a_cat: torch.Tensor, b_cat: torch.Tensor, mask: torch.Tensor):
-    """out += ((x A_cat^T) * mask[row's adapter]) B_cat^T: two dense matmuls over every adapter's columns.
+def _row_lora_forward(base_layer: torch.nn.Module, rows: RowAdapters, a_cat: torch.Tensor | None,
+                      b_cat: torch.Tensor | None, mask: torch.Tensor | None):
+    """A LoRA layer's forward for generation: base(x) + ((x A_cat^T) * mask[row's adapter]) B_cat^T.
 
-    Reading every adapter costs sum(r) * (in + out) weights per layer, a few percent of the base layer's
-    in * out; there is no per-row gather of adapter weights, which would copy B * r * (in + out) every step."""
+    Two dense matmuls over every adapter's columns: reading them costs sum(r) * (in + out) weights, a few percent of
+    the base layer's in * out, and there is no per-row gather of adapter weights. It replaces peft's forward (and
+    its per-call bookkeeping, which costs more than the matmuls at decode time) for the duration of `rows_lora`."""
 
-    def hook(module, args, output):
-        if rows.index is None:
-            return output
-        x = args[0]  # (B, T, in)
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = base_layer(x, *args, **kwargs)
+        if a_cat is None or rows.index is None:
+            return out
         low_rank = (x.to(a_cat.dtype) @ a_cat.T) * mask[rows.index][:, None, :]  # (B, T, sum r)
-        return output + (low_rank @ b_cat.T).to(output.dtype)  # (B, T, out)
+        return out + (low_rank @ b_cat.T).to(out.dtype)  # (B, T, out)
 
-    return hook
+    return forward
 
 
 class LoraPolicy:
@@ -168,32 +170,32 @@ class LoraPolicy:
     def next_token_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache
     ) -> torch.Tensor:
-        """Logits (B, V) of the next token; inside `rows_lora` each row uses its own adapter, else the base."""
+        """Logits (B, V) of the next token, inside `rows_lora`: each row with its own adapter (or none)."""
         kwargs = {self.cache_kwarg: cache, "use_cache": True, "logits_to_keep": 1}
-        with self._active(None):
-            out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         return out.logits[:, -1, :]
 
     @contextmanager
     def rows_lora(self, names: list[str]) -> Iterator[RowAdapters]:
         """Batched multi-LoRA for generation: row b of a forward uses adapter `names[index[b] - 1]` (0 = base).
 
-        Each LoRA layer gets a forward hook adding the rows' low-rank updates from all adapters concatenated once
-        here (in the base weights' dtype): two dense matmuls per layer whatever the number of adapters (peft's
+        Each LoRA layer's forward is replaced by one adding the rows' low-rank updates from all adapters concatenated
+        once here (in the base weights' dtype): two dense matmuls per layer whatever the number of adapters (peft's
         `adapter_names` loops over adapters instead). The base weights run once for all rows.
         """
         rows = RowAdapters()
-        hooks = []
-        if self.peft is not None and names:
+        patched = []
+        if self.peft is not None:
             for module in self.peft.modules():
                 if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
-                    a_cat, b_cat, mask = _concat_adapters(module, [_key(n) for n in names])
-                    hooks.append(module.register_forward_hook(_row_lora_hook(rows, a_cat, b_cat, mask)))
+                    stacks = _concat_adapters(module, [_key(n) for n in names]) if names else (None, None, None)
+                    module.forward = _row_lora_forward(module.base_layer, rows, *stacks)  # instance attribute
+                    patched.append(module)
         try:
             yield rows
         finally:
-            for hook in hooks:
-                hook.remove()
+            for module in patched:
+                del module.forward  # back to peft's own forward
 
     # ---- prompts ----------------------------------------------------------------------------------------------
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
