@@ -218,6 +218,26 @@ function renderProgress(attempts, budget, bestReward) {
   $("job-reward").textContent = Number(bestReward).toFixed(3);
 }
 
+// Attempt pages are loaded one run at a time per job (so no row is added twice); a request made while one runs
+// makes it go round once more, so the table always catches up with the last event.
+let attemptsRun = null; // {jobId, promise, again}
+
+function refreshAttempts(jobId) {
+  if (attemptsRun && attemptsRun.jobId === jobId) {
+    attemptsRun.again = true;
+    return attemptsRun.promise;
+  }
+  const run = { jobId, again: false, promise: null };
+  run.promise = (async () => {
+    do {
+      run.again = false;
+      await loadAttempts(jobId);
+    } while (run.again && view?.id === jobId);
+  })().finally(() => { if (attemptsRun === run) attemptsRun = null; });
+  attemptsRun = run;
+  return run.promise;
+}
+
 async function loadAttempts(jobId) {
   const body = $("attempts").tBodies[0];
   for (let more = true; more && view?.id === jobId; ) {
@@ -247,15 +267,13 @@ function addEventLine(event) {
   while (list.children.length > 300) list.firstChild.remove();
 }
 
-let attemptsPending = null;
-
 function onJobEvent(jobId, event) {
   if (view?.id !== jobId) return;
   addEventLine(event);
   const d = event.data || {};
   if (event.type === "progress" && d.run === "method") {
     renderProgress(d.attempts, d.max_attempts, d.best_reward);
-    attemptsPending = attemptsPending || loadAttempts(jobId).finally(() => { attemptsPending = null; });
+    refreshAttempts(jobId);
   } else if (event.type === "status") {
     return reloadJob(jobId);
   }
@@ -266,8 +284,8 @@ async function reloadJob(jobId) {
   if (view?.id !== jobId) return;
   renderJob(job);
   if (TERMINAL.has(job.status)) {
-    await attemptsPending;
-    await loadAttempts(jobId);
+    await refreshAttempts(jobId); // lets a load already under way finish...
+    await refreshAttempts(jobId); // ...then reads whatever it could not have seen
     await showResults(job);
     $("job-live").textContent = `finished: ${job.status}`;
     await refreshLists();
@@ -303,7 +321,7 @@ async function showJob(jobId) {
   $("job-curve-note").textContent = "";
   const job = await getJson(`jobs/${encodeURIComponent(jobId)}`);
   renderJob(job);
-  await loadAttempts(jobId);
+  await refreshAttempts(jobId);
   if (TERMINAL.has(job.status)) {
     $("job-live").textContent = `finished: ${job.status}`;
     await showResults(job);
