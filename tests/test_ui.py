@@ -100,7 +100,7 @@ def test_submit_from_the_page_and_watch_the_job_finish_live(browser, redis_url, 
         assert "sdpo" in labels and "best-of-k" in labels
         assert page.locator("#job-curve svg polyline.curve-line").count() == 2
         assert page.text_content("#job-curve-note")
-        assert page.locator(f"#jobs tr[data-id='{job_id}'] .status").text_content() == "succeeded"
+        expect(page.locator(f"#jobs tr[data-id='{job_id}'] .status")).to_have_text("succeeded")  # list refreshed
 
         shot = tmp_path / "ui.png"
         page.screenshot(path=str(shot), full_page=True)
@@ -109,8 +109,8 @@ def test_submit_from_the_page_and_watch_the_job_finish_live(browser, redis_url, 
         page.locator("#batches tbody tr").first.click()
         expect(page.locator("#batch-id")).to_have_text(batch.id)
         expect(page.locator("#batch-status")).to_have_text("completed")
-        assert page.locator("#batch-curve svg polyline.curve-line").count() == 2
-        assert page.locator("#batch-jobs tbody tr").count() == 2
+        expect(page.locator("#batch-curve svg polyline.curve-line")).to_have_count(2)
+        expect(page.locator("#batch-jobs tbody tr")).to_have_count(2)
         page.screenshot(path=str(tmp_path / "ui-batch.png"), full_page=True)
         assert not errors, errors
     data = shot.read_bytes()
