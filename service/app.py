@@ -1,10 +1,13 @@
-"""The FastAPI application: settings, the Redis connection, error handlers, the body size limit, the routers.
+"""The FastAPI application: settings, the Redis connection, error handlers, the body size limit, a log line per
+request, the routers, and the web page at /ui.
 
     uvicorn --factory service.app:create_app        (or: sdpo serve)
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,12 +15,16 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors
+from service import errors, ui
 from service.api.main import root, v1
 from service.auth import load_keys
 from service.config import Settings
 from workers.keys import Keys
+from workers.logs import log_context
 from workers.store import JobStore
+
+log = logging.getLogger("service.access")
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: logged at DEBUG only
 
 
 class _TooLarge(Exception):
@@ -65,6 +72,37 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class RequestLog:
+    """One log line per request, tagged with the tenant (set by authentication) and the job or batch in the path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        clock, status = time.perf_counter(), 500
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            params = scope.get("path_params") or {}
+            ids = {"tenant": (scope.get("state") or {}).get("tenant"),
+                   "job_id": params.get("job_id") or params.get("batch_id")}
+            level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
+            with log_context(**ids):
+                log.log(level, "%s %s %d %.0f ms", scope["method"], scope["path"], status,
+                        (time.perf_counter() - clock) * 1000,
+                        extra={"status": status, "client": (scope.get("client") or ("", 0))[0]})
+
+
 def _operation_id(route: APIRoute) -> str:
     """Stable operation ids ('jobs-create_job') for generated clients."""
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
@@ -98,5 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(v1)
     app.include_router(root)
+    ui.mount(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog)
     return app

@@ -166,13 +166,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.auth import KeyConfigError
     from service.config import Settings
+    from workers import logs
 
+    logs.configure(args.log_format, args.log_level)
     overrides = {"redis_url": args.redis_url} if args.redis_url else {}
     try:
         app = create_app(Settings(**overrides))
     except KeyConfigError as exc:
         raise CLIError(str(exc)) from exc
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    # uvicorn's own handlers and access log are off: its loggers reach ours, and the app logs one line per request
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1, log_config=None,
+                access_log=False)
     return 0
 
 
@@ -181,23 +185,35 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--redis-url", help="Redis URL (default $SDPO_REDIS_URL or redis://localhost:6379/0)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_log_flags(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _add_log_flags(p: argparse.ArgumentParser) -> None:
+    from workers.logs import FORMATS, default_format
+
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=FORMATS, default=default_format(),
+                   help="json: one object per line with job_id, tenant, worker (default $SDPO_LOG_FORMAT or text)")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM."""
     import asyncio
-    import logging
     import os
 
+    from workers import logs
+    from workers.checkpoint import CheckpointConfigError, open_store
     from workers.worker import Worker
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_format, args.log_level)
+    try:
+        checkpoints = open_store(args.checkpoint_url or args.checkpoint_dir, s3_endpoint_url=args.s3_endpoint_url)
+    except CheckpointConfigError as exc:
+        raise CLIError(str(exc)) from exc
     worker = Worker(
         redis_url=args.redis_url or os.environ.get("SDPO_REDIS_URL", "redis://localhost:6379/0"),
-        model=args.model, checkpoint_dir=Path(args.checkpoint_dir), prefix=args.prefix, max_jobs=args.max_jobs,
+        model=args.model, checkpoints=checkpoints, prefix=args.prefix, max_jobs=args.max_jobs,
         lease_ms=args.lease_ms, max_tries=args.max_tries, poll_ms=args.poll_ms, retention_s=args.retention_s,
         max_batch_size=args.max_batch_size,
     )
@@ -215,6 +231,10 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default=env("SDPO_REDIS_PREFIX", "sdpo"), help="Redis key prefix (default sdpo)")
     p.add_argument("--checkpoint-dir", default=env("SDPO_CHECKPOINT_DIR", "checkpoints"),
                    help="job checkpoints; share it between workers that may take over each other's jobs")
+    p.add_argument("--checkpoint-url", default=env("SDPO_CHECKPOINT_URL"),
+                   help="s3://bucket/prefix for object storage (or a path); wins over --checkpoint-dir")
+    p.add_argument("--s3-endpoint-url", default=env("SDPO_S3_ENDPOINT_URL"),
+                   help="an S3-compatible server for s3:// checkpoints, e.g. http://minio:9000 (default: AWS)")
     p.add_argument("--max-jobs", type=int, default=4, help="jobs interleaved in one generation batch (default 4)")
     p.add_argument("--lease-ms", type=int, default=30_000, help="a silent worker's jobs are reclaimed after this")
     p.add_argument("--max-tries", type=int, default=3, help="starts before a job that keeps failing ends failed")
@@ -222,7 +242,7 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retention-s", type=int, default=int(env("SDPO_RETENTION_S", 7 * 86400)),
                    help="how long finished jobs are kept (default 7 days)")
     p.add_argument("--max-batch-size", type=int, default=32, help="generation slots (default 32)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_log_flags(p)
     p.set_defaults(func=cmd_worker)
 
 

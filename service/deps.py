@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.auth import tenant_for
 from service.config import Settings
 from service.errors import ApiError
+from workers.logs import set_context
 from workers.store import JobStore
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -40,6 +41,8 @@ async def current_tenant(
     if tenant is None:
         detail = "invalid API key" if authorization else "missing API key: send 'Authorization: Bearer <key>'"
         raise ApiError(401, detail, code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    request.state.tenant = tenant  # for the request's log line
+    set_context(tenant=tenant)
     window = int(time.time() // 60)
     key = store.keys.rate(tenant, window)
     async with store.redis.pipeline(transaction=False) as pipe:

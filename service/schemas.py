@@ -214,7 +214,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     redis: bool
-    workers: int = Field(description="Workers seen within the staleness window.")
+    workers: int = Field(description="Workers seen within the staleness window (information: 0 is still ready).")
     detail: str = ""
 
 

@@ -97,3 +97,38 @@ def sandbox() -> SubprocessSandbox:
 def pool():
     with VerifierPool(max_workers=2) as verifier_pool:
         yield verifier_pool
+
+
+# ---- object storage: an S3-compatible server on loopback (moto), for the s3:// checkpoint store ----------------------
+S3_ENV = {"AWS_ACCESS_KEY_ID": "sdpo-test", "AWS_SECRET_ACCESS_KEY": "sdpo-test-secret",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """http://127.0.0.1:N of a moto S3 server running in this process (its objects live in memory)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch, request):
+    """A fresh bucket on the test S3 server, and the credentials in the environment (inherited by subprocesses)."""
+    import re
+
+    import boto3
+
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SDPO_S3_ENDPOINT_URL", s3_endpoint)
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid()}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=name)
+    return name, client

@@ -52,7 +52,7 @@ class ApiServer:
 
 @dataclass
 class Workers:
-    """Worker subprocesses on the tiny model, sharing one checkpoint directory."""
+    """Worker subprocesses on the tiny model, sharing one checkpoint directory (or `checkpoint_url`, s3://...)."""
 
     redis_url: str
     prefix: str
@@ -60,15 +60,19 @@ class Workers:
     checkpoint_dir: Path
     log_dir: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
+    checkpoint_url: str | None = None
 
-    def start(self, *, lease_ms: int = 2000, max_jobs: int = 4, max_tries: int = 3) -> subprocess.Popen:
-        log = open(self.log_dir / f"worker-{len(self.processes)}.log", "w")  # noqa: SIM115 - lives with the process
+    def start(self, *, lease_ms: int = 2000, max_jobs: int = 4, max_tries: int = 3,
+              checkpoint_dir: Path | None = None, log_format: str = "json") -> subprocess.Popen:
+        log = open(self.log_path(len(self.processes)), "w")  # noqa: SIM115 - lives with the process
         command = [
             sys.executable, "-m", "service.cli", "worker", "--model", str(self.model), "--redis-url", self.redis_url,
-            "--prefix", self.prefix, "--checkpoint-dir", str(self.checkpoint_dir), "--lease-ms", str(lease_ms),
-            "--poll-ms", "200", "--max-jobs", str(max_jobs), "--max-tries", str(max_tries), "--max-batch-size", "16",
-            "--log-level", "info",
+            "--prefix", self.prefix, "--checkpoint-dir", str(checkpoint_dir or self.checkpoint_dir),
+            "--lease-ms", str(lease_ms), "--poll-ms", "200", "--max-jobs", str(max_jobs), "--max-tries",
+            str(max_tries), "--max-batch-size", "16", "--log-level", "info", "--log-format", log_format,
         ]
+        if self.checkpoint_url:
+            command += ["--checkpoint-url", self.checkpoint_url]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=Path(__file__).resolve().parent.parent)
@@ -85,6 +89,9 @@ class Workers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def log_path(self, index: int) -> Path:
+        return self.log_dir / f"worker-{index}.log"
 
     def logs(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))

@@ -186,6 +186,14 @@ def test_volume_mount_points_exist_and_belong_to_the_user(dockerfile, target):
                 assert str(parent) in folders, f"{target}: {parent} would be owned by root"
 
 
+@pytest.mark.parametrize("target", FINAL_TARGETS)
+def test_containers_log_json_lines(dockerfile, target):
+    """Log collectors parse one JSON object per line (job_id, tenant, worker): the images choose that format."""
+    _, stages, _ = dockerfile
+    env = " ".join(e for s in lineage(stages, target) for e in s.all("ENV"))
+    assert re.search(r"SDPO_LOG_FORMAT=json\b", env), f"{target}: SDPO_LOG_FORMAT=json is not set"
+
+
 def test_workers_stop_on_sigterm(dockerfile):
     _, stages, _ = dockerfile
     for target in ("cpu-worker", "gpu-worker"):
@@ -226,14 +234,14 @@ def test_cpu_images_install_cpu_torch_before_the_project_and_never_vllm(dockerfi
         text = " ".join(args for s in lineage(stages, target) for _, args in s.instructions)
         assert "vllm" not in text, f"{target} must not install vllm"
     extras = re.search(r"pyproject_requirements.py ([\w ]+) >", " ".join(runs)).group(1).split()
-    assert extras == ["train", "server", "verifiers"]
+    assert extras == ["train", "server", "verifiers", "s3"]
 
 
 def test_gpu_image_installs_the_vllm_extra(dockerfile):
     _, stages, _ = dockerfile
     runs = " ".join(stages["gpu-builder"].all("RUN"))
     extras = re.search(r"pyproject_requirements.py ([\w ]+) >", runs).group(1).split()
-    assert extras == ["train", "server", "verifiers", "vllm"]
+    assert extras == ["train", "server", "verifiers", "s3", "vllm"]
     assert "--index-url" not in runs, "the GPU image takes CUDA torch from PyPI, at the version vllm pins"
     assert "gpu-builder" in {c.split("=")[1].split()[0] for c in stages["gpu-worker"].all("COPY") if "--from=" in c}
 

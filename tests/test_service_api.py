@@ -8,6 +8,7 @@ import os
 import httpx
 import pytest
 import schemathesis
+from conftest import free_port
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from service_env import KEYS, ApiServer, api_settings
@@ -173,10 +174,21 @@ def test_cancelling_a_finished_job_is_409(http, api, redis_url):
 
 
 # ---- health ----------------------------------------------------------------------------------------------------
-def test_health_readiness_and_metrics(http):
+def test_health_readiness_and_metrics(http, api, redis_url):
+    import json
+    import time
+
+    import redis
+
     assert http.get("/healthz").json() == {"status": "ok"}
+    # Ready with no worker at all (workers may scale to zero); their count is reported, not required.
     ready = http.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["redis"] is True and "no worker" in ready.json()["detail"]
+    assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["redis"] is True
+    assert ready.json()["workers"] == 0 and "no worker" in ready.json()["detail"]
+    with redis.Redis.from_url(redis_url) as r:
+        r.hset(f"api-{os.getpid()}:workers", "w1", json.dumps({"seen_at": time.time()}))
+        r.hset(f"api-{os.getpid()}:workers", "gone", json.dumps({"seen_at": time.time() - 3600}))
+    assert http.get("/readyz").json() == {"status": "ready", "redis": True, "workers": 1, "detail": ""}
     submit(http)
     text = http.get("/metrics").text
     assert "sdpo_jobs{status=\"queued\"}" in text and "sdpo_step_seconds_bucket" in text
@@ -198,7 +210,7 @@ def fuzz_api(redis_url):
     import redis
 
     prefix = f"fuzz-{os.getpid()}"
-    with redis.Redis.from_url(redis_url) as r:  # a worker heartbeat, so /readyz answers 200 rather than 503
+    with redis.Redis.from_url(redis_url) as r:  # a worker heartbeat, as a running service has
         r.hset(f"{prefix}:workers", "fuzz-worker", json.dumps({"seen_at": time.time() + 3600}))
     with ApiServer(api_settings(redis_url, prefix, max_active_jobs=10_000, rate_limit_per_minute=100_000)) as api:
         yield api
@@ -245,3 +257,11 @@ def test_api_keys_from_a_file_and_malformed_configuration(tmp_path):
     path.write_text("not json")
     with pytest.raises(KeyConfigError, match="keys.json"):
         load_keys(Settings(api_keys_file=path))
+
+
+def test_readiness_fails_only_when_redis_is_unreachable():
+    nothing_there = f"redis://127.0.0.1:{free_port()}/0"
+    with ApiServer(Settings(redis_url=nothing_there, worker_stale_s=10)) as api:
+        ready = httpx.get(f"{api.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["redis"] is False and ready.json()["status"] == "not_ready"
+        assert httpx.get(f"{api.url}/healthz", timeout=10).status_code == 200  # alive all the same

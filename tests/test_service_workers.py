@@ -1,7 +1,8 @@
 """The service end to end: SDK -> API -> Redis -> worker subprocesses on the tiny model -> results.
 
 Covers a solved job with attempts, curve and a peft-loadable adapter; SSE resume with Last-Event-ID; cancelling a
-running job; a batch; a job that cannot run; and `kill -9` of a worker mid-job with a second worker resuming.
+running job; a batch; a job that cannot run; `kill -9` of a worker mid-job with a second worker resuming from a
+shared directory or from object storage (S3); and SIGTERM handing jobs back without leaving queue entries behind.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def service(redis_url, tiny_model_dir, tmp_path_factory):
     with ApiServer(api_settings(redis_url, prefix)) as api:
         workers.start()
         client = Client(api.url, KEYS["alice"], timeout=30)
-        wait_for(lambda: httpx.get(f"{api.url}/readyz").status_code == 200, timeout=120, message="a ready worker")
+        wait_for(lambda: httpx.get(f"{api.url}/readyz").json()["workers"] >= 1, timeout=120, message="a live worker")
         try:
             yield api, client, workers
         finally:
@@ -183,12 +184,27 @@ def test_async_client_and_cli_commands(service, tmp_path, capsys):
     assert "404" in capsys.readouterr().err
 
 
-def test_kill_9_mid_job_a_second_worker_resumes_without_losing_or_repeating_attempts(redis_url, tiny_model_dir,
-                                                                                       tmp_path):
-    prefix = f"kill-{os.getpid()}"
+@pytest.mark.parametrize("storage", ["directory", "s3"])
+def test_kill_9_mid_job_a_second_worker_resumes_without_losing_or_repeating_attempts(
+        storage, redis_url, tiny_model_dir, tmp_path, request):
+    """Worker A is killed -9 mid-job; worker B resumes from A's last checkpoint: in the directory both share, or in
+    an S3 bucket (each worker then has a local directory of its own, which must stay empty)."""
+    prefix = f"kill-{storage}-{os.getpid()}"
     workers = Workers(redis_url, prefix, tiny_model_dir, tmp_path / "ckpt", tmp_path)
+    if storage == "s3":
+        bucket, s3 = request.getfixturevalue("s3_bucket")
+        workers.checkpoint_url = f"s3://{bucket}/runs"
+
+    def local_dir(name: str):  # with S3 each worker gets a directory of its own; else both share tmp_path/ckpt
+        return tmp_path / name if storage == "s3" else None
+
+    def checkpoint_exists(job_id: str) -> bool:
+        if storage == "s3":
+            return s3.list_objects_v2(Bucket=bucket, Prefix=f"runs/{job_id}/").get("KeyCount", 0) == 1
+        return (tmp_path / "ckpt" / job_id / "runs.pt").is_file()
+
     with ApiServer(api_settings(redis_url, prefix)) as api, Client(api.url, KEYS["bob"]) as client:
-        first = workers.start(lease_ms=1500)
+        first = workers.start(lease_ms=1500, checkpoint_dir=local_dir("local-a"))
         budget = 160
         job = client.submit(NEVER, budget=budget, settings={**SMALL, "max_new_tokens": 12},
                             baselines=[{"attempts": 16}])
@@ -197,7 +213,8 @@ def test_kill_9_mid_job_a_second_worker_resumes_without_losing_or_repeating_atte
         first.wait()
         at_kill = client.get(job.id)
         assert at_kill.status == "running" and at_kill.attempts < budget, "the job ended before the kill"
-        workers.start(lease_ms=1500)
+        assert checkpoint_exists(job.id), f"no checkpoint in the {storage} store at the kill"
+        workers.start(lease_ms=1500, checkpoint_dir=local_dir("local-b"))
         try:
             final = client.wait(job.id, timeout=180, poll_s=0.2)
         finally:
@@ -211,6 +228,9 @@ def test_kill_9_mid_job_a_second_worker_resumes_without_losing_or_repeating_atte
         steps = [e.data for e in client.event_page(job.id, limit=1000).data
                  if e.type == "progress" and e.data["run"] == "method" and e.data["type"] == "step"]
         assert steps[-1]["attempts"] == budget
+        assert not checkpoint_exists(job.id), "a finished job's checkpoint is deleted"
+        if storage == "s3":  # nothing went to local disk
+            assert not any((tmp_path / "local-a").rglob("*.pt")) and not any((tmp_path / "local-b").rglob("*.pt"))
 
 
 def test_sigterm_hands_running_jobs_back_to_the_queue(redis_url, tiny_model_dir, tmp_path):
@@ -240,6 +260,11 @@ def test_sigterm_hands_running_jobs_back_to_the_queue(redis_url, tiny_model_dir,
             workers.stop_all()
         assert failed.status == "failed" and failed.error.code == "job_keeps_failing", workers.logs()
         assert "started 3 times" in failed.error.message
+        # The hand-back replaced the job's queue entry and the failure removed the new one: none is left behind
+        # (a hand-back that only acknowledged its entry left it in the stream, and sdpo_queue_depth drifted up).
+        with redis.Redis.from_url(redis_url) as r:
+            assert r.xlen(f"{prefix}:queue") == 0
+        assert "sdpo_queue_depth 0.0" in httpx.get(f"{api.url}/metrics").text
 
 
 def test_adapter_archive_is_a_tarball_of_a_peft_folder():

@@ -1,9 +1,14 @@
-"""Job checkpoints on disk, and the finished adapter as an archive peft loads.
+"""Job checkpoints behind one small interface, and the finished adapter as an archive peft loads.
 
-A job's checkpoint is one file holding the state of each of its runs (the method and its best-of-k baseline), so
-the runs always resume from the same step. It is written to a temporary file and renamed: a worker killed while
-writing leaves the previous checkpoint intact. The directory must be shared by the workers that may reclaim each
-other's jobs.
+A job's checkpoint is one blob holding the state of each of its runs (the method and its best-of-k baseline), so
+the runs always resume from the same step. Every worker that may reclaim another's jobs must reach the same store:
+
+    DirectoryStore   a local or shared directory (NFS, CephFS, EFS...): <root>/<job_id>/runs.pt, written to a
+                     temporary file and renamed, so a worker killed while writing leaves the previous one intact
+    S3Store          object storage, s3://bucket/prefix -> <prefix>/<job_id>/runs.pt (AWS S3 or any S3-compatible
+                     server such as MinIO); one PUT replaces an object whole, so a reader never sees half of one
+
+`open_store("s3://bucket/prefix")` or `open_store("/data/checkpoints")` picks the store from a URL or a path.
 """
 
 from __future__ import annotations
@@ -15,49 +20,178 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 FILENAME = "runs.pt"
+States = dict[str, dict[str, Any]]  # run key (method / baseline) -> ProblemRun.state_dict()
 
 
-def job_dir(root: Path, job_id: str) -> Path:
-    return root / job_id
+class CheckpointStore(Protocol):
+    """Where job checkpoints live: one blob per job, replaced whole or not at all."""
+
+    url: str  # where it points, for logs (never holds credentials)
+
+    def save(self, job_id: str, data: bytes) -> None: ...
+
+    def load(self, job_id: str) -> bytes | None: ...
+
+    def delete(self, job_id: str) -> None: ...
+
+    def exists(self, job_id: str) -> bool: ...
 
 
-def save(root: Path, job_id: str, states: dict[str, dict[str, Any]]) -> Path:
-    """Write the runs' states atomically; returns the checkpoint file."""
+class CheckpointConfigError(ValueError):
+    """A checkpoint location that cannot be used; the message says why."""
+
+
+# ---- serialisation ---------------------------------------------------------------------------------------------
+def encode(states: States) -> bytes:
     import torch
 
-    directory = job_dir(root, job_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".runs-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"runs": states}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / FILENAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return directory / FILENAME
+    buffer = io.BytesIO()
+    torch.save({"runs": states}, buffer)
+    return buffer.getvalue()
 
 
-def load(root: Path, job_id: str) -> dict[str, dict[str, Any]] | None:
-    """The runs' states of the last checkpoint, or None if the job has none."""
+def decode(data: bytes) -> States:
     import torch
 
-    path = job_dir(root, job_id) / FILENAME
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)["runs"]
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)["runs"]
 
 
-def remove(root: Path, job_id: str) -> None:
-    shutil.rmtree(job_dir(root, job_id), ignore_errors=True)
+def save_states(store: CheckpointStore, job_id: str, states: States) -> None:
+    """Write the runs' states as the job's checkpoint."""
+    store.save(job_id, encode(states))
 
 
+def load_states(store: CheckpointStore, job_id: str) -> States | None:
+    """The runs' states of the job's last checkpoint, or None if it has none."""
+    data = store.load(job_id)
+    return None if data is None else decode(data)
+
+
+# ---- a directory -----------------------------------------------------------------------------------------------
+class DirectoryStore:
+    """Checkpoints as files under a directory (local, or shared by every worker)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def path(self, job_id: str) -> Path:
+        return self.root / _safe(job_id) / FILENAME
+
+    def save(self, job_id: str, data: bytes) -> None:
+        directory = self.path(job_id).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".runs-", suffix=".pt", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / FILENAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, job_id: str) -> bytes | None:
+        try:
+            return self.path(job_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self.path(job_id).parent, ignore_errors=True)
+
+    def exists(self, job_id: str) -> bool:
+        return self.path(job_id).is_file()
+
+
+# ---- object storage --------------------------------------------------------------------------------------------
+class S3Store:
+    """Checkpoints as objects under s3://bucket/prefix.
+
+    Credentials and region come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile,
+    an instance or pod role). `endpoint_url` (or SDPO_S3_ENDPOINT_URL, or boto3's own AWS_ENDPOINT_URL_S3) points
+    it at an S3-compatible server; such servers get path-style addressing, which MinIO and others expect.
+    """
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise CheckpointConfigError(f"'{url}': expected s3://bucket/prefix")
+        self.url, self.bucket, self.prefix = url, parsed.netloc, parsed.path.strip("/")
+        self.endpoint_url = endpoint_url or os.environ.get("SDPO_S3_ENDPOINT_URL") or None
+        self.client = client or self._client()
+
+    def _client(self) -> Any:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise CheckpointConfigError("s3:// checkpoints need boto3: pip install 'sdpo-discovery[s3]'") from exc
+        config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60,
+                        s3={"addressing_style": "path"} if self.endpoint_url else None)
+        return boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+
+    def key(self, job_id: str) -> str:
+        return "/".join(part for part in (self.prefix, _safe(job_id), FILENAME) if part)
+
+    def save(self, job_id: str, data: bytes) -> None:
+        # upload_fileobj switches to a multipart upload for large checkpoints; the object appears when it completes
+        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.key(job_id))
+
+    def load(self, job_id: str) -> bytes | None:
+        buffer = io.BytesIO()
+        try:
+            self.client.download_fileobj(self.bucket, self.key(job_id), buffer)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+        return buffer.getvalue()
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(job_id))
+
+    def exists(self, job_id: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(job_id))
+        except Exception as exc:
+            if _not_found(exc):
+                return False
+            raise
+        return True
+
+
+def _not_found(exc: Exception) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _safe(job_id: str) -> str:
+    if not job_id or "/" in job_id or job_id in (".", ".."):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return job_id
+
+
+def open_store(location: str | Path, *, s3_endpoint_url: str | None = None) -> CheckpointStore:
+    """The store for a path or URL: s3://bucket/prefix, file:///path, or a plain directory path."""
+    text = str(location)
+    scheme = urlparse(text).scheme
+    if scheme == "s3":
+        return S3Store(text, endpoint_url=s3_endpoint_url)
+    if scheme == "file":
+        return DirectoryStore(urlparse(text).path)
+    if scheme and len(scheme) > 1:  # (a one-letter scheme is a Windows drive)
+        raise CheckpointConfigError(f"'{text}': checkpoints go to a directory path, file:///path or s3://bucket/prefix")
+    return DirectoryStore(text)
+
+
+# ---- the finished adapter --------------------------------------------------------------------------------------
 def adapter_archive(state: dict[str, Any], settings: Any, base_model: str) -> bytes:
     """The run's adapter as a tar.gz of a peft adapter folder (adapter_config.json + safetensors)."""
     from sdpo_core.adapter_io import save_peft_adapter

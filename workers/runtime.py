@@ -12,6 +12,7 @@ from typing import Any
 
 from sdpo_core.settings import RunSettings
 from workers.jobs import JobSpec
+from workers.logs import log_context
 
 log = logging.getLogger(__name__)
 METHOD, BASELINE = "method", "baseline"
@@ -41,6 +42,11 @@ class ActiveJob:
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # events buffered during a step
     published_attempts: int = 0  # method attempts already in the job's attempts list
     lost: bool = False  # the lease was lost: another worker may hold the job now
+    tenant: str = ""
+
+    def log_context(self):
+        """Tag the log lines inside the block with this job and its tenant."""
+        return log_context(job_id=self.id, tenant=self.tenant or None)
 
     @property
     def done(self) -> bool:

@@ -4,18 +4,20 @@
         admit new or abandoned jobs        XAUTOCLAIM (dead workers' entries) then XREADGROUP; a lease per job
         honour cancellations               between steps
         run_step(all live runs)            one generation batch for every job, one adapter each
-        checkpoint -> publish              the checkpoint file first, then attempts/progress/events in one MULTI
-        finish done jobs                   adapter archive, final status, XACK, drop the lease and checkpoint
+        checkpoint -> publish              the checkpoint first, then attempts/progress/events in one MULTI
+        finish done jobs                   adapter archive, final status, XACK + XDEL, drop the lease and checkpoint
 
 Delivery is at-least-once. A heartbeat renews each job's lease and resets its stream entry's idle time; an entry
 idle longer than the lease belongs to a dead worker and is reclaimed, and the job resumes from its checkpoint.
 Attempts are appended only past the list's length, so a resumed step is never counted twice. SIGTERM lets the
-current step finish, then hands the jobs back to the queue.
+current step finish, then hands the jobs back to the queue. Checkpoints go to a `CheckpointStore` (a shared directory
+or object storage) that every worker reaches. A lost Redis connection is retried with backoff, never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -31,14 +33,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workers import checkpoint
+from workers.checkpoint import CheckpointStore
 from workers.jobs import TERMINAL, JobFailure, JobSpec, now
 from workers.keys import GROUP, Keys
+from workers.logs import log_context, set_context
 from workers.metrics import record_finished, record_step, verifier_outcome
 from workers.runtime import METHOD, ActiveJob, open_runs
 from workers.store import JobStore
 
 log = logging.getLogger(__name__)
 FORGET_WORKERS_AFTER_S = 3600  # a worker silent this long is dropped from the liveness table
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)  # BusyLoadingError (an AOF replay) is a ConnectionError
+BACKOFF_S = (0.5, 10.0)  # first and longest wait between tries while Redis is unreachable
 
 
 class Worker:
@@ -46,7 +52,8 @@ class Worker:
 
     :param redis_url: the Redis holding the queue and the jobs
     :param model: the base model to serve (HF id or local folder; None = the offline default)
-    :param checkpoint_dir: where job checkpoints go; shared by workers that may reclaim each other's jobs
+    :param checkpoints: where job checkpoints go (a store, a directory, or s3://bucket/prefix); every worker that
+        may reclaim another's jobs must reach the same one
     :param max_jobs: jobs run at once (their attempts share generation batches)
     :param lease_ms: a job whose worker has not renewed its lease for this long is reclaimed by another
     :param max_tries: starts a job gets (crashes and errors included) before it ends `failed`
@@ -56,13 +63,15 @@ class Worker:
     """
 
     def __init__(
-        self, *, redis_url: str, model: str | None, checkpoint_dir: Path, prefix: str = "sdpo", max_jobs: int = 4,
+        self, *, redis_url: str, model: str | None, checkpoints: CheckpointStore | str | Path, prefix: str = "sdpo",
+        max_jobs: int = 4,
         lease_ms: int = 30_000, max_tries: int = 3, poll_ms: int = 1000, retention_s: int = 7 * 86400,
         events_maxlen: int = 10_000, max_batch_size: int = 32, worker_id: str | None = None,
     ) -> None:
         if max_jobs < 1 or lease_ms < 1000 or max_tries < 1:
             raise ValueError("max_jobs and max_tries must be >= 1 and lease_ms >= 1000")
-        self.redis_url, self.model, self.checkpoint_dir = redis_url, model, Path(checkpoint_dir)
+        self.redis_url, self.model = redis_url, model
+        self.checkpoints = checkpoints if hasattr(checkpoints, "save") else checkpoint.open_store(checkpoints)
         self.keys = Keys(prefix)
         self.max_jobs, self.lease_ms, self.max_tries, self.poll_ms = max_jobs, lease_ms, max_tries, poll_ms
         self.retention_s, self.events_maxlen, self.max_batch_size = retention_s, events_maxlen, max_batch_size
@@ -76,30 +85,49 @@ class Worker:
     # ---- lifecycle --------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`)."""
-        await asyncio.to_thread(self._load_model)
-        self.redis = Redis.from_url(self.redis_url)
-        self.store = JobStore(self.redis, self.keys, events_maxlen=self.events_maxlen, retention_s=self.retention_s)
-        await self.store.ensure_group()
+        set_context(worker=self.id)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        heartbeat = asyncio.create_task(self._heartbeat())
-        log.info("worker %s serving %s", self.id, self.model_name)
+        await asyncio.to_thread(self._load_model)
+        self.redis = Redis.from_url(self.redis_url)
+        self.store = JobStore(self.redis, self.keys, events_maxlen=self.events_maxlen, retention_s=self.retention_s)
+        heartbeat: asyncio.Task | None = None
+        log.info("worker %s serving %s, checkpoints in %s", self.id, self.model_name, self.checkpoints.url)
         try:
-            await self._beat()
-            while not self.stopping.is_set():
-                try:
-                    await self._admit_jobs()
-                    if self.active:
-                        await self._iteration()
-                except (RedisConnectionError, RedisTimeoutError) as exc:  # ride out a Redis restart
-                    log.warning("redis unavailable (%s); retrying in 1 s", exc)
-                    await asyncio.sleep(1.0)
+            await self._with_redis(self.store.ensure_group)  # Redis may come up after the worker
+            heartbeat = asyncio.create_task(self._heartbeat())
+            await self._with_redis(self._beat)
+            await self._with_redis(self._serve_once, forever=True)
         finally:
-            heartbeat.cancel()
+            if heartbeat:
+                heartbeat.cancel()
             await self._hand_back_all()
-            await self.redis.hdel(self.keys.workers, self.id)
+            try:
+                await self.redis.hdel(self.keys.workers, self.id)
+            except REDIS_ERRORS:
+                pass  # the table forgets silent workers
             await self.redis.aclose()
+
+    async def _serve_once(self) -> None:
+        await self._admit_jobs()
+        if self.active:
+            await self._iteration()
+
+    async def _with_redis(self, step, *, forever: bool = False) -> None:
+        """Run `step` once (or until stopped, if `forever`); while Redis is unreachable, retry with backoff."""
+        delay = 0.0
+        while not self.stopping.is_set():
+            try:
+                await step()
+                delay = 0.0
+                if not forever:
+                    return
+            except REDIS_ERRORS as exc:  # a restart, a failover, a network blip: wait and try again
+                delay = min(max(delay * 2, BACKOFF_S[0]), BACKOFF_S[1])
+                log.warning("redis unavailable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
 
     def stop(self) -> None:
         log.info("worker %s stopping after the current step", self.id)
@@ -125,14 +153,17 @@ class Worker:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
                 await self._beat()
-            except Exception:  # noqa: BLE001 - a Redis hiccup must not kill the heartbeat
+            except REDIS_ERRORS as exc:  # the main loop reports the outage and backs off; keep beating
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            except Exception:  # noqa: BLE001 - nothing may kill the heartbeat
                 log.exception("heartbeat failed")
 
     async def _beat(self) -> None:
         """Renew leases, keep our stream entries fresh, say we are alive."""
         for job in list(self.active.values()):
             if not await self.store.renew_lease(job.id, self.id, self.lease_ms):
-                log.warning("job %s: lease lost; dropping it", job.id)
+                with job.log_context():
+                    log.warning("job %s: lease lost; dropping it", job.id)
                 job.lost = True
         entries = [job.entry_id for job in self.active.values() if not job.lost]
         if entries:
@@ -158,20 +189,25 @@ class Worker:
             entries += reply[0][1] if reply else []
         for entry_id, fields in entries:
             job_id = (fields.get(b"job_id") or b"").decode()
-            try:
-                await self._admit(entry_id.decode(), job_id)
-            except Exception:  # noqa: BLE001 - one bad entry never stops the worker
-                log.exception("job %s: admission failed", job_id)
+            with log_context(job_id=job_id, tenant=None):
+                try:
+                    await self._admit(entry_id.decode(), job_id)
+                except REDIS_ERRORS:
+                    raise
+                except Exception:  # noqa: BLE001 - one bad entry never stops the worker
+                    log.exception("job %s: admission failed", job_id)
 
     async def _admit(self, entry_id: str, job_id: str) -> None:
         record = await self.store.get(job_id)
         if record is None or record["status"] in TERMINAL:
             await self._ack(entry_id, record.get("batch_id", "") if record else "")
             return
+        set_context(tenant=record.get("tenant"))
         if not await self.store.take_lease(job_id, self.id, self.lease_ms):
             return  # a live worker still holds it
         tries = await self.redis.hincrby(self.keys.job(job_id), "tries", 1)
-        job = ActiveJob(id=job_id, entry_id=entry_id, spec=None, batch_id=record.get("batch_id", ""), runs={})
+        job = ActiveJob(id=job_id, entry_id=entry_id, spec=None, batch_id=record.get("batch_id", ""), runs={},
+                        tenant=record.get("tenant", ""))
         try:
             if tries > self.max_tries:
                 last = record.get("last_error") or "the worker running it stopped (crashed or was killed)"
@@ -187,7 +223,7 @@ class Worker:
             if outcome != "ok":
                 await self._release(job, entry_ack=True)
                 return
-            states = await asyncio.to_thread(checkpoint.load, self.checkpoint_dir, job_id)
+            states = await asyncio.to_thread(checkpoint.load_states, self.checkpoints, job_id)
             await asyncio.to_thread(open_runs, job, policy=self.policy, verify=verify, states=states)
         except Exception as exc:  # noqa: BLE001 - the job fails, the worker goes on
             await self._fail(job, exc)
@@ -236,12 +272,14 @@ class Worker:
             seconds = time.perf_counter() - clock
             for job in stepping:
                 if job.id not in failed:
-                    await self._after_step(job, seconds / len(stepping))
+                    with job.log_context():
+                        await self._after_step(job, seconds / len(stepping))
         for job in list(self.active.values()):
             if job.lost:
                 self._forget(job)
             elif job.done:
-                await self._finish(job)
+                with job.log_context():
+                    await self._finish(job)
 
     async def _honour_cancellations(self) -> None:
         jobs = list(self.active.values())
@@ -270,12 +308,16 @@ class Worker:
                 await asyncio.to_thread(run_step, job.live_runs(), self.engine)
             except Exception as exc:  # noqa: BLE001 - this job's fault
                 failed.add(job.id)
-                await self._fail(job, exc)
+                with job.log_context():
+                    await self._fail(job, exc)
         return failed
 
     async def _after_step(self, job: ActiveJob, seconds: float) -> None:
         """Checkpoint, then publish the step's attempts, progress and events."""
-        await asyncio.to_thread(checkpoint.save, self.checkpoint_dir, job.id, job.states())
+        try:
+            await asyncio.to_thread(checkpoint.save_states, self.checkpoints, job.id, job.states())
+        except Exception:  # noqa: BLE001 - the job goes on; a takeover would resume from the previous checkpoint
+            log.exception("job %s: checkpoint to %s failed", job.id, self.checkpoints.url)
         if job.lost:
             return
         method = job.runs[METHOD]
@@ -304,8 +346,10 @@ class Worker:
                 await self.redis.set(self.keys.adapter(job.id), archive, ex=self.retention_s)
             except Exception:  # noqa: BLE001 - the result stands without the archive
                 log.exception("job %s: adapter export failed", job.id)
-        await self.store.publish_progress(job.id, attempts=[], first_index=job.published_attempts + 1, fields={},
-                                          events=job.take_events())
+        rest = method.attempts[job.published_attempts:]  # a step whose publication Redis missed
+        await self.store.publish_progress(job.id, attempts=[a.model_dump_json() for a in rest],
+                                          first_index=job.published_attempts + 1, fields={}, events=job.take_events())
+        job.published_attempts = len(method.attempts)
         outcome, _ = await self.store.transition(job.id, allowed_from=["running"], to=status, fields=fields,
                                                  event={"attempts": len(method.attempts)})
         if outcome == "ok":
@@ -342,6 +386,7 @@ class Worker:
         """Put a running job back on the queue (a fresh entry) for any worker to resume from its checkpoint."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.keys.queue, GROUP, job.entry_id)
+            pipe.xdel(self.keys.queue, job.entry_id)  # as _ack does: a spent entry left behind inflates the depth
             pipe.xadd(self.keys.queue, {"job_id": job.id})
             await pipe.execute()
         await self.store.transition(job.id, allowed_from=["running"], to="queued", event={"reason": reason})
@@ -351,8 +396,9 @@ class Worker:
         for job in list(self.active.values()):
             try:
                 if not job.lost:
-                    await self.redis.hincrby(self.keys.job(job.id), "tries", -1)  # a handover is not a failure
-                    await self._hand_back(job, reason="worker shut down")
+                    with job.log_context():
+                        await self.redis.hincrby(self.keys.job(job.id), "tries", -1)  # a handover is not a failure
+                        await self._hand_back(job, reason="worker shut down")
                 else:
                     self._forget(job)
             except Exception:  # noqa: BLE001 - the lease expiry hands it over anyway
@@ -363,7 +409,10 @@ class Worker:
             await self._ack(job.entry_id, job.batch_id)
         await self.store.drop_lease(job.id, self.id)
         if entry_ack:  # the job is over (or was never ours to run): its checkpoint is no longer needed
-            await asyncio.to_thread(checkpoint.remove, self.checkpoint_dir, job.id)
+            try:
+                await asyncio.to_thread(self.checkpoints.delete, job.id)
+            except Exception:  # noqa: BLE001 - a leftover checkpoint costs storage, not correctness
+                log.exception("job %s: deleting its checkpoint failed", job.id)
         self._forget(job)
 
     async def _ack(self, entry_id: str, batch_id: str) -> None:

@@ -1,4 +1,4 @@
-"""/healthz (the process answers), /readyz (Redis reachable, a worker seen recently), /metrics (Prometheus)."""
+"""/healthz (the process answers), /readyz (Redis reachable; live workers reported), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -20,19 +20,18 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(store: StoreDep, settings: SettingsDep):
-    """Ready when Redis answers and at least one worker was seen recently."""
+    """Ready when Redis answers; the count of live workers is information, not a condition."""
     try:
         await store.redis.ping()
         workers = await store.redis.hgetall(store.keys.workers)
     except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
         body = Readiness(status="not_ready", redis=False, workers=0, detail=f"redis unreachable: {exc}")
         return JSONResponse(body.model_dump(), status_code=503)
+    # Workers may scale to zero (KEDA) and come back when jobs wait: the API must keep accepting them meanwhile.
     count = live_workers({k.decode(): v.decode() for k, v in workers.items()}, settings.worker_stale_s)
-    if count == 0:
-        body = Readiness(status="not_ready", redis=True, workers=0,
-                         detail=f"no worker seen in the last {settings.worker_stale_s:g} s")
-        return JSONResponse(body.model_dump(), status_code=503)
-    return Readiness(status="ready", redis=True, workers=count)
+    detail = "" if count else (f"no worker seen in the last {settings.worker_stale_s:g} s: jobs wait in the queue "
+                               "until one starts")
+    return Readiness(status="ready", redis=True, workers=count, detail=detail)
 
 
 @router.get("/metrics", response_class=Response,
