@@ -128,6 +128,21 @@ def _job_body(problem: Problem | dict[str, Any], options: dict[str, Any]) -> dic
     return body.model_dump(mode="json", exclude_unset=True)
 
 
+class _SSELines:
+    """Collects the lines of one server-sent event; a blank line ends the event."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def feed(self, line: str) -> JobEvent | None:
+        """The event that `line` completes, if any (events without an id, like keep-alive comments, are skipped)."""
+        if line:
+            self.lines.append(line)
+            return None
+        event, self.lines = _parse_sse(self.lines), []
+        return event
+
+
 def _parse_sse(lines: Sequence[str]) -> JobEvent | None:
     fields: dict[str, str] = {}
     data: list[str] = []
@@ -238,13 +253,9 @@ class Client(_Base):
                     if response.status_code >= 400:
                         response.read()
                         raise _error_for(response)
-                    lines: list[str] = []
+                    sse = _SSELines()
                     for line in response.iter_lines():
-                        if line:
-                            lines.append(line)
-                            continue
-                        event = _parse_sse(lines)
-                        lines = []
+                        event = sse.feed(line)
                         if event is None:
                             continue
                         last_event_id, failures = event.id, 0
@@ -408,13 +419,9 @@ class AsyncClient(_Base):
                     if response.status_code >= 400:
                         await response.aread()
                         raise _error_for(response)
-                    lines: list[str] = []
+                    sse = _SSELines()
                     async for line in response.aiter_lines():
-                        if line:
-                            lines.append(line)
-                            continue
-                        event = _parse_sse(lines)
-                        lines = []
+                        event = sse.feed(line)
                         if event is None:
                             continue
                         last_event_id, failures = event.id, 0
