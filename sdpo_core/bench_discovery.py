@@ -181,8 +181,14 @@ def summarize(reports: list[ProblemReport], methods: list[str], budget: int, see
     defined = sorted(r for r in replicates if r is not None)
     ci = (defined[int(0.05 * (len(defined) - 1))], defined[int(0.95 * (len(defined) - 1))]) if defined else None
     mean_attempts = {m: statistics.mean(r.mean_attempts[m] for r in reports) for m in methods}
-    if ratio is None:
-        note = "attempts ratio undefined: best-of-k found nothing, or SDPO did not reach its level"
+    by_label = {c.label: c for c in average}
+    if ratio is None and {"sdpo", "best-of-k"} <= set(methods):
+        target, reached = by_label["best-of-k"].mean[-1], by_label["sdpo"].mean[-1]
+        note = ("attempts ratio undefined: best-of-k found no solution" if target == 0 else
+                f"attempts ratio undefined: SDPO reached P={reached:.2f} at {budget} attempts, short of "
+                f"best-of-k's P={target:.2f}")
+    elif ratio is None:
+        note = "attempts ratio needs both sdpo and best-of-k"
     else:
         note = f"SDPO needs {ratio:.2f}x fewer attempts than best-of-k for its P at {budget}"
         if ci:
