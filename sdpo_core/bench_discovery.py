@@ -119,12 +119,14 @@ def run_all(runs: list[ProblemRun], engine: GenerationEngine, concurrency: int, 
 def bench_discovery(
     problems: Sequence[Problem], policy: LoraPolicy, engine: GenerationEngine, *, methods: Sequence[str],
     seeds: int, settings: RunSettings, baseline_samples: int, concurrency: int = 8,
-    verify: VerifyFn = verify_attempts, on_progress: Callable[[], None] = lambda: None,
+    verify_for: Callable[[Problem], VerifyFn] = lambda problem: verify_attempts,
+    on_progress: Callable[[], None] = lambda: None,
     on_event: EventSink = ignore_events,
 ) -> DiscoveryReport:
     budget = settings.max_attempts
     runs: dict[tuple[str, str], list[ProblemRun]] = {}
     for p in problems:
+        verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
         for method in methods:
             if method == "best-of-k":  # i.i.d. samples: big steps finish sooner, the estimate is the same
                 cfg = settings.model_copy(update={

@@ -61,7 +61,7 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
         report = bench_discovery(
             problems, policy, engine, methods=methods, seeds=args.seeds, settings=settings,
             baseline_samples=baseline, concurrency=args.concurrency,
-            verify=verify_function(problems[0]), on_progress=lambda: progress.advance(task),
+            verify_for=verify_function, on_progress=lambda: progress.advance(task),
         )
     report.write(Path(args.out))
     console = Console(width=200)
