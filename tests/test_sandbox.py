@@ -179,3 +179,21 @@ def test_stale_run_directories_of_killed_workers_are_swept(tmp_path):
     os.utime(stale, (old, old))
     SubprocessSandbox(SandboxOptions(tmp_dir=str(tmp_path)))
     assert not stale.exists() and fresh.exists()
+
+
+def test_an_interpreter_under_tmp_is_visible_inside_the_sandbox(tmp_path):
+    """A checkout (and its venv) under /tmp must survive the sandbox's private /tmp (CI may clone there)."""
+    import subprocess
+    import sys
+
+    from workers.isolation import SandboxOptions
+    from workers.sandbox import SubprocessSandbox
+
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    sandbox = SubprocessSandbox(SandboxOptions(python=str(venv / "bin" / "python")))
+    assert sandbox.isolation == "bwrap"
+    result = sandbox.run_python("import sys; print(sys.prefix)")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(venv)

@@ -114,7 +114,11 @@ def bwrap_argv(*, workdir: Path, extra_ro: Sequence[str], env: dict[str, str], t
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
-    made: set[str] = set()
+    # The private /tmp first: mounts come in order, so a tmpfs mounted later would hide an interpreter or venv that
+    # lives under /tmp (a checkout in /tmp/...), which the binds below put back on top of it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024),
+             "--tmpfs", "/tmp"]
+    made: set[str] = {"/tmp"}
     for path in extra_ro:
         for parent in reversed(Path(path).parents[:-1]):  # parents bwrap would otherwise make with mode 0700
             if str(parent) not in made:
@@ -122,8 +126,6 @@ def bwrap_argv(*, workdir: Path, extra_ro: Sequence[str], env: dict[str, str], t
                 made.add(str(parent))
         argv += ["--ro-bind", path, path]
     argv += [
-        "--proc", "/proc", "--dev", "/dev",
-        "--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
         "--bind", str(workdir), SANDBOX_DIR, "--chdir", SANDBOX_DIR,
         "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--clearenv",
