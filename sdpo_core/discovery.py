@@ -193,13 +193,18 @@ def compare_to_best_of_k(
     n, c = len(baseline_outcomes), sum(baseline_outcomes)
     baseline_at = pass_at_k(n, c, budget)
     ratio = attempts_ratio(lambda k: discovery_at_k(first_success, k), lambda k: pass_at_k(n, c, k), budget)
+    runs = f"{len(first_success)} run" + ("s" if len(first_success) > 1 else "")
     if c == 0:
         note = f"best-of-k found no solution in {n} samples: the ratio is undefined"
     elif ratio is None:
-        note = f"{method} did not reach best-of-k's {baseline_at:.2f} at {budget} attempts"
+        note = f"{method} ({runs}) did not reach best-of-k's {baseline_at:.2f} at {budget} attempts"
     else:
-        note = f"{method} reaches best-of-k's P={baseline_at:.2f}@{budget} with {ratio:.2f}x fewer attempts"
+        note = f"{method} ({runs}) reaches best-of-k's P={baseline_at:.2f}@{budget} with {ratio:.2f}x fewer attempts"
+    if len(first_success) == 1:
+        note += "; one run is a step curve, not an estimate: run several seeds (sdpo bench discovery)"
     if budget > n:
-        note += f" (best-of-k beyond {n} samples: plug-in 1-(1-c/n)^k)"
+        note += f"; best-of-k beyond {n} samples uses the plug-in 1-(1-c/n)^k"
+    elif budget == n and c > 0:
+        note += f"; pass@{n} from {n} samples is 1 whenever one succeeded: sample more than the budget"
     return Comparison(budget=budget, curves=curves, attempts_ratio=ratio, baseline_at_budget=baseline_at,
                       method_at_budget=method_at, note=note)
