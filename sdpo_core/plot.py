@@ -6,13 +6,14 @@ Hand-written SVG keeps the picture available to the API and the light client wit
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from html import escape
 
 from sdpo_core.discovery import DiscoveryCurve
 
-WIDTH, HEIGHT = 720, 440
-LEFT, RIGHT, TOP, BOTTOM = 70, 190, 50, 60
+WIDTH, HEIGHT = 720, 470
+LEFT, RIGHT, TOP, BOTTOM = 70, 190, 80, 60  # TOP leaves room for three lines of note
 COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -48,8 +49,8 @@ def discovery_svg(curves: Sequence[DiscoveryCurve], title: str = "Discovery curv
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
         f'<text x="{LEFT}" y="22" font-size="16" font-weight="bold">{escape(title)}</text>',
     ]
-    if note:
-        parts.append(f'<text x="{LEFT}" y="40" fill="#444">{escape(note)}</text>')
+    for i, line in enumerate(textwrap.wrap(note, 100)[:3]):  # the note may be long: wrap it under the title
+        parts.append(f'<text x="{LEFT}" y="{40 + 14 * i}" fill="#444">{escape(line)}</text>')
     # ---- axes and grid ----
     for p in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = _y(p)
