@@ -8,7 +8,7 @@ setup:
 	./scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/sdpo solve examples/arithmetic.json --max-attempts 48 --attempts-per-step 8 --max-new-tokens 48 --baseline-attempts 96 --curve runs/demo-curve.svg
+	$(VENV)/bin/sdpo solve examples/arithmetic.json --max-attempts 48 --attempts-per-step 8 --max-new-tokens 48 --curve runs/demo-curve.svg
 
 test: setup
 	$(PY) -m pytest -q

@@ -20,6 +20,14 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, Field
 
+# Default best-of-k samples per attempt of budget: pass@k from n samples is 1 at k = n whenever one sample
+# succeeded, so a baseline of exactly the budget says nothing at the budget. Twice the budget does.
+BASELINE_SAMPLES_PER_BUDGET = 2
+
+
+def default_baseline_samples(budget: int) -> int:
+    return BASELINE_SAMPLES_PER_BUDGET * budget
+
 
 class DiscoveryCurve(BaseModel):
     """discovery@k at the attempt counts `ks`, with a confidence band."""

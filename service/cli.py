@@ -118,7 +118,7 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-curve", action="store_true", help="keep going after the first solution")
     p.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
     p.add_argument("--baseline-attempts", type=int, default=None,
-                   help="best-of-k samples for the comparison (default: the attempt budget; 0 = none)")
+                   help="best-of-k samples for the comparison (default: twice the attempt budget; 0 = none)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     p.add_argument("--curve", help="write the discovery curve against best-of-k to this SVG file")
     p.set_defaults(func=cmd_solve)

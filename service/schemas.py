@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sdpo_core.discovery import Comparison, DiscoveryCurve
+from sdpo_core.discovery import Comparison, DiscoveryCurve, default_baseline_samples
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
 from sdpo_core.settings import Method, RunSettings
@@ -35,7 +35,8 @@ class BaselineRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["best-of-k"] = "best-of-k"
-    attempts: int | None = Field(default=None, ge=1, le=1_000_000, description="Samples; default: the job's budget.")
+    attempts: int | None = Field(default=None, ge=1, le=1_000_000,
+                                 description="Samples; default: twice the job's budget.")
 
 
 class JobOptions(BaseModel):
@@ -72,7 +73,10 @@ class JobOptions(BaseModel):
         return self
 
     def to_spec(self, problem: Problem) -> JobSpec:
-        samples = (self.baselines[0].attempts or self.settings.max_attempts) if self.baselines else 0
+        if not self.baselines:
+            samples = 0
+        else:
+            samples = self.baselines[0].attempts or default_baseline_samples(self.settings.max_attempts)
         return JobSpec(problem=problem, settings=self.settings, baseline_attempts=samples, model=self.model)
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.discovery import Comparison, compare_to_best_of_k
+from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.plot import discovery_svg
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ProgressEvent, RunResult
@@ -96,7 +96,7 @@ def solve_with_baseline(
         result = solve(problem, settings, policy, engine, verify=verify, on_event=on_event)
 
     baseline = None
-    n_baseline = settings.max_attempts if baseline_attempts is None else baseline_attempts
+    n_baseline = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
     if settings.method == "best-of-k" and not settings.stop_at_first_success:
         baseline = result  # a full best-of-k run is its own baseline
     elif n_baseline > 0:

@@ -52,7 +52,7 @@ def test_solve_reports_attempts_curve_and_adapter(service, tmp_path, tiny_model_
     assert [a.index for a in attempts] == list(range(1, job.attempts + 1))
     assert attempts[job.first_success_attempt - 1].solved
     assert not any(a.solved for a in attempts[:job.first_success_attempt - 1])
-    assert job.baseline and job.baseline.samples == 16  # the best-of-k baseline ran its full budget
+    assert job.baseline and job.baseline.samples == 32  # the best-of-k baseline: twice the budget by default
     labels = [c.label for c in result.comparison.curves]
     assert labels == ["sdpo", "best-of-k"] and result.comparison.curves[0].mean[-1] == 1.0
     assert client.curve_svg(job.id).startswith("<svg")
