@@ -287,16 +287,11 @@ def _print_job(job) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a problem; with --wait, follow it to the end."""
-    from service.client import SDPOError
-
     problem = load_problem(args.problem)
-    try:
-        with _client(args) as client:
-            job = client.submit(problem, **_job_options(args))
-            if args.wait:
-                job = client.wait(job.id, progress=not args.json)
-    except (SDPOError, ValidationError) as exc:
-        raise CLIError(str(exc)) from exc
+    with _client(args) as client:
+        job = client.submit(problem, **_job_options(args))
+        if args.wait:
+            job = client.wait(job.id, progress=not args.json)
     print(job.model_dump_json(indent=2)) if args.json else _print_job(job)
     return 0 if job.status != "failed" else 1
 
@@ -312,13 +307,8 @@ def add_submit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from service.client import SDPOError
-
-    try:
-        with _client(args) as client:
-            job = client.get(args.id)
-    except SDPOError as exc:
-        raise CLIError(str(exc)) from exc
+    with _client(args) as client:
+        job = client.get(args.id)
     print(job.model_dump_json(indent=2)) if args.json else _print_job(job)
     return 0
 
@@ -333,14 +323,9 @@ def add_status_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """Follow a job's events (SSE) until it ends, one JSON line each."""
-    from service.client import SDPOError
-
-    try:
-        with _client(args) as client:
-            for event in client.events(args.id, last_event_id=args.last_event_id):
-                print(json.dumps({"id": event.id, "type": event.type, **event.data}), flush=True)
-    except SDPOError as exc:
-        raise CLIError(str(exc)) from exc
+    with _client(args) as client:
+        for event in client.events(args.id, last_event_id=args.last_event_id):
+            print(json.dumps({"id": event.id, "type": event.type, **event.data}), flush=True)
     return 0
 
 
@@ -353,14 +338,9 @@ def add_events_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
-    from service.client import SDPOError
-
-    try:
-        with _client(args) as client:
-            svg = client.curve_svg(args.id)
-            note = client.curve(args.id).comparison.note
-    except SDPOError as exc:
-        raise CLIError(str(exc)) from exc
+    with _client(args) as client:
+        svg = client.curve_svg(args.id)
+        note = client.curve(args.id).comparison.note
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(svg)
     print(f"{note}\ncurve written to {args.output}")
@@ -397,25 +377,20 @@ def read_problems_jsonl(path: str) -> list[Any]:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Solve a JSONL file of problems as one batch; print one line per problem and the batch curve."""
-    from service.client import SDPOError
-
     problems = read_problems_jsonl(args.file)
-    try:
-        with _client(args) as client:
-            batch = client.submit_batch(problems, concurrency=args.concurrency, **_job_options(args))
-            print(f"batch {batch.id}: {len(batch.job_ids)} jobs", flush=True)
-            if not args.no_wait:
-                batch = client.wait_batch(batch.id)
-                for job_id in batch.job_ids:
-                    _print_job(client.get(job_id))
-                if args.curve and batch.curve:
-                    from sdpo_core.plot import discovery_svg
+    with _client(args) as client:
+        batch = client.submit_batch(problems, concurrency=args.concurrency, **_job_options(args))
+        print(f"batch {batch.id}: {len(batch.job_ids)} jobs", flush=True)
+        if not args.no_wait:
+            batch = client.wait_batch(batch.id)
+            for job_id in batch.job_ids:
+                _print_job(client.get(job_id))
+            if args.curve and batch.curve:
+                from sdpo_core.plot import discovery_svg
 
-                    Path(args.curve).write_text(discovery_svg(batch.curve.curves, title=f"Batch {batch.id}",
-                                                              note=batch.curve.note))
-                print(batch.curve.note if batch.curve else f"no finished jobs: {batch.counts}")
-    except SDPOError as exc:
-        raise CLIError(str(exc)) from exc
+                Path(args.curve).write_text(discovery_svg(batch.curve.curves, title=f"Batch {batch.id}",
+                                                          note=batch.curve.note))
+            print(batch.curve.note if batch.curve else f"no finished jobs: {batch.counts}")
     return 0
 
 
@@ -465,11 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdpo: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a known failure mode of a dependency gets one line, not a traceback
+    except Exception as exc:  # a known failure (the server said no, the model is missing) gets one line
         from sdpo_core.models import ModelNotAvailable
+        from service.client import SDPOError
 
-        if isinstance(exc, ModelNotAvailable):
+        if isinstance(exc, ModelNotAvailable | SDPOError):
             print(f"sdpo: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, ValidationError):  # job options (--settings, flags) the client could not accept
+            print(f"sdpo: error: {describe_validation_error(exc, 'job options')}", file=sys.stderr)
             return 2
         raise
 

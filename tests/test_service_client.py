@@ -74,3 +74,18 @@ def test_unreachable_server_raises_after_retries_and_async_client_behaves_the_sa
             return (await c.submit(PROBLEM, budget=16, settings={"attempts_per_step": 4})).id
 
     assert asyncio.run(run()) == JOB["id"]
+
+
+def test_cli_submit_with_bad_settings_is_a_one_line_error(tmp_path, capsys):
+    """Options the client refuses never reach the network, and the user gets the field, not a traceback."""
+    import json
+
+    from service.cli import main
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"max_attempts": 0}))
+    problem = tmp_path / "p.json"
+    problem.write_text(json.dumps({"prompt": "q", "verifier": {"type": "exact", "answer": "1"}}))
+    assert main(["submit", str(problem), "--settings", str(settings), "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "settings.max_attempts" in err[0] and err[0].startswith("sdpo: error:")
