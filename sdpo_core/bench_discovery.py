@@ -12,7 +12,6 @@ problems.
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -31,13 +30,13 @@ from sdpo_core.discovery import (
     sequential_curve,
 )
 from sdpo_core.engine import GenerationEngine
-from sdpo_core.loop import ProblemRun, VerifyFn, run_step
+from sdpo_core.loop import ProblemRun, run_step
 from sdpo_core.plot import discovery_svg
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
 from sdpo_core.settings import RunSettings
-from sdpo_core.verifiers import verify_attempts
+from sdpo_core.verifiers import VerifyFn, verify_attempts
 
 BUILTIN_SET = Path(__file__).parent / "data" / "hard_problems.jsonl"
 BASELINE_SEED = 10_000  # best-of-k samples are independent of the sequential runs (seeds 0..S-1)
@@ -201,6 +200,3 @@ def summarize(reports: list[ProblemReport], methods: list[str], budget: int, see
         attempts_ratio_defined=len(defined) / n_boot, note=note,
     )
 
-
-def dump_problems(problems: Sequence[Problem], path: Path) -> None:
-    path.write_text("".join(json.dumps(p.model_dump(mode="json", exclude_none=True)) + "\n" for p in problems))

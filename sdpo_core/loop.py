@@ -22,7 +22,7 @@ by (seed, attempt index)), so `ProblemRun.restore(state)` continues exactly wher
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,9 +35,8 @@ from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, te
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.teacher import drop_teacher, init_teacher, teacher_adapter
 from sdpo_core.update import DistillSample, make_optimizer, sdpo_update
-from sdpo_core.verifiers import Verdict, verify_attempts
+from sdpo_core.verifiers import VerifyFn, verify_attempts
 
-VerifyFn = Callable[[Problem, Sequence[str]], list[Verdict]]
 STATE_VERSION = 1
 
 

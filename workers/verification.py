@@ -11,15 +11,14 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sdpo_core.problem import Problem
-from sdpo_core.verifiers import Verdict, verify_attempts
+from sdpo_core.verifiers import Verdict, VerifyFn, verify_attempts
 from workers.pool import VerifierPool
 
 logger = logging.getLogger(__name__)
 
-VerifyFn = Callable[[Problem, Sequence[str]], list[Verdict]]
 IN_PROCESS_TYPES = frozenset({"exact", "numeric", "regex", "math", "reasoning_gym"})
 WORKERS_ENV = "SDPO_VERIFIER_WORKERS"
 

@@ -49,6 +49,9 @@ def _sandboxed(verifier_class: Callable[[Any, Sandbox], Verifier]) -> Callable[[
     return factory
 
 
+# What the loop calls to verify one step's attempts: (problem, completions) -> one verdict each, in order.
+VerifyFn = Callable[["Problem", Sequence[str]], list[Verdict]]
+
 # type -> factory(spec, sandbox) for specs that need resources beyond their own fields.
 _FACTORIES: dict[str, Callable[[Any, Any], Verifier]] = {
     "code_io": _sandboxed(CodeIOVerifier),
@@ -86,5 +89,5 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
 __all__ = [
     "SANDBOXED_TYPES", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec", "NumericSpec", "PythonSpec",
     "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "Verdict", "Verifier", "VerifierError",
-    "VerifierSpec", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
+    "VerifierSpec", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
 ]
