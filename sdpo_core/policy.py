@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
+from transformers import DynamicCache
 
 from sdpo_core.settings import SDPOSettings
 
@@ -64,6 +65,21 @@ def _row_lora_forward(base_layer: torch.nn.Module, rows: RowAdapters, a_cat: tor
         return out + (low_rank @ b_cat.T).to(out.dtype)  # (B, T, out)
 
     return forward
+
+
+def _common_prefix_length(sequences: list[list[int]]) -> int:
+    first = sequences[0]
+    length = min(len(seq) for seq in sequences)
+    for other in sequences[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return length
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer across transformers versions."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
 
 
 class LoraPolicy:
@@ -162,6 +178,46 @@ class LoraPolicy:
         with self._active(adapter):
             out = self.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return out.last_hidden_state
+
+    def response_hidden(self, sequences: list[list[int]], response_lengths: list[int], adapter: str | None
+                        ) -> torch.Tensor:
+        """Hidden states (sum R, H) that predict the last R_b tokens of each sequence b; grads flow if enabled.
+
+        The sequences' common prefix (the student's prompt is the same for every attempt of a step, the teacher's
+        reprompts share the chat template and the problem) runs once, batch 1, and every row continues from its
+        KV cache: an update then costs tokens of the prefix once plus each row's own tokens, not rows x prompt."""
+        device = self.device
+        shared = min(_common_prefix_length(sequences), min(len(seq) for seq in sequences) - 1)
+        with self._active(adapter):
+            decoder = self.base.get_decoder()
+            cache = DynamicCache()
+            if shared > 0:
+                prefix = torch.tensor([sequences[0][:shared]], device=device)
+                prefix_hidden = decoder(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None],
+                                        use_cache=True, **{self.cache_kwarg: cache}).last_hidden_state[0]
+                cache = DynamicCache(ddp_cache_data=[
+                    (k.expand(len(sequences), -1, -1, -1), v.expand(len(sequences), -1, -1, -1))
+                    for k, v in cache_layers(cache)
+                ])
+            suffixes = [seq[shared:] for seq in sequences]
+            width = max(len(s) for s in suffixes)
+            ids = torch.full((len(suffixes), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(suffixes), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for row, suffix in enumerate(suffixes):  # right padding: every row's own tokens start at `shared`
+                ids[row, : len(suffix)] = torch.tensor(suffix)
+                mask[row, shared: shared + len(suffix)] = 1
+            positions = torch.arange(shared, shared + width, device=device)[None].expand(len(suffixes), -1)
+            suffix_hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions,
+                                    use_cache=shared > 0, **{self.cache_kwarg: cache if shared > 0 else None}
+                                    ).last_hidden_state
+        picked = []
+        for row, (seq, n) in enumerate(zip(sequences, response_lengths, strict=True)):
+            start, end = len(seq) - n - 1 - shared, len(seq) - 1 - shared  # in suffix coordinates
+            if start < 0:  # the token before the response is the prefix's last one
+                picked.append(prefix_hidden[shared + start:])
+            picked.append(suffix_hidden[row, max(start, 0): end])
+        return torch.cat(picked)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states -> vocabulary logits (the frozen output embedding)."""

@@ -37,15 +37,15 @@ def drop_teacher(policy: LoraPolicy, student: str) -> None:
 
 @torch.no_grad()
 def teacher_hidden(
-    policy: LoraPolicy, student: str, settings: SDPOSettings, input_ids: torch.Tensor, mask: torch.Tensor
+    policy: LoraPolicy, student: str, settings: SDPOSettings, sequences: list[list[int]], response_lengths: list[int]
 ) -> list[torch.Tensor]:
-    """The hidden states the teacher's logits are built from, (B, T, H) each."""
+    """The hidden states (sum R, H) at the response positions that the teacher's logits are built from."""
     if settings.teacher == "ema":
-        return [policy.hidden_states(input_ids, mask, teacher_adapter(student))]
-    base = policy.hidden_states(input_ids, mask, None)
+        return [policy.response_hidden(sequences, response_lengths, teacher_adapter(student))]
+    base = policy.response_hidden(sequences, response_lengths, None)
     if settings.teacher == "frozen":
         return [base]
-    return [base, policy.hidden_states(input_ids, mask, student)]
+    return [base, policy.response_hidden(sequences, response_lengths, student)]
 
 
 def teacher_logits(policy: LoraPolicy, settings: SDPOSettings, hidden: list[torch.Tensor]) -> torch.Tensor:

@@ -3,6 +3,7 @@
     for each micro-batch of distilled attempts:
         teacher pass (no grad)  : reprompt + attempt tokens -> hidden states at the attempt's positions
         student pass            : prompt + attempt tokens   -> hidden states at the same positions
+                                  (both passes run the micro-batch's common prefix once: LoraPolicy.response_hidden)
         loss += sum_t D_alpha(student_t, teacher_t) * w_t / (distilled tokens in the whole step)
         loss.backward()
     clip grad norm, AdamW step, EMA teacher step
@@ -41,30 +42,13 @@ def make_optimizer(policy: LoraPolicy, adapter: str, settings: SDPOSettings) -> 
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
-def _right_aligned(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and mask (B, T): every sequence ends at the last column."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _response_positions(hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Hidden states (sum R, H) that predict each response token: positions T-R-1 .. T-2 of right-aligned rows."""
-    width = hidden.shape[1]
-    return torch.cat([hidden[row, width - n - 1: width - 1] for row, n in enumerate(lengths)])
-
-
 def distillation_losses(
     policy: LoraPolicy, adapter: str, samples: list[DistillSample], settings: SDPOSettings, temperature: float,
     seconds: dict[str, float],
 ) -> Iterator[torch.Tensor]:
     """The token-mean SDPO loss of `samples`, one micro-batch's share at a time (grads flow if enabled)."""
     total_tokens = sum(len(s.response_ids) for s in samples)
-    device, pad_id = policy.device, policy.tokenizer.pad_token_id
+    device = policy.device
     scale = 1.0 / (temperature if temperature > 0 else 1.0)  # logits at the sampling temperature
 
     def head(h: torch.Tensor) -> torch.Tensor:
@@ -78,8 +62,8 @@ def distillation_losses(
 
         # ---- teacher: the same attempt tokens after the feedback-informed prompt ----
         clock = time.perf_counter()
-        t_ids, t_mask = _right_aligned([s.teacher_prompt_ids + s.response_ids for s in mb], pad_id, device)
-        t_hidden = [_response_positions(h, mb_lengths) for h in teacher_hidden(policy, adapter, settings, t_ids, t_mask)]
+        t_hidden = teacher_hidden(policy, adapter, settings, [s.teacher_prompt_ids + s.response_ids for s in mb],
+                                  mb_lengths)
 
         def mb_teacher_logits(piece: slice, t_hidden: list[torch.Tensor] = t_hidden) -> torch.Tensor:
             return teacher_logits(policy, settings, [h[piece] for h in t_hidden]) * scale
@@ -88,8 +72,7 @@ def distillation_losses(
 
         # ---- student: the original prompt ----
         clock = time.perf_counter()
-        s_ids, s_mask = _right_aligned([s.prompt_ids + s.response_ids for s in mb], pad_id, device)
-        s_hidden = _response_positions(policy.hidden_states(s_ids, s_mask, adapter), mb_lengths)  # (N, H)
+        s_hidden = policy.response_hidden([s.prompt_ids + s.response_ids for s in mb], mb_lengths, adapter)  # (N, H)
         yield chunked_loss_sum(
             s_hidden, mb_teacher_logits, head, mb_tokens, mb_old_lp,
             alpha=settings.alpha, top_k=settings.top_k, add_tail=settings.add_tail, is_clip=settings.is_clip,
