@@ -2,7 +2,8 @@
 # The checks that need a GPU, for a lent GPU machine (see docs/benchmarks.md). Run from the repo root there:
 #   bash benchmarks/gpu_suite.sh 1   engine contract tests on CUDA; throughput on random-init models shaped like
 #                                    SmolLM2-135M, Qwen3-0.6B, Qwen3-8B
-#   bash benchmarks/gpu_suite.sh 3   throughput of the two small shapes only, 64-token attempts
+#   bash benchmarks/gpu_suite.sh 3   throughput of the two small shapes only, 64-token attempts, and the
+#                                    Qwen3-0.6B batch-64 decode eager against --compile
 #   bash benchmarks/gpu_suite.sh 2   the real SmolLM2 (its GGUF carried in two halves, one per call: the transfer
 #                                    limit is 64 MiB): pass rates of the candidates, a short discovery bench on the
 #                                    hard ones; then one table of everything
@@ -39,6 +40,11 @@ if [ "$1" = 3 ]; then  # throughput only, shorter attempts: for a session with l
     timeout 115 $SDPO bench throughput --shape $shape --concurrency 1,4,16 --max-batch-size 256 \
       --max-new-tokens 64 --steps 1 --json "$OUT/tp-$shape.json" 2>&1 | tail -14
   done
+  # the decode target: Qwen3-0.6B shape at batch 64 (4 problems x 16 attempts), eager against torch.compile
+  timeout 100 $SDPO bench throughput --shape qwen3-0.6b --concurrency 4 --max-batch-size 64 --max-new-tokens 64 \
+    --steps 1 --json "$OUT/tp-b64-eager.json" 2>&1 | tail -6
+  timeout 200 $SDPO bench throughput --shape qwen3-0.6b --concurrency 4 --max-batch-size 64 --max-new-tokens 64 \
+    --steps 2 --compile --json "$OUT/tp-b64-compiled.json" 2>&1 | tail -6
 fi
 
 if [ "$1" = 2 ]; then

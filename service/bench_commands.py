@@ -18,7 +18,7 @@ def _engine(policy, args):
         return VLLMEngine(policy, args.model_path)
     from sdpo_core.hf_engine import TransformersEngine
 
-    return TransformersEngine(policy, max_batch_size=args.max_batch_size)
+    return TransformersEngine(policy, max_batch_size=args.max_batch_size, compile=getattr(args, "compile", False))
 
 
 def _policy(args):
@@ -151,6 +151,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-new-tokens", type=int, default=128)
     t.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up step")
     t.add_argument("--max-batch-size", type=int, default=64)
+    t.add_argument("--compile", action="store_true", help="transformers engine: torch.compile the decode step "
+                   "(CUDA graphs on a GPU; slower on a CPU)")
     t.add_argument("--json", help="also write the report as JSON here")
     t.set_defaults(func=cmd_bench_throughput)
 

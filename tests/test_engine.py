@@ -1,5 +1,6 @@
 """The transformers engine: stops, reproducible per-attempt sampling, mixed-adapter batches, exact log-probs."""
 
+import pytest
 import torch
 
 from sdpo_core.engine import GenerationRequest
@@ -112,3 +113,17 @@ def test_looking_at_tokens_less_often_changes_nothing(tiny_policy):
         assert [(c.token_ids, c.truncated) for c in a_req] == [(c.token_ids, c.truncated) for c in b_req]
         for a, b in zip(a_req, b_req):
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
+def test_compiled_decode_samples_what_eager_decode_samples(tiny_policy):
+    """compile=True (torch.compile over the static-shape decode step) changes speed, not the attempts."""
+    tiny_policy.create_adapter("a", SDPOSettings(), seed=0)
+    perturb(tiny_policy, "a")
+    reqs = [request(tiny_policy, adapter="a", indices=range(3), max_new=10, temperature=0.0),
+            request(tiny_policy, "A longer question, with more words in it?", indices=range(2), max_new=7)]
+    eager = TransformersEngine(tiny_policy, max_batch_size=4).generate(reqs)
+    compiled = TransformersEngine(tiny_policy, max_batch_size=4, compile=True).generate(reqs)
+    for eager_attempts, compiled_attempts in zip(eager, compiled, strict=True):
+        for e, c in zip(eager_attempts, compiled_attempts, strict=True):
+            assert c.token_ids == e.token_ids
+            assert c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
