@@ -60,6 +60,11 @@ class SlotCache:
         values[self._rows, :, self.write_index] = value_states[:, :, -1]
         return keys[:, :, : self.view], values[:, :, : self.view]
 
+    def mark_static(self) -> None:
+        """Tell torch.compile the buffers keep their addresses (mutated in place, so CUDA graphs may capture them)."""
+        for buffer in self.keys + self.values:
+            torch._dynamo.mark_static_address(buffer)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.view
 
@@ -156,6 +161,7 @@ class TransformersEngine:
         self.sync_every = sync_every or (8 if policy.device.type == "cuda" else 1)
         self.decode_steps = 0  # counters for benchmarks: batched decode forwards, and KV-cache bytes they read
         self.cache_bytes_read = 0
+        self.compile = compile
         self._decode = policy.next_token_logits
         if compile:
             mode = "reduce-overhead" if policy.device.type == "cuda" else None
@@ -185,6 +191,8 @@ class TransformersEngine:
         capacity = max(len(r.prompt_ids) for r in requests) + width + self.sync_every
         batch = _Rows.empty(min(self.max_batch_size, len(queue)), prompts[0][0], capacity, width,
                             prompts[0][1].shape[-1])
+        if self.compile:
+            batch.cache.mark_static()
         while True:
             # ---- waiting attempts take the free rows (their KV cache is their prompt's) ----
             free = [b for b, slot in enumerate(batch.slots) if slot is None]
@@ -196,6 +204,8 @@ class TransformersEngine:
                 break
             if not queue and len(busy) <= len(batch.slots) // 2:
                 batch = batch.keep(busy)  # the tail: stop computing rows nobody will take
+                if self.compile:
+                    batch.cache.mark_static()
 
             # ---- decode sync_every tokens without looking at them on the host ----
             for i in range(self.sync_every):
