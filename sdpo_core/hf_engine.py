@@ -45,13 +45,15 @@ class SlotCache:
     attention layers call `update` (one new token per row) and attend over the first `view` columns; the mask
     hides each row's columns past its own write index."""
 
-    def __init__(self, like: Layers, rows: int, capacity: int) -> None:
+    def __init__(self, like: Layers, rows: int, capacity: int, static: bool = False) -> None:
         self.keys = [k.new_zeros(rows, k.shape[1], capacity, k.shape[3]) for k, _ in like]
         self.values = [v.new_zeros(rows, v.shape[1], capacity, v.shape[3]) for _, v in like]
         self.write_index = torch.zeros(rows, dtype=torch.long, device=like[0][0].device)
         self.capacity = capacity
         self.view = capacity
         self._rows = torch.arange(rows, device=like[0][0].device)
+        self.static = static
+        self._mark_static()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Store one token per row at its write index; return the cache as attention should read it."""
@@ -60,9 +62,9 @@ class SlotCache:
         values[self._rows, :, self.write_index] = value_states[:, :, -1]
         return keys[:, :, : self.view], values[:, :, : self.view]
 
-    def mark_static(self) -> None:
-        """Tell torch.compile the buffers keep their addresses (mutated in place, so CUDA graphs may capture them)."""
-        for buffer in self.keys + self.values:
+    def _mark_static(self) -> None:
+        """For torch.compile: the buffers keep their addresses (written in place, so CUDA graphs may capture them)."""
+        for buffer in self.keys + self.values if self.static else []:
             torch._dynamo.mark_static_address(buffer)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -97,8 +99,9 @@ class SlotCache:
         kept.keys = [k.index_select(0, rows) for k in self.keys]
         kept.values = [v.index_select(0, rows) for v in self.values]
         kept.write_index = self.write_index.index_select(0, rows)
-        kept.capacity, kept.view = self.capacity, self.view
+        kept.capacity, kept.view, kept.static = self.capacity, self.view, self.static
         kept._rows = torch.arange(len(rows), device=rows.device)
+        kept._mark_static()
         return kept
 
 
@@ -124,10 +127,10 @@ class _Rows:
                     "stopped")
 
     @classmethod
-    def empty(cls, rows: int, like: Layers, capacity: int, width: int, vocab: int) -> _Rows:
+    def empty(cls, rows: int, like: Layers, capacity: int, width: int, vocab: int, static: bool) -> _Rows:
         device = like[0][0].device
         return cls(
-            slots=[None] * rows, cache=SlotCache(like, rows, capacity),
+            slots=[None] * rows, cache=SlotCache(like, rows, capacity, static),
             logits=torch.zeros(rows, vocab, device=device),
             uniforms=torch.zeros(rows, width, device=device),
             tokens=torch.zeros(rows, width + 1, dtype=torch.long, device=device),
@@ -190,9 +193,7 @@ class TransformersEngine:
         width = max(r.max_new_tokens for r in requests)
         capacity = max(len(r.prompt_ids) for r in requests) + width + self.sync_every
         batch = _Rows.empty(min(self.max_batch_size, len(queue)), prompts[0][0], capacity, width,
-                            prompts[0][1].shape[-1])
-        if self.compile:
-            batch.cache.mark_static()
+                            prompts[0][1].shape[-1], static=self.compile)
         while True:
             # ---- waiting attempts take the free rows (their KV cache is their prompt's) ----
             free = [b for b, slot in enumerate(batch.slots) if slot is None]
@@ -204,8 +205,6 @@ class TransformersEngine:
                 break
             if not queue and len(busy) <= len(batch.slots) // 2:
                 batch = batch.keep(busy)  # the tail: stop computing rows nobody will take
-                if self.compile:
-                    batch.cache.mark_static()
 
             # ---- decode sync_every tokens without looking at them on the host ----
             for i in range(self.sync_every):
