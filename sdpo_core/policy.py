@@ -2,7 +2,8 @@
 
 Each run owns a student adapter (trained) and, with the EMA teacher, a teacher adapter (a slow copy). The base
 weights are loaded once and never change, so a worker holds one model for every problem it serves; generation
-batches attempts of different adapters together through peft's `adapter_names`.
+batches attempts of different adapters together (`rows_lora`), and the update scores a step's attempts with their
+shared prompt computed once (`response_hidden`).
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ class LoraPolicy:
         yield
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None) -> torch.Tensor:
-        """Final (normed) hidden states (B, T, H) with `adapter` active; grads flow if enabled."""
+        """Final (normed) hidden states (B, T, H) of left-padded rows with `adapter` active; grads flow if enabled.
+        The plain forward: the reference the engine's and the update's faster paths are tested against."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding
         with self._active(adapter):
             out = self.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
