@@ -179,6 +179,7 @@ class JobStore:
             fields.setdefault("finished_at", at)
         args = {
             "id": job_id, "tenant": tenant, "allowed": list(allowed_from), "to": to, "finished": finished,
+            "finished_counter": f"finished:{to}",
             "event": json.dumps({"status": to, "at": at, **(event or {})}), "maxlen": self.events_maxlen,
             "token": change.token, "group": GROUP, "ack": change.ack, "requeue": change.requeue,
             "release_slot": change.release_slot, "drop_lease": change.drop_lease,

@@ -55,8 +55,8 @@ return {'created', a.result_id}
 # worker also the queue entry (ack, requeue, the batch's next job) and the lease, all behind its fence.
 # KEYS: 1 job, 2 events, 3 attempts, 4 lease, 5 queue, 6 batch waiting, 7 jobs_by_status, 8 counters, 9 retiring,
 #       10.. the tenant's status indexes in the order of a.statuses.
-# ARGV[1]: {id, tenant, allowed, to, finished, event, maxlen, token, group, ack, requeue, release_slot, drop_lease,
-#           retire_at, expire_s, statuses, fields, incr}.  Returns {ok|refused|missing|fenced, previous status}.
+# ARGV[1]: {id, tenant, allowed, to, finished, finished_counter, event, maxlen, token, group, ack, requeue,
+#           release_slot, drop_lease, retire_at, expire_s, statuses, fields, incr}.  Returns {ok|refused|missing|fenced, previous status}.
 TRANSITION = """
 local a = cjson.decode(ARGV[1])
 if a.token ~= '' and redis.call('GET', KEYS[4]) ~= a.token then return {'fenced', ''} end
@@ -81,7 +81,7 @@ if outcome == 'ok' then
   if status ~= a.to then
     redis.call('HINCRBY', KEYS[7], status, -1)
     redis.call('HINCRBY', KEYS[7], a.to, 1)
-    if a.finished then redis.call('HINCRBY', KEYS[8], 'finished:' .. a.to, 1) end
+    if a.finished then redis.call('HINCRBY', KEYS[8], a.finished_counter, 1) end
   end
   if a.finished then
     redis.call('ZADD', KEYS[9], a.retire_at, a.id)
