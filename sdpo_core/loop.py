@@ -22,6 +22,7 @@ by (seed, attempt index)), so `ProblemRun.restore(state)` continues exactly wher
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,7 +148,7 @@ class ProblemRun:
         new = [
             Attempt(
                 index=index, step=self.step, text=c.text, token_count=len(c.token_ids), truncated=c.truncated,
-                reward=v.reward, solved=v.solved, feedback=v.feedback, answer=v.answer,
+                reward=v.reward, solved=v.solved, feedback=v.feedback, answer=v.answer, verdict=v.status,
             )
             for index, c, v in zip(request.attempt_indices, completions, verdicts, strict=True)
         ]
@@ -162,6 +163,7 @@ class ProblemRun:
         if not self.done and len(self.attempts) >= self.settings.max_attempts:
             self.status = "succeeded" if self.first_success else "exhausted"
         metrics.seconds = {"generate": generate_seconds, "verify": verify_seconds, **metrics.seconds}
+        metrics.verdicts = dict(Counter(a.verdict for a in new))
         event = self._emit("step", metrics)
         if self.done:
             self._emit("finished")
@@ -172,7 +174,7 @@ class ProblemRun:
             return self.prompt_ids
         latest: dict[str, None] = {}  # distinct feedback, most recent last
         for attempt in self.attempts:
-            if attempt.feedback:
+            if attempt.feedback and attempt.judged:  # a verifier's own failure says nothing about the attempt
                 latest.pop(attempt.feedback, None)
                 latest[attempt.feedback] = None
         return multi_turn_prompt(self.problem, self.policy.chat_ids, list(latest), self.settings.max_prompt_tokens)
@@ -205,11 +207,15 @@ def distill_samples(
     problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
     completions: Sequence[Completion], attempts: Sequence[Attempt],
 ) -> list[DistillSample]:
-    """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss)."""
-    outcomes = [AttemptOutcome(a.text, a.reward, a.feedback) for a in attempts]
+    """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss).
+
+    An attempt the verifier failed on (error, timeout) gets none: its feedback is about the verifier, and whether
+    the attempt was right is unknown."""
+    outcomes = [AttemptOutcome(a.text, a.reward, a.feedback if a.judged else "") for a in attempts]
     samples = []
-    for completion, sections in zip(completions, teacher_sections(outcomes, settings), strict=True):
-        if sections is None or not completion.token_ids:
+    for completion, attempt, sections in zip(completions, attempts, teacher_sections(outcomes, settings),
+                                             strict=True):
+        if sections is None or not completion.token_ids or not attempt.judged:
             continue  # zero loss: the teacher would know nothing more than the student
         solution, feedback = sections
         teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)

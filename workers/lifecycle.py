@@ -111,7 +111,7 @@ class JobLifecycle:
             log.exception("job %s: checkpoint to %s failed", job.id, self.checkpoints.url)
         new = job.method.attempts[job.published:]
         rows, first = job.to_store(self.settings.max_attempt_bytes)
-        counters, histogram = step_metrics([verifier_outcome(a.solved, a.feedback) for a in new], seconds)
+        counters, histogram = step_metrics([verifier_outcome(a.verdict) for a in new], seconds)
         added = await self.queue.publish(job.lease, StepRecord(
             attempts=rows, first_index=first, fields=fields, events=job.take_events(), counters=counters,
             histogram=histogram, seconds=seconds))

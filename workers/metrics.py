@@ -9,14 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 STEP_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-VERIFIER_ERROR_PREFIX = "The verifier failed"
 
 
-def verifier_outcome(solved: bool, feedback: str) -> str:
-    """solved | rejected | error: what the verifier said about one attempt."""
-    if solved:
-        return "solved"
-    return "error" if feedback.startswith(VERIFIER_ERROR_PREFIX) else "rejected"
+def verifier_outcome(verdict: str) -> str:
+    """The metric label of a verdict status: solved | rejected | error | timeout."""
+    return "solved" if verdict == "ok" else verdict
 
 
 def step_metrics(outcomes: Sequence[str], seconds: float) -> tuple[dict[str, int], dict[str, int]]:
