@@ -183,26 +183,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the HTTP API (every flag is also an SDPO_* environment variable)")
-    if _server_parts_installed(p):
-        from service.config import ApiSettings
-        from workers.settings import add_flags
+    description = "run the HTTP API (every flag is also an SDPO_* environment variable)"
+    if not _server_parts_installed(sub, "serve", description):
+        return
+    from service.config import ApiSettings
+    from workers.settings import add_flags
 
-        add_flags(p, ApiSettings)
-        p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("serve", help=description)
+    add_flags(p, ApiSettings)
+    p.set_defaults(func=cmd_serve)
 
 
-def _server_parts_installed(p: argparse.ArgumentParser) -> bool:
-    """The light client has no server parts: its `sdpo serve` and `sdpo worker` say what to install."""
-    import importlib.util
-
-    if importlib.util.find_spec("pydantic_settings") is not None:
+def _server_parts_installed(sub: argparse._SubParsersAction, name: str, description: str) -> bool:
+    """The light client has no server parts: there its `sdpo serve` and `sdpo worker` say what to install."""
+    try:
+        import pydantic_settings  # noqa: F401 - a server extra, absent from the light client
+    except ImportError:
+        pass
+    else:
         return True
 
     def missing(args: argparse.Namespace) -> int:
-        raise CLIError("this command needs the server parts: pip install 'sdpo-discovery[server,train]'")
+        raise CLIError(f"sdpo {name} needs the server parts: pip install 'sdpo-discovery[server,train]'")
 
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p = sub.add_parser(name, help=description, prefix_chars="\0", add_help=False)  # takes any arguments
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=missing)
     return False
 
@@ -239,13 +244,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def add_worker_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="take jobs from Redis and run them on one base model (every flag is also an "
-                                      "SDPO_* environment variable)")
-    if _server_parts_installed(p):
-        from workers.settings import WorkerSettings, add_flags
+    description = "take jobs from Redis and run them on one base model (every flag is also an SDPO_* variable)"
+    if not _server_parts_installed(sub, "worker", description):
+        return
+    from workers.settings import WorkerSettings, add_flags
 
-        add_flags(p, WorkerSettings)
-        p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("worker", help=description)
+    add_flags(p, WorkerSettings)
+    p.set_defaults(func=cmd_worker)
 
 
 # ---- client side: submit, status, events, curve, batch ------------------------------------------------------------

@@ -138,3 +138,24 @@ def test_both_clients_wait_for_a_batch_and_follow_events_the_same_way():
     async_batch, async_events = asyncio.run(run())
     assert sync_batch == async_batch and sync_batch.status == "completed" and sync_polls == len(polls) == 3
     assert sync_events == async_events == [("1-0", "running"), ("2-0", "succeeded")]
+
+
+def test_the_light_client_imports_nothing_of_the_server():
+    """The SDK, the schemas and the CLI's client commands import neither `workers` nor server or torch packages; in
+    an install without the server extras, `sdpo serve` says what to install instead of failing on an import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('pydantic_settings', 'redis', 'fastapi', 'torch'): sys.modules[name] = None  # not installed\n"
+        "import service.client, service.schemas\n"
+        "from service.cli import main\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
+        "               & {'workers', 'torch', 'redis', 'fastapi', 'transformers', 'pydantic_settings'})\n"
+        "print(heavy)\n"
+        "sys.exit(main(['serve', '--port', '1']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert done.returncode == 2 and "pip install 'sdpo-discovery[server" in done.stderr

@@ -36,6 +36,15 @@ def test_only_the_store_imports_redis():
     assert not offenders, f"only workers/store may import redis: {offenders}"
 
 
+def test_workers_never_import_service():
+    """Imports point one way: service -> workers -> sdpo_core (sdpo_core's side: test_verifier_pool.py)."""
+    for path in (ROOT / "workers").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(name.split(".")[0] == "service" for name in names), f"{path} imports service"
+
+
 def test_lua_scripts_touch_only_the_keys_they_are_given():
     """Each redis.call names its key as KEYS[...] (or a value picked from KEYS): no script builds a key name, so a
     key's name is written once (workers/keys.py) and every script is Redis Cluster safe."""
