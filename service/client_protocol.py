@@ -201,7 +201,8 @@ class ApiProtocol:
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code not in RETRY_STATUSES or try_number == self.max_retries:
+                if response.status_code not in RETRY_STATUSES or try_number == self.max_retries \
+                        or response.headers.get("x-should-retry") == "false":  # the server says it will not pass
                     raise error_for(response)
             yield Sleep(self._delay(try_number, response))
         raise AssertionError("unreachable")

@@ -15,7 +15,7 @@ from service.config import ApiSettings
 from service.errors import ApiError
 from workers.jobs import JobRecord
 from workers.logs import set_context
-from workers.store import JobStore
+from workers.store import JobStore, StoreFull
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 ID_PATTERN = re.compile(r"^[a-z]+_[0-9a-f]{22}$")
@@ -51,7 +51,11 @@ async def current_tenant(
         raise ApiError(401, detail, code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     request.state.tenant = tenant  # for the request's log line
     set_context(tenant=tenant)
-    if await store.count_request(tenant) > settings.rate_limit_per_minute:
+    try:
+        count = await store.count_request(tenant)
+    except StoreFull:  # a full Redis refuses the counter's write; reads must go on answering
+        count = 0
+    if count > settings.rate_limit_per_minute:
         retry = str(60 - int(time.time()) % 60)
         raise ApiError(429, f"rate limit of {settings.rate_limit_per_minute} requests per minute exceeded; "
                             f"retry in {retry} s", code="rate_limited", headers={"Retry-After": retry})

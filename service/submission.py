@@ -42,6 +42,6 @@ def submission_error(outcome: str, found: str, settings: ApiSettings, n: int) ->
     if outcome == "quota":
         return ApiError(429, f"the tenant's kept jobs hold {found} bytes; the quota is {settings.max_tenant_bytes}. "
                              f"Finished jobs are deleted {settings.retention_s} s after they end",
-                        code="storage_quota_exceeded", headers={"Retry-After": "3600"})
+                        code="storage_quota_exceeded", headers={"Retry-After": "3600", "x-should-retry": "false"})
     return ApiError(429, f"the tenant has {found} queued or running jobs; the cap is {settings.max_active_jobs} and "
                          f"this request adds {n}", code="too_many_active_jobs", headers={"Retry-After": "30"})

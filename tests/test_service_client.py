@@ -159,3 +159,17 @@ def test_the_light_client_imports_nothing_of_the_server():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
     assert done.returncode == 2 and "pip install 'sdpo-discovery[server" in done.stderr
+
+
+def test_a_refusal_the_server_marks_final_is_not_retried():
+    """A 429 for a spent storage quota (hours away) carries x-should-retry: false; the client gives up at once."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(429, json={"status": 429, "detail": "quota", "code": "storage_quota_exceeded"},
+                              headers={"Retry-After": "3600", "x-should-retry": "false"})
+
+    with Client("http://sdpo.test", transport=httpx.MockTransport(handler)) as c, pytest.raises(Exception) as caught:
+        c.submit(PROBLEM)
+    assert caught.value.code == "storage_quota_exceeded" and len(seen) == 1

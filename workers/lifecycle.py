@@ -110,11 +110,12 @@ class JobLifecycle:
         except Exception:  # noqa: BLE001 - the job goes on; a takeover would resume from the previous checkpoint
             log.exception("job %s: checkpoint to %s failed", job.id, self.checkpoints.url)
         new = job.method.attempts[job.published:]
-        rows, first = job.to_store(self.settings.max_attempt_bytes)
+        plan = job.to_store(self.settings.max_attempt_bytes)
         counters, histogram = step_metrics([verifier_outcome(a.verdict) for a in new], seconds)
         added = await self.queue.publish(job.lease, StepRecord(
-            attempts=rows, first_index=first, fields=fields, events=job.take_events(), counters=counters,
-            histogram=histogram, seconds=seconds))
+            attempts=plan.rows, first_index=plan.first_index, fields=fields, events=job.take_events(),
+            counters=counters, histogram=histogram, seconds=seconds))
+        job.commit(plan)
         if added < 0:
             log.warning("job %s: lease lost; another worker holds it now", job.id)
             job.lost = True
@@ -134,11 +135,12 @@ class JobLifecycle:
         fields: dict[str, Any] = {**job.progress(), "error_code": "", "error_message": ""}
         if job.spec.settings.method == "sdpo" and status != "cancelled":
             fields["adapter"] = "1" if await self._save_adapter(job) else "0"
-        rows, first = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
-        if await self.queue.publish(job.lease, StepRecord(attempts=rows, first_index=first,
+        plan = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
+        if await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
                                                           events=job.take_events())) < 0:
             job.lost = True
             return
+        job.commit(plan)
         outcome = await self.queue.change(job.lease, allowed_from=["running"], to=status, fields=fields,
                                           event={"attempts": len(method.attempts)}, ack=True, release=True)
         log.info("job %s: %s after %d attempts", job.id, status, len(method.attempts))

@@ -32,6 +32,18 @@ def stored_prefix(attempts: Sequence[Attempt], max_bytes: int) -> tuple[int, int
 
 
 @dataclass
+class StoragePlan:
+    """Which attempts one publication appends, and the storage state once it has."""
+
+    rows: list[str]
+    first_index: int
+    published: int
+    stored: int
+    stored_bytes: int
+    full: bool
+
+
+@dataclass
 class ActiveJob:
     """A job this worker holds the lease of."""
 
@@ -75,21 +87,25 @@ class ActiveJob:
     def states(self) -> dict[str, dict[str, Any]]:
         return {key: run.state_dict() for key, run in self.runs.items()}
 
-    def to_store(self, max_bytes: int) -> tuple[list[str], int]:
-        """The unpublished attempts that go into the attempts list (JSON), and the index of the first of them."""
+    def to_store(self, max_bytes: int) -> StoragePlan:
+        """The unpublished attempts that go into the attempts list (JSON) under the byte cap; `commit` the plan once
+        they are published, so a publication that fails is planned again, in full, after the next step."""
         attempts = self.method.attempts
-        first, rows = self.stored + 1, []
+        plan = StoragePlan([], self.stored + 1, len(attempts), self.stored, self.stored_bytes, self.storage_full)
         for attempt in attempts[self.published:]:
-            if self.storage_full:
+            if plan.full:
                 break
             row = attempt.model_dump_json()
-            if self.stored_bytes + len(row.encode()) > max_bytes:
-                self.storage_full = True
+            if plan.stored_bytes + len(row.encode()) > max_bytes:
+                plan.full = True
                 break
-            rows.append(row)
-            self.stored, self.stored_bytes = self.stored + 1, self.stored_bytes + len(row.encode())
-        self.published = len(attempts)
-        return rows, first
+            plan.rows.append(row)
+            plan.stored, plan.stored_bytes = plan.stored + 1, plan.stored_bytes + len(row.encode())
+        return plan
+
+    def commit(self, plan: StoragePlan) -> None:
+        self.published, self.stored, self.stored_bytes, self.storage_full = (
+            plan.published, plan.stored, plan.stored_bytes, plan.full)
 
     def restart_storage(self, attempts: Sequence[Attempt], max_bytes: int) -> int:
         """After a restore: which prefix of the checkpoint's attempts the list holds; returns its length."""

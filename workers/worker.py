@@ -30,7 +30,7 @@ from workers.logs import log_context, set_context
 from workers.runtime import ActiveJob
 from workers.serving import load_serving
 from workers.settings import WorkerSettings
-from workers.store import STORE_UNAVAILABLE, WorkerQueue, open_store
+from workers.store import STORE_UNAVAILABLE, StoreFull, WorkerQueue, open_store
 
 log = logging.getLogger(__name__)
 FORGET_WORKERS_AFTER_S = 3600  # a worker silent this long is dropped from the liveness table
@@ -88,7 +88,7 @@ class Worker:
                 delay = 0.0
                 if not forever:
                     return
-            except STORE_UNAVAILABLE as exc:  # a restart, a failover, a network blip: wait and try again
+            except (*STORE_UNAVAILABLE, StoreFull) as exc:  # a restart, a failover, a full Redis: wait, try again
                 delay = min(max(delay * 2, BACKOFF_S[0]), BACKOFF_S[1])
                 log.warning("redis unavailable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -184,7 +184,8 @@ return #gone
 # Forget a job whose retention ended: its keys, its index entries, its bytes in the tenant's quota; its blobs (the
 # adapter, a checkpoint a crash left behind) are left to a worker that reaches the blob store (blobs_to_delete). KEYS: 1 job, 2 events, 3 attempts, 4 lease, 5 retiring, 6 tenant bytes,
 # 7 tenant jobs, 8 blobs_to_delete, 9.. the tenant's status indexes.  ARGV: job id.  Returns 1, or 0 if not due.
-FORGET = """
+# allow-oom: forgetting is how a full Redis (maxmemory, noeviction) gets memory back (the shebang needs Redis 7).
+FORGET = """#!lua flags=allow-oom
 if not redis.call('ZSCORE', KEYS[5], ARGV[1]) then return 0 end
 local bytes = tonumber(redis.call('HGET', KEYS[1], 'stored_bytes') or '0')
 if bytes > 0 and redis.call('DECRBY', KEYS[6], bytes) < 0 then redis.call('SET', KEYS[6], 0) end
