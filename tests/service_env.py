@@ -23,8 +23,8 @@ KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 
 def api_settings(redis_url: str, prefix: str, **overrides) -> Settings:
     keys = ",".join(f"{tenant}={hash_key(key)}" for tenant, key in KEYS.items())
-    return Settings(redis_url=redis_url, redis_prefix=prefix, api_keys=keys, worker_stale_s=10,
-                    sse_ping_s=1.0, **overrides)
+    return Settings(**{"redis_url": redis_url, "redis_prefix": prefix, "api_keys": keys, "worker_stale_s": 10,
+                       "sse_ping_s": 1.0, **overrides})
 
 
 class ApiServer:
