@@ -1,6 +1,6 @@
 """Verifier specs (a pydantic union tagged by `type`) and the factory that turns a spec into a Verifier.
 
-Answer verifiers (exact, numeric, regex, math, reasoning_gym) run in-process; webhook calls out over HTTP.
+Answer verifiers (exact, numeric, regex, checklist, math, reasoning_gym) run in-process; webhook calls out over HTTP.
 Verifiers that execute code (code_io and code_functional programs written by the model, python verifiers written
 by a user) never run in the process that holds the model: their specs build a verifier from the sandbox that
 `workers/` provides (the `Sandbox` protocol of sandbox.py), passed to `build_verifier(spec, sandbox=...)`.
@@ -25,6 +25,7 @@ from sdpo_core.verifiers.base import (
     clip_feedback,
     verifier_failed,
 )
+from sdpo_core.verifiers.checklist import ChecklistSpec
 from sdpo_core.verifiers.code_io import CodeIOSpec, CodeIOVerifier
 from sdpo_core.verifiers.functional import CodeFunctionalSpec, CodeFunctionalVerifier
 from sdpo_core.verifiers.math_answer import MathSpec
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from sdpo_core.problem import Problem
 
 VerifierSpec = Annotated[
-    ExactSpec | NumericSpec | RegexSpec | MathSpec | ReasoningGymSpec | CodeIOSpec | CodeFunctionalSpec | PythonSpec
-    | WebhookSpec,
+    ExactSpec | NumericSpec | RegexSpec | ChecklistSpec | MathSpec | ReasoningGymSpec | CodeIOSpec | CodeFunctionalSpec
+    | PythonSpec | WebhookSpec,
     Field(discriminator="type"),
 ]
 
@@ -95,7 +96,8 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
 
 
 __all__ = [
-    "JUDGED", "SANDBOXED_TYPES", "VerdictStatus", "verifier_failed", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec", "NumericSpec", "PythonSpec",
+    "JUDGED", "SANDBOXED_TYPES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec",
+    "NumericSpec", "PythonSpec", "VerdictStatus", "verifier_failed",
     "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "Verdict", "Verifier", "VerifierError",
     "VerifierSpec", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
 ]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from sdpo_core.plot import discovery_svg
+from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.records import Attempt
 from sdpo_core.statuses import FINISHED, WITH_CURVE, JobStatus
 from service.deps import BlobsDep, IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
