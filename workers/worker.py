@@ -121,7 +121,10 @@ class Worker:
         await self.queue.beat(info, forget_after_s=FORGET_WORKERS_AFTER_S)
         await self.store.sweep()
         for job_id in await self.queue.blobs_to_delete():
-            await asyncio.to_thread(self.checkpoints.delete, job_id)
+            try:
+                await asyncio.to_thread(self.checkpoints.delete, job_id)
+            except Exception:  # noqa: BLE001 - a leftover blob costs storage, not correctness
+                log.exception("job %s: deleting its blobs failed", job_id)
 
     # ---- admission --------------------------------------------------------------------------------------------
     async def _admit_jobs(self) -> None:
