@@ -180,6 +180,11 @@ class JobLifecycle:
         if outcome != "fenced":
             await self._delete_blobs(lease.job_id)
 
+    async def delete_retired_blobs(self) -> None:
+        """Delete the blobs of jobs whose retention ended (the store's sweep queues them)."""
+        for job_id in await self.queue.blobs_to_delete():
+            await self._delete_blobs(job_id)
+
     async def _delete_blobs(self, job_id: str, keep: tuple[str, ...] = ()) -> None:
         try:
             await asyncio.to_thread(self.checkpoints.delete, job_id, keep)

@@ -120,11 +120,7 @@ class Worker:
         info = {"model": self.serving.model_name, "jobs": sorted(self.jobs)}
         await self.queue.beat(info, forget_after_s=FORGET_WORKERS_AFTER_S)
         await self.store.sweep()
-        for job_id in await self.queue.blobs_to_delete():
-            try:
-                await asyncio.to_thread(self.checkpoints.delete, job_id)
-            except Exception:  # noqa: BLE001 - a leftover blob costs storage, not correctness
-                log.exception("job %s: deleting its blobs failed", job_id)
+        await self.lifecycle.delete_retired_blobs()
 
     # ---- admission --------------------------------------------------------------------------------------------
     async def _admit_jobs(self) -> None:
