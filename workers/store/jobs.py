@@ -66,10 +66,9 @@ class StatusChange:
 class JobStore:
     """Reads and writes jobs and batches under one key prefix; the one class in the service that talks to Redis."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, events_maxlen: int = 10_000, retention_s: int = 7 * 86400,
-                 max_attempt_bytes: int = 8 << 20) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, events_maxlen: int = 10_000, retention_s: int = 7 * 86400) -> None:
         self.redis, self.keys = redis, keys
-        self.events_maxlen, self.retention_s, self.max_attempt_bytes = events_maxlen, retention_s, max_attempt_bytes
+        self.events_maxlen, self.retention_s = events_maxlen, retention_s
         self.scripts = {name: redis.register_script(getattr(scripts, name))
                         for name in ("SUBMIT", "TRANSITION", "ACK", "CLAIM", "RENEW", "PUBLISH", "TRIM", "FORGET")}
 
