@@ -183,33 +183,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    description = "run the HTTP API (every flag is also an SDPO_* environment variable)"
-    if not _server_parts_installed(sub, "serve", description):
-        return
-    from service.config import ApiSettings
-    from workers.settings import add_flags
+    def settings():
+        from service.config import ApiSettings
 
-    p = sub.add_parser("serve", help=description)
-    add_flags(p, ApiSettings)
-    p.set_defaults(func=cmd_serve)
+        return ApiSettings
+
+    _add_server_command(sub, "serve", "run the HTTP API", settings, cmd_serve)
 
 
-def _server_parts_installed(sub: argparse._SubParsersAction, name: str, description: str) -> bool:
-    """The light client has no server parts: there its `sdpo serve` and `sdpo worker` say what to install."""
+def _add_server_command(sub: argparse._SubParsersAction, name: str, description: str, settings, func) -> None:
+    """`sdpo serve` and `sdpo worker`: one flag per field of their settings (each also an SDPO_* variable). The
+    light client has no server parts: there the command says what to install."""
     try:
         import pydantic_settings  # noqa: F401 - a server extra, absent from the light client
     except ImportError:
-        pass
-    else:
-        return True
+        def missing(args: argparse.Namespace) -> int:
+            raise CLIError(f"sdpo {name} needs the server parts: pip install 'sdpo-discovery[server,train]'")
 
-    def missing(args: argparse.Namespace) -> int:
-        raise CLIError(f"sdpo {name} needs the server parts: pip install 'sdpo-discovery[server,train]'")
+        p = sub.add_parser(name, help=description, prefix_chars="\0", add_help=False)  # takes any arguments
+        p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+        p.set_defaults(func=missing)
+        return
+    from workers.settings import add_flags
 
-    p = sub.add_parser(name, help=description, prefix_chars="\0", add_help=False)  # takes any arguments
-    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=missing)
-    return False
+    p = sub.add_parser(name, help=f"{description} (every flag is also an SDPO_* environment variable)")
+    add_flags(p, settings())
+    p.set_defaults(func=func)
 
 
 def _settings(kind, args: argparse.Namespace):
@@ -244,14 +243,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def add_worker_parser(sub: argparse._SubParsersAction) -> None:
-    description = "take jobs from Redis and run them on one base model (every flag is also an SDPO_* variable)"
-    if not _server_parts_installed(sub, "worker", description):
-        return
-    from workers.settings import WorkerSettings, add_flags
+    def settings():
+        from workers.settings import WorkerSettings
 
-    p = sub.add_parser("worker", help=description)
-    add_flags(p, WorkerSettings)
-    p.set_defaults(func=cmd_worker)
+        return WorkerSettings
+
+    _add_server_command(sub, "worker", "take jobs from Redis and run them on one base model", settings, cmd_worker)
 
 
 # ---- client side: submit, status, events, curve, batch ------------------------------------------------------------
