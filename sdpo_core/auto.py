@@ -51,7 +51,8 @@ def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt]
     """Per failed attempt, mean per-token log q(y|x,f) - log q(y|x,c) under the base model; and tokens scored."""
     control = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
     shifts, scored = [], 0
-    picked = [(a, ids) for a, ids in zip(attempts, token_ids, strict=True) if not a.solved and a.feedback and ids]
+    picked = [(a, ids) for a, ids in zip(attempts, token_ids, strict=True)
+              if not a.solved and a.judged and a.feedback and ids]  # a verifier failure says nothing
     for attempt, ids in picked[:SIGNAL_ATTEMPTS_PER_STEP]:
         teacher = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, attempt.feedback)
         hidden = policy.response_hidden([teacher + ids, control + ids], [len(ids), len(ids)], None)  # (2T, H)

@@ -24,6 +24,7 @@ by (seed, attempt index)), so `ProblemRun.restore(state)` continues exactly wher
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,7 +163,7 @@ class ProblemRun:
         new = [
             Attempt(
                 index=index, step=self.step, text=c.text, token_count=len(c.token_ids), truncated=c.truncated,
-                reward=v.reward, solved=v.solved, feedback=v.feedback, answer=v.answer,
+                reward=v.reward, solved=v.solved, feedback=v.feedback, answer=v.answer, verdict=v.status,
             )
             for index, c, v in zip(request.attempt_indices, completions, verdicts, strict=True)
         ]
@@ -182,6 +183,7 @@ class ProblemRun:
         metrics.tokens_generated = sum(len(c.token_ids) for c in completions)
         self.seconds += sum(metrics.seconds.values())
         self.tokens += metrics.tokens_generated + metrics.tokens_scored
+        metrics.verdicts = dict(Counter(a.verdict for a in new))
         event = self._emit("step", metrics)
         if self.done:
             self._emit("finished")
@@ -193,7 +195,7 @@ class ProblemRun:
             return self.prompt_ids
         latest: dict[str, None] = {}  # distinct feedback, most recent last
         for attempt in self.attempts:
-            if attempt.feedback:
+            if attempt.feedback and attempt.judged:  # a verifier's own failure says nothing about the attempt
                 latest.pop(attempt.feedback, None)
                 latest[attempt.feedback] = None
         return multi_turn_prompt(self.problem, self.policy.chat_ids, list(latest), self.settings.max_prompt_tokens)
@@ -249,14 +251,16 @@ def distill_samples(
 
     `prompt_ids` is the student's prompt (the plain question); `sampled_with` the prompt the attempts were sampled
     from, when it differs (the hybrid samples with feedback in context): then their sampling log-probs are not the
-    student's and carry no importance weight."""
-    outcomes = [AttemptOutcome(a.text, a.reward, a.feedback) for a in attempts]
+    student's and carry no importance weight. An attempt the verifier failed on (error, timeout) gets no teacher
+    context: its feedback is about the verifier, and whether the attempt was right is unknown."""
+    outcomes = [AttemptOutcome(a.text, a.reward, a.feedback if a.judged else "") for a in attempts]
     on_policy = sampled_with is None or sampled_with == prompt_ids
     control = (fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
                if settings.teacher_context == "contrastive" else None)
     samples = []
-    for completion, sections in zip(completions, teacher_sections(outcomes, settings), strict=True):
-        if sections is None or not completion.token_ids:
+    for completion, attempt, sections in zip(completions, attempts, teacher_sections(outcomes, settings),
+                                             strict=True):
+        if sections is None or not completion.token_ids or not attempt.judged:
             continue  # zero loss: the teacher would know nothing more than the student
         solution, feedback = sections
         teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)

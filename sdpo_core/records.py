@@ -7,9 +7,11 @@ Redis stream, the API streams it over SSE.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from sdpo_core.verifiers.base import JUDGED, VerdictStatus
 
 RunStatus = Literal["running", "succeeded", "exhausted", "cancelled"]
 
@@ -26,6 +28,20 @@ class Attempt(BaseModel):
     solved: bool
     feedback: str
     answer: str | None = None
+    verdict: VerdictStatus = Field(default="rejected", description="ok | rejected | error | timeout: error and "
+                                   "timeout mean the verifier failed, and its feedback is not about the attempt.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _verdict_from_solved(cls, data: Any) -> Any:  # attempts stored before verdicts had a status
+        if isinstance(data, dict) and "verdict" not in data:
+            data = {**data, "verdict": "ok" if data.get("solved") else "rejected"}
+        return data
+
+    @property
+    def judged(self) -> bool:
+        """The verifier judged this attempt (its feedback is about the attempt and may teach)."""
+        return self.verdict in JUDGED
 
 
 class StepMetrics(BaseModel):
@@ -39,6 +55,8 @@ class StepMetrics(BaseModel):
                                       "generation shared with other runs is this run's share by generated tokens.")
     tokens_generated: int = Field(default=0, description="Tokens sampled in this step.")
     tokens_scored: int = Field(default=0, description="Tokens the update (and any signal) ran forward passes over.")
+    verdicts: dict[str, int] = Field(default_factory=dict, description="The step's attempts by verdict status: "
+                                     "verifier errors and timeouts apart from rejections.")
 
 
 class ProgressEvent(BaseModel):

@@ -99,7 +99,3 @@ class RunSettings(BaseModel):
                 f"({self.attempts_per_step})"
             )
         return self
-
-    @property
-    def max_steps(self) -> int:
-        return -(-self.max_attempts // self.attempts_per_step)

@@ -1,27 +1,29 @@
-"""The FastAPI application: settings, the Redis connection, error handlers, the body size limit, a log line per
-request, the routers, and the web page at /ui.
+"""The FastAPI application: settings, the stores (Redis, blobs), the event hub, error handlers, the body size limit,
+a log line per request, the routers, the web page at /ui, and the sweep that ends finished jobs' retention.
 
     uvicorn --factory service.app:create_app        (or: sdpo serve)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors, ui
 from service.api.main import root, v1
 from service.auth import load_keys
-from service.config import Settings
+from service.config import ApiSettings
+from service.streams import StreamSlots
 from workers.keys import Keys
 from workers.logs import log_context
-from workers.store import JobStore
+from workers.store import EventHub, JobStore, open_store
 
 log = logging.getLogger("service.access")
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: logged at DEBUG only
@@ -108,21 +110,52 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+def _blob_store(settings: ApiSettings):
+    """Where workers keep finished adapters; None (adapters answer 404) when this process cannot open it."""
+    from workers.checkpoint import open_store as open_blobs
+
+    try:
+        return open_blobs(settings.checkpoint_location, s3_endpoint_url=settings.s3_endpoint_url)
+    except Exception:  # noqa: BLE001 - the API serves everything else without it
+        log.exception("the checkpoint store %s cannot be opened; adapters cannot be served",
+                      settings.checkpoint_location)
+        return None
+
+
+async def _sweep_forever(store: JobStore, every_s: float) -> None:
+    """End finished jobs' retention even while no worker runs (workers may scale to zero)."""
+    while True:
+        try:
+            while await store.sweep() > 0:
+                pass
+        except Exception as exc:  # noqa: BLE001 - Redis away: the next round tries again
+            log.warning("sweeping finished jobs failed: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
     keys = load_keys(settings)  # a malformed key configuration stops the server at start, with the reason
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        redis = Redis.from_url(settings.redis_url)
-        app.state.store = JobStore(redis, Keys(settings.redis_prefix), events_maxlen=settings.events_maxlen,
-                                   retention_s=settings.retention_s)
+        app.state.store = open_store(settings.redis_url, settings.redis_prefix,
+                                     max_connections=settings.redis_max_connections,
+                                     events_maxlen=settings.events_maxlen, retention_s=settings.retention_s)
+        app.state.event_hub = EventHub(settings.redis_url, Keys(settings.redis_prefix))
+        app.state.blobs = _blob_store(settings)
         try:
             await app.state.store.ensure_group()
         except Exception:  # noqa: BLE001 - /readyz reports Redis; the API still starts
             pass
+        await app.state.event_hub.start()
+        sweeper = asyncio.create_task(_sweep_forever(app.state.store, settings.sweep_every_s))
         yield
-        await redis.aclose()
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await app.state.event_hub.close()
+        await app.state.store.close()
 
     app = FastAPI(
         title="SDPO test-time discovery service",
@@ -133,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings, app.state.api_keys = settings, keys
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_tenant)
     errors.install(app)
     app.include_router(v1)
     app.include_router(root)

@@ -1,8 +1,8 @@
 """The `sdpo` command line.
 
     sdpo solve PROBLEM.json [--method auto|sdpo|best-of-k|multi-turn] [--max-attempts N] ...   in-process, no server
-    sdpo serve [--host H] [--port P]                 the HTTP API (settings: SDPO_* environment variables)
-    sdpo worker [--model M] [--max-jobs N]           a worker taking jobs from Redis
+    sdpo serve [--host H] [--port P] ...             the HTTP API (each flag is also an SDPO_* variable)
+    sdpo worker [--model M] [--max-jobs N] ...       a worker taking jobs from Redis (the same)
     sdpo submit PROBLEM.json [--wait]                submit one problem to the server
     sdpo status ID | sdpo events ID | sdpo curve ID -o FILE.svg
     sdpo batch FILE.jsonl [--concurrency N]          one problem per line, solved as a batch
@@ -159,91 +159,96 @@ def add_verify_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # ---- server side: sdpo serve, sdpo worker -----------------------------------------------------------------------
+# Their flags are derived from the settings objects (service/config.py, workers/settings.py): every flag is also an
+# SDPO_* environment variable, and docs/settings.md lists them all.
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP API under uvicorn."""
     import uvicorn
 
     from service.app import create_app
     from service.auth import KeyConfigError
-    from service.config import Settings
+    from service.config import ApiSettings
     from workers import logs
 
-    logs.configure(args.log_format, args.log_level)
-    overrides = {"redis_url": args.redis_url} if args.redis_url else {}
+    settings = _settings(ApiSettings, args)
+    logs.configure(settings.log_format, settings.log_level)
     try:
-        app = create_app(Settings(**overrides))
+        app = create_app(settings)
     except KeyConfigError as exc:
         raise CLIError(str(exc)) from exc
     # uvicorn's own handlers and access log are off: its loggers reach ours, and the app logs one line per request
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1, log_config=None,
-                access_log=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
+                log_config=None, access_log=False)
     return 0
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the HTTP API (settings from SDPO_* environment variables)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--redis-url", help="Redis URL (default $SDPO_REDIS_URL or redis://localhost:6379/0)")
-    _add_log_flags(p)
-    p.set_defaults(func=cmd_serve)
+    def settings():
+        from service.config import ApiSettings
+
+        return ApiSettings
+
+    _add_server_command(sub, "serve", "run the HTTP API", settings, cmd_serve)
 
 
-def _add_log_flags(p: argparse.ArgumentParser) -> None:
-    from workers.logs import FORMATS, default_format
+def _add_server_command(sub: argparse._SubParsersAction, name: str, description: str, settings, func) -> None:
+    """`sdpo serve` and `sdpo worker`: one flag per field of their settings (each also an SDPO_* variable). The
+    light client has no server parts: there the command says what to install."""
+    try:
+        import pydantic_settings  # noqa: F401 - a server extra, absent from the light client
+    except ImportError:
+        def missing(args: argparse.Namespace) -> int:
+            raise CLIError(f"sdpo {name} needs the server parts: pip install 'sdpo-discovery[server,train]'")
 
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", choices=FORMATS, default=default_format(),
-                   help="json: one object per line with job_id, tenant, worker (default $SDPO_LOG_FORMAT or text)")
+        p = sub.add_parser(name, help=description, prefix_chars="\0", add_help=False)  # takes any arguments
+        p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+        p.set_defaults(func=missing)
+        return
+    from workers.settings import add_flags
+
+    p = sub.add_parser(name, help=f"{description} (every flag is also an SDPO_* environment variable)")
+    add_flags(p, settings())
+    p.set_defaults(func=func)
+
+
+def _settings(kind, args: argparse.Namespace):
+    from pydantic import ValidationError as SettingsError
+
+    from workers.settings import from_flags
+
+    try:
+        return from_flags(kind, args)
+    except SettingsError as exc:
+        raise CLIError(describe_validation_error(exc, "settings")) from exc
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM."""
     import asyncio
-    import os
 
     from workers import logs
     from workers.checkpoint import CheckpointConfigError, open_store
+    from workers.settings import WorkerSettings
+
+    settings = _settings(WorkerSettings, args)
+    logs.configure(settings.log_format, settings.log_level)  # before torch and transformers set up their output
     from workers.worker import Worker
 
-    logs.configure(args.log_format, args.log_level)
     try:
-        checkpoints = open_store(args.checkpoint_url or args.checkpoint_dir, s3_endpoint_url=args.s3_endpoint_url)
+        checkpoints = open_store(settings.checkpoint_location, s3_endpoint_url=settings.s3_endpoint_url)
     except CheckpointConfigError as exc:
         raise CLIError(str(exc)) from exc
-    worker = Worker(
-        redis_url=args.redis_url or os.environ.get("SDPO_REDIS_URL", "redis://localhost:6379/0"),
-        model=args.model, checkpoints=checkpoints, prefix=args.prefix, max_jobs=args.max_jobs,
-        lease_ms=args.lease_ms, max_tries=args.max_tries, poll_ms=args.poll_ms, retention_s=args.retention_s,
-        max_batch_size=args.max_batch_size,
-    )
-    asyncio.run(worker.run())
+    asyncio.run(Worker(settings, checkpoints=checkpoints).run())
     return 0
 
 
 def add_worker_parser(sub: argparse._SubParsersAction) -> None:
-    import os
+    def settings():
+        from workers.settings import WorkerSettings
 
-    env = os.environ.get
-    p = sub.add_parser("worker", help="take jobs from Redis and run them on one base model")
-    p.add_argument("--model", default=env("SDPO_MODEL"), help="HF id or local folder (default: offline smollm2)")
-    p.add_argument("--redis-url", help="Redis URL (default $SDPO_REDIS_URL or redis://localhost:6379/0)")
-    p.add_argument("--prefix", default=env("SDPO_REDIS_PREFIX", "sdpo"), help="Redis key prefix (default sdpo)")
-    p.add_argument("--checkpoint-dir", default=env("SDPO_CHECKPOINT_DIR", "checkpoints"),
-                   help="job checkpoints; share it between workers that may take over each other's jobs")
-    p.add_argument("--checkpoint-url", default=env("SDPO_CHECKPOINT_URL"),
-                   help="s3://bucket/prefix for object storage (or a path); wins over --checkpoint-dir")
-    p.add_argument("--s3-endpoint-url", default=env("SDPO_S3_ENDPOINT_URL"),
-                   help="an S3-compatible server for s3:// checkpoints, e.g. http://minio:9000 (default: AWS)")
-    p.add_argument("--max-jobs", type=int, default=4, help="jobs interleaved in one generation batch (default 4)")
-    p.add_argument("--lease-ms", type=int, default=30_000, help="a silent worker's jobs are reclaimed after this")
-    p.add_argument("--max-tries", type=int, default=3, help="starts before a job that keeps failing ends failed")
-    p.add_argument("--poll-ms", type=int, default=1000, help="how long an idle worker waits for a job")
-    p.add_argument("--retention-s", type=int, default=int(env("SDPO_RETENTION_S", 7 * 86400)),
-                   help="how long finished jobs are kept (default 7 days)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="generation slots (default 32)")
-    _add_log_flags(p)
-    p.set_defaults(func=cmd_worker)
+        return WorkerSettings
+
+    _add_server_command(sub, "worker", "take jobs from Redis and run them on one base model", settings, cmd_worker)
 
 
 # ---- client side: submit, status, events, curve, batch ------------------------------------------------------------

@@ -1,25 +1,27 @@
-"""Request dependencies: the settings, the job store, and the caller's tenant (authenticated and rate-limited)."""
+"""Request dependencies: the settings, the job store, the blob store, and the caller's tenant (authenticated and
+rate-limited)."""
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import tenant_for
-from service.config import Settings
+from service.config import ApiSettings
 from service.errors import ApiError
+from workers.jobs import JobRecord
 from workers.logs import set_context
-from workers.store import JobStore
+from workers.store import JobStore, StoreFull
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 ID_PATTERN = re.compile(r"^[a-z]+_[0-9a-f]{22}$")
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
@@ -27,8 +29,14 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+def get_blobs(request: Request) -> Any:
+    """The checkpoint store (workers.checkpoint), where finished adapters are kept."""
+    return request.app.state.blobs
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+BlobsDep = Annotated[Any, Depends(get_blobs)]
 
 
 async def current_tenant(
@@ -43,12 +51,10 @@ async def current_tenant(
         raise ApiError(401, detail, code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     request.state.tenant = tenant  # for the request's log line
     set_context(tenant=tenant)
-    window = int(time.time() // 60)
-    key = store.keys.rate(tenant, window)
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = await pipe.execute()
+    try:
+        count = await store.count_request(tenant)
+    except StoreFull:  # a full Redis refuses the counter's write; reads must go on answering
+        count = 0
     if count > settings.rate_limit_per_minute:
         retry = str(60 - int(time.time()) % 60)
         raise ApiError(429, f"rate limit of {settings.rate_limit_per_minute} requests per minute exceeded; "
@@ -74,11 +80,21 @@ def idempotency_key(
 IdempotencyDep = Annotated[str | None, Depends(idempotency_key)]
 
 
-async def owned(store: JobStore, tenant: str, job_id: str, kind: str = "job") -> dict[str, str]:
-    """The record of the tenant's job (or batch); another tenant's looks exactly like a missing one: 404."""
-    record = None
-    if ID_PATTERN.match(job_id) and job_id.startswith(f"{kind}_"):
-        record = await (store.get(job_id) if kind == "job" else store.batch(job_id))
+def _missing(kind: str, some_id: str) -> ApiError:
+    return ApiError(404, f"no {kind} '{some_id[:80]}'", code=f"{kind}_not_found")
+
+
+async def owned(store: JobStore, tenant: str, job_id: str) -> JobRecord:
+    """The record of the tenant's job; another tenant's looks exactly like a missing one: 404."""
+    record = await store.get(job_id) if ID_PATTERN.match(job_id) and job_id.startswith("job_") else None
+    if record is None or record.tenant != tenant:
+        raise _missing("job", job_id)
+    return record
+
+
+async def owned_batch(store: JobStore, tenant: str, batch_id: str) -> dict[str, str]:
+    """The record of the tenant's batch; another tenant's looks exactly like a missing one: 404."""
+    record = await store.batch(batch_id) if ID_PATTERN.match(batch_id) and batch_id.startswith("batch_") else None
     if record is None or record.get("tenant") != tenant:
-        raise ApiError(404, f"no {kind} '{job_id[:80]}'", code=f"{kind}_not_found")
+        raise _missing("batch", batch_id)
     return record

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from workers.store import STORE_UNAVAILABLE, StoreFull
+
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 
@@ -65,6 +67,18 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
+async def _store_full(request: Request, exc: Exception) -> JSONResponse:
+    log.error("redis refuses writes (maxmemory reached): %s", exc)
+    return problem_response(request, 503, "the service's storage is full; finished jobs free it as their retention "
+                                          "ends, retry later", code="storage_full", headers={"Retry-After": "60"})
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(request, 503, "the job store cannot be reached right now; retry shortly",
+                            code="store_unavailable", headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(request, 500, "internal error; the server log has the details", code="internal")
@@ -74,4 +88,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreFull, _store_full)
+    for kind in STORE_UNAVAILABLE:
+        app.add_exception_handler(kind, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

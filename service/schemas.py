@@ -1,7 +1,7 @@
 """The HTTP API's request and response bodies, shared by the server, the client SDK and the CLI.
 
 Built on the core models (Problem, RunSettings, Attempt, DiscoveryCurve, Comparison) rather than repeating their
-fields. Imports neither fastapi, redis nor torch: the light client installs only pydantic and httpx.
+fields. Imports neither fastapi, redis, torch nor `workers`: the light client installs only pydantic and httpx.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sdpo_core.discovery import Comparison, DiscoveryCurve, default_baseline_samples
+from sdpo_core.discovery import Comparison, DiscoveryCurve
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
 from sdpo_core.settings import Method, RunSettings
-from workers.jobs import JobSpec, JobStatus
+from sdpo_core.statuses import FINISHED, JobStatus
 
 Metadata = dict[str, str]
 BatchStatus = Literal["in_progress", "completed", "cancelled"]
@@ -72,13 +72,6 @@ class JobOptions(BaseModel):
         self.method, self.budget = self.settings.method, self.settings.max_attempts
         return self
 
-    def to_spec(self, problem: Problem) -> JobSpec:
-        if not self.baselines:
-            samples = 0
-        else:
-            samples = self.baselines[0].attempts or default_baseline_samples(self.settings.max_attempts)
-        return JobSpec(problem=problem, settings=self.settings, baseline_attempts=samples, model=self.model)
-
 
 class JobCreate(JobOptions):
     """POST /v1/jobs: one problem and how to attack it."""
@@ -121,6 +114,8 @@ class Job(BaseModel):
     method: Method
     budget: int
     attempts: int = 0
+    attempts_stored: int | None = Field(default=None, description="Attempts kept (GET /attempts); fewer than "
+                                        "`attempts` once a job's attempts reach the service's storage cap.")
     steps: int = 0
     best_reward: float = 0.0
     solved: bool = False
@@ -133,7 +128,7 @@ class Job(BaseModel):
 
     @property
     def done(self) -> bool:
-        return self.status in ("succeeded", "exhausted", "failed", "cancelled")
+        return self.status in FINISHED
 
 
 class JobList(BaseModel):
@@ -221,15 +216,3 @@ class Readiness(BaseModel):
     workers: int = Field(description="Workers seen within the staleness window (information: 0 is still ready).")
     detail: str = ""
 
-
-class ProblemDetail(BaseModel):
-    """An error, as RFC 9457 problem details."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-    code: str | None = None
-    errors: list[dict[str, Any]] | None = Field(default=None, description="Validation errors: field and message.")

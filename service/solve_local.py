@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from pydantic import BaseModel
@@ -14,7 +14,7 @@ from rich.table import Table
 from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.problem import Problem
-from sdpo_core.records import EventSink, ProgressEvent, RunResult
+from sdpo_core.records import EventSink, ProgressEvent, RunResult, ignore_events
 from sdpo_core.settings import RunSettings
 
 
@@ -54,10 +54,11 @@ class SolveReport(BaseModel):
 
 
 @contextmanager
-def progress_sink(label: str, total: int, enabled: bool) -> Iterator[EventSink]:
-    """A rich progress bar (attempts, step, best reward, solved) fed by the loop's events."""
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
+    """Rich progress bars (attempts, step, best reward, solved), one per run, fed by the loop's events:
+    `bar(label, total)` adds a bar and returns the event sink that moves it."""
     if not enabled:
-        yield lambda event: None
+        yield lambda label, total: ignore_events
         return
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("attempts"),
@@ -65,24 +66,29 @@ def progress_sink(label: str, total: int, enabled: bool) -> Iterator[EventSink]:
         TextColumn("{task.fields[solved]}"), TimeElapsedColumn(),
     ]
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task(label, total=total, step=0, best=0.0, solved="")
 
-        def on_event(event: ProgressEvent) -> None:
-            solved = f"[green]solved @ {event.first_success_attempt}[/]" if event.solved else ""
-            progress.update(task, completed=event.attempts, step=event.step, best=event.best_reward, solved=solved)
+        def bar(label: str, total: int) -> EventSink:
+            task = progress.add_task(label, total=total, step=0, best=0.0, solved="")
 
-        yield on_event
+            def on_event(event: ProgressEvent) -> None:
+                solved = f"[green]solved @ {event.first_success_attempt}[/]" if event.solved else ""
+                progress.update(task, completed=event.attempts, step=event.step, best=event.best_reward,
+                                solved=solved)
+
+            return on_event
+
+        yield bar
 
 
 def solve_with_baseline(
     problem: Problem, settings: RunSettings, *, model: str | None, baseline_attempts: int | None,
     show_progress: bool = True,
 ) -> SolveReport:
-    """Run the method, then best-of-k samples of the frozen model, and compare them."""
+    """Run the method and its best-of-k baseline together (their attempts share generation batches); compare them."""
     from sdpo_core.hf_engine import TransformersEngine
-    from sdpo_core.loop import solve
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer
     from sdpo_core.policy import LoraPolicy
+    from sdpo_core.runs import METHOD, DiscoveryRuns, baseline_of, comparison_runs
     from workers.verification import verify_function
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -90,25 +96,27 @@ def solve_with_baseline(
     base_model, tokenizer = load_model_and_tokenizer(model)
     policy = LoraPolicy(base_model, tokenizer)
     engine = TransformersEngine(policy)
-    verify = verify_function(problem)
+    samples = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
 
-    with progress_sink(settings.method, settings.max_attempts, show_progress) as on_event:
-        result = solve(problem, settings, policy, engine, verify=verify, on_event=on_event)
-
-    baseline = None
-    n_baseline = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
-    if settings.method == "best-of-k" and not settings.stop_at_first_success:
-        baseline = result  # a full best-of-k run is its own baseline
-    elif n_baseline > 0:
-        baseline_settings = settings.model_copy(update={
-            "method": "best-of-k", "max_attempts": max(n_baseline, settings.attempts_per_step),
-            "stop_at_first_success": False,
-        })
-        with progress_sink("best-of-k baseline", baseline_settings.max_attempts, show_progress) as on_event:
-            baseline = solve(problem, baseline_settings, policy, engine, verify=verify, on_event=on_event,
-                             name="baseline")
-    outcomes = [a.solved for a in baseline.attempts] if baseline else []
+    with progress_bars(show_progress) as bar:
+        runs = comparison_runs(
+            problem, settings, policy, baseline_samples=samples, name="run", verify=verify_function(problem),
+            sink_for=lambda key: bar(settings.method, settings.max_attempts) if key == METHOD
+            else bar("best-of-k baseline", max(samples, settings.attempts_per_step)))
+        scheduler = DiscoveryRuns(engine)
+        scheduler.add("solve", runs)
+        try:
+            while scheduler.active:
+                failure = scheduler.step().get("solve")
+                if failure is not None:
+                    raise failure
+            result = runs[METHOD].result()
+            baseline = baseline_of(runs)
+            baseline_result = baseline.result() if baseline is not None else None
+        finally:
+            scheduler.close("solve")
+    outcomes = [a.solved for a in baseline_result.attempts] if baseline_result else []
     comparison = compare_to_best_of_k(settings.method, [result.first_success_attempt], outcomes,
                                       settings.max_attempts)
     return SolveReport(problem_id=problem.id, model=model or DEFAULT_MODEL, settings=settings, result=result,
-                       baseline=baseline, comparison=comparison)
+                       baseline=baseline_result, comparison=comparison)

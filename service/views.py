@@ -5,36 +5,28 @@ from __future__ import annotations
 import json
 
 from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
+from sdpo_core.statuses import FINISHED, WITH_CURVE
 from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError
-from workers.jobs import TERMINAL, JobSpec
-
-FINISHED_WITH_CURVE = ("succeeded", "exhausted")
+from workers.jobs import JobRecord
 
 
 def _float(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value else None
-
-
-def job_view(record: dict[str, str]) -> Job:
-    spec = JobSpec.model_validate_json(record["spec"])
-    samples = _int(record.get("baseline_samples"))
-    error = JobError(code=record["error_code"], message=record.get("error_message", "")) \
-        if record.get("error_code") else None
-    first = _int(record.get("first_success_attempt"))
+def job_view(record: JobRecord) -> Job:
+    spec = record.job_spec()
+    r = record
     return Job(
-        id=record["id"], status=record["status"], created_at=float(record["created_at"]),
-        started_at=_float(record.get("started_at")), finished_at=_float(record.get("finished_at")),
-        cancel_requested_at=_float(record.get("cancel_requested_at")), batch_id=record.get("batch_id") or None,
-        method=spec.settings.method, budget=spec.settings.max_attempts, attempts=int(record.get("attempts") or 0),
-        steps=int(record.get("steps") or 0), best_reward=float(record.get("best_reward") or 0.0),
-        solved=first is not None, first_success_attempt=first,
-        baseline=BaselineProgress(samples=samples, successes=int(record.get("baseline_successes") or 0))
-        if samples is not None else None,
-        error=error, problem=spec.problem, settings=spec.settings, metadata=json.loads(record.get("metadata") or "{}"),
+        id=r.id, status=r.status, created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at,
+        cancel_requested_at=r.cancel_requested_at, batch_id=r.batch_id or None, method=spec.settings.method,
+        budget=spec.settings.max_attempts, attempts=r.attempts, attempts_stored=r.attempts_stored, steps=r.steps,
+        best_reward=r.best_reward, solved=r.first_success_attempt is not None,
+        first_success_attempt=r.first_success_attempt,
+        baseline=BaselineProgress(samples=r.baseline_samples, successes=r.baseline_successes)
+        if r.baseline_samples is not None else None,
+        error=JobError(code=r.error_code, message=r.error_message) if r.error_code else None,
+        problem=spec.problem, settings=spec.settings, metadata=json.loads(r.metadata or "{}"),
     )
 
 
@@ -51,7 +43,7 @@ def job_comparison(job: Job) -> Comparison:
 
 def batch_curve(jobs: list[Job], budget: int, method: str) -> BatchCurve | None:
     """The average discovery curve of the finished jobs against their average best-of-k curve."""
-    finished = [job for job in jobs if job.status in FINISHED_WITH_CURVE]
+    finished = [job for job in jobs if job.status in WITH_CURVE]
     if not finished:
         return None
     ks = curve_grid(budget)
@@ -79,7 +71,7 @@ def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[Job]) -> B
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    all_done = all(job.status in TERMINAL for job in jobs)
+    all_done = all(job.status in FINISHED for job in jobs)
     status = "in_progress" if not all_done else ("cancelled" if record.get("cancel_requested_at") else "completed")
     return Batch(
         id=record["id"], status=status, created_at=float(record["created_at"]),

@@ -23,8 +23,8 @@ KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 
 def api_settings(redis_url: str, prefix: str, **overrides) -> Settings:
     keys = ",".join(f"{tenant}={hash_key(key)}" for tenant, key in KEYS.items())
-    return Settings(redis_url=redis_url, redis_prefix=prefix, api_keys=keys, worker_stale_s=10,
-                    sse_ping_s=1.0, **overrides)
+    return Settings(**{"redis_url": redis_url, "redis_prefix": prefix, "api_keys": keys, "worker_stale_s": 10,
+                       "sse_ping_s": 1.0, **overrides})
 
 
 class ApiServer:
@@ -63,13 +63,14 @@ class Workers:
     checkpoint_url: str | None = None
 
     def start(self, *, lease_ms: int = 2000, max_jobs: int = 4, max_tries: int = 3,
-              checkpoint_dir: Path | None = None, log_format: str = "json") -> subprocess.Popen:
+              checkpoint_dir: Path | None = None, log_format: str = "json",
+              extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
         log = open(self.log_path(len(self.processes)), "w")  # noqa: SIM115 - lives with the process
         command = [
             sys.executable, "-m", "service.cli", "worker", "--model", str(self.model), "--redis-url", self.redis_url,
             "--prefix", self.prefix, "--checkpoint-dir", str(checkpoint_dir or self.checkpoint_dir),
             "--lease-ms", str(lease_ms), "--poll-ms", "200", "--max-jobs", str(max_jobs), "--max-tries",
-            str(max_tries), "--max-batch-size", "16", "--log-level", "info", "--log-format", log_format,
+            str(max_tries), "--max-batch-size", "16", "--log-level", "info", "--log-format", log_format, *extra_args,
         ]
         if self.checkpoint_url:
             command += ["--checkpoint-url", self.checkpoint_url]

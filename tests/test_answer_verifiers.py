@@ -104,4 +104,5 @@ def test_verify_attempts_turns_a_crashing_verifier_into_a_zero_reward_verdict():
 
     p = problem({"type": "exact", "answer": "1"})
     verdicts = verify_attempts(p, ["a", "b"], verifier=Broken())
-    assert verdicts == [Verdict(reward=0.0, solved=False, feedback="The verifier failed: RuntimeError: boom")] * 2
+    assert verdicts == [Verdict(reward=0.0, solved=False, feedback="The verifier failed: RuntimeError: boom",
+                                status="error")] * 2

@@ -63,6 +63,10 @@ def test_redis_persists_with_an_append_only_file_on_a_volume(compose):
     redis = compose["services"]["redis"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # bounded: a maxmemory well under the container's limit, and writes refused (never evicted) when it is reached
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory_mb = int(command[command.index("--maxmemory") + 1].removesuffix("mb"))
+    assert maxmemory_mb * 2**20 <= 0.75 * int(redis["mem_limit"].removesuffix("g")) * 2**30
     assert any(v.split(":")[1] == "/data" and v.split(":")[0] in compose["volumes"] for v in redis["volumes"])
     assert not redis["image"].endswith(":latest") and ":" in redis["image"]
     major = int(re.search(r":(\d+)", redis["image"]).group(1))

@@ -284,6 +284,8 @@ def test_redis_is_a_statefulset_with_a_volume_claim_and_an_append_only_file(rend
     args = container(redis)["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    limit_gi = int(container(redis)["resources"]["limits"]["memory"].removesuffix("Gi"))
+    assert int(args[args.index("--maxmemory") + 1].removesuffix("mb")) * 2**20 <= 0.75 * limit_gi * 2**30
     claims = {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
     assert {m["name"] for m in container(redis)["volumeMounts"] if m["mountPath"] == "/data"} <= claims
     assert one(docs, "Service", redis["spec"]["serviceName"])

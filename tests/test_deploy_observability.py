@@ -21,7 +21,7 @@ SERVICE_METRICS: dict[str, tuple[str, dict[str, set[str]]]] = {
     "sdpo_jobs_finished_total": ("counter", {"status": {"succeeded", "exhausted", "failed", "cancelled"}}),
     "sdpo_attempts_total": ("counter", {}),
     "sdpo_attempts_per_second": ("gauge", {}),
-    "sdpo_verifier_outcomes_total": ("counter", {"outcome": {"solved", "rejected", "error"}}),
+    "sdpo_verifier_outcomes_total": ("counter", {"outcome": {"solved", "rejected", "error", "timeout"}}),
     "sdpo_step_seconds": ("histogram", {}),
     "sdpo_queue_depth": ("gauge", {}),
     "sdpo_queue_pending": ("gauge", {}),
@@ -103,7 +103,7 @@ def problems(query: str) -> list[str]:
     ("sdpo_attempts", ["sdpo_attempts: not a metric"]),
     ("rate(sdpo_queue_depth[5m])", ["rate() over sdpo_queue_depth, a gauge"]),
     ("histogram_quantile(0.9, max by (job) (rate(sdpo_step_seconds_bucket[5m])))", ["drops `le`"]),
-    ('sdpo_verifier_outcomes_total{outcome="timeout"}', ["is never 'timeout'"]),
+    ('sdpo_verifier_outcomes_total{outcome="crashed"}', ["is never 'crashed'"]),
     ("max by (outcome) (sdpo_jobs)", ["grouped by outcome"]),
 ])
 def test_the_query_checker_finds_each_kind_of_mistake(query, expected):

@@ -156,16 +156,12 @@ def test_cancelling_a_finished_job_is_409(http, api, redis_url):
     job = submit(http).json()
     import asyncio
 
-    from redis.asyncio import Redis
-
-    from workers.keys import Keys
-    from workers.store import JobStore
+    from workers.store import open_store
 
     async def finish():
-        redis = Redis.from_url(redis_url)
-        store = JobStore(redis, Keys(f"api-{os.getpid()}"))
-        await store.transition(job["id"], allowed_from=["queued"], to="exhausted")
-        await redis.aclose()
+        store = open_store(redis_url, f"api-{os.getpid()}")
+        await store.transition(job["id"], tenant="alice", allowed_from=["queued"], to="exhausted")
+        await store.close()
 
     asyncio.run(finish())
     with Client(api.url, KEYS["alice"]) as client, pytest.raises(Conflict) as caught:

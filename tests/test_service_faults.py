@@ -17,8 +17,8 @@ import redis
 from conftest import _redis_answers, free_port
 from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
 
+from sdpo_core.statuses import FINISHED
 from service.client import Client, SDPOError
-from workers.jobs import TERMINAL
 
 NEVER = {"id": "never", "prompt": "Say the secret",
          "verifier": {"type": "regex", "pattern": "QQQQQQQQQQ", "target": "completion"}}
@@ -68,7 +68,7 @@ def test_jobs_survive_a_redis_restart_on_its_append_only_file(tiny_model_dir, tm
         assert worker.poll() is None, workers.logs()
         server.start()
         with ApiServer(api_settings(server.url, prefix)) as api, Client(api.url, KEYS["alice"]) as client:
-            budget = 200
+            budget = 400  # long enough to be mid-run at the restart however fast the steps are
             running = client.submit(NEVER, budget=budget, settings=SMALL, baselines=[])
             wait_for(lambda: client.get(running.id).attempts >= 12, timeout=120, interval=0.05, message="progress")
             queued = [client.submit(EASY, budget=8, settings=SMALL, baselines=[]) for _ in range(2)]
@@ -82,7 +82,7 @@ def test_jobs_survive_a_redis_restart_on_its_append_only_file(tiny_model_dir, tm
             assert at_restart.status == "running" and at_restart.attempts < budget, "the job ended before the restart"
 
             ids = [running.id] + [j.id for j in queued]
-            wait_for(lambda: all(status(client, i) in TERMINAL for i in ids), timeout=150, interval=0.3,
+            wait_for(lambda: all(status(client, i) in FINISHED for i in ids), timeout=150, interval=0.3,
                      message="every job to finish after the restart")
             assert worker.poll() is None, workers.logs()
             final = client.get(running.id)

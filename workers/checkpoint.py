@@ -1,11 +1,14 @@
 """Job checkpoints behind one small interface, and the finished adapter as an archive peft loads.
 
 A job's checkpoint is one blob holding the state of each of its runs (the method and its best-of-k baseline), so
-the runs always resume from the same step. Every worker that may reclaim another's jobs must reach the same store:
+the runs always resume from the same step. A job's blobs sit under its id: the checkpoint of each lease generation
+(`runs-g<N>.pt`; the job record names the current one, so a worker that lost its lease cannot replace it) and, once
+it has finished, its adapter (`adapter.tar.gz`). Every worker that may reclaim another's jobs, and the API that
+serves adapters, must reach the same store:
 
-    DirectoryStore   a local or shared directory (NFS, CephFS, EFS...): <root>/<job_id>/runs.pt, written to a
+    DirectoryStore   a local or shared directory (NFS, CephFS, EFS...): <root>/<job_id>/<name>, written to a
                      temporary file and renamed, so a worker killed while writing leaves the previous one intact
-    S3Store          object storage, s3://bucket/prefix -> <prefix>/<job_id>/runs.pt (AWS S3 or any S3-compatible
+    S3Store          object storage, s3://bucket/prefix -> <prefix>/<job_id>/<name> (AWS S3 or any S3-compatible
                      server such as MinIO); one PUT replaces an object whole, so a reader never sees half of one
 
 `open_store("s3://bucket/prefix")` or `open_store("/data/checkpoints")` picks the store from a URL or a path.
@@ -19,27 +22,30 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
-FILENAME = "runs.pt"
+FILENAME = "runs.pt"  # a checkpoint's name before lease generations named them
+ADAPTER = "adapter.tar.gz"
 States = dict[str, dict[str, Any]]  # run key (method / baseline) -> ProblemRun.state_dict()
 
 
 class CheckpointStore(Protocol):
-    """Where job checkpoints live: one blob per job, replaced whole or not at all."""
+    """Where job checkpoints and adapters live: named blobs per job, each replaced whole or not at all."""
 
     url: str  # where it points, for logs (never holds credentials)
 
-    def save(self, job_id: str, data: bytes) -> None: ...
+    def save(self, job_id: str, data: bytes, name: str = FILENAME) -> None: ...
 
-    def load(self, job_id: str) -> bytes | None: ...
+    def load(self, job_id: str, name: str = FILENAME) -> bytes | None: ...
 
-    def delete(self, job_id: str) -> None: ...
+    def delete(self, job_id: str, keep: Sequence[str] = ()) -> None:
+        """Delete the job's blobs except those named in `keep`."""
 
-    def exists(self, job_id: str) -> bool: ...
+    def exists(self, job_id: str, name: str = FILENAME) -> bool: ...
 
 
 class CheckpointConfigError(ValueError):
@@ -61,15 +67,20 @@ def decode(data: bytes) -> States:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)["runs"]
 
 
-def save_states(store: CheckpointStore, job_id: str, states: States) -> None:
-    """Write the runs' states as the job's checkpoint."""
-    store.save(job_id, encode(states))
+def save_states(store: CheckpointStore, job_id: str, states: States, name: str = FILENAME) -> None:
+    """Write the runs' states as the job's checkpoint `name`."""
+    store.save(job_id, encode(states), name)
 
 
-def load_states(store: CheckpointStore, job_id: str) -> States | None:
-    """The runs' states of the job's last checkpoint, or None if it has none."""
-    data = store.load(job_id)
+def load_states(store: CheckpointStore, job_id: str, name: str = FILENAME) -> States | None:
+    """The runs' states of the job's checkpoint `name`, or None if it has none."""
+    data = store.load(job_id, name)
     return None if data is None else decode(data)
+
+
+def checkpoint_name(generation: int) -> str:
+    """The checkpoint blob of one lease generation."""
+    return f"runs-g{generation}.pt"
 
 
 # ---- a directory -----------------------------------------------------------------------------------------------
@@ -80,34 +91,40 @@ class DirectoryStore:
         self.root = Path(root)
         self.url = str(self.root)
 
-    def path(self, job_id: str) -> Path:
-        return self.root / _safe(job_id) / FILENAME
+    def path(self, job_id: str, name: str = FILENAME) -> Path:
+        return self.root / _safe(job_id) / _safe(name)
 
-    def save(self, job_id: str, data: bytes) -> None:
-        directory = self.path(job_id).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".runs-", suffix=".pt", dir=directory)
+    def save(self, job_id: str, data: bytes, name: str = FILENAME) -> None:
+        target = self.path(job_id, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, directory / FILENAME)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load(self, job_id: str) -> bytes | None:
+    def load(self, job_id: str, name: str = FILENAME) -> bytes | None:
         try:
-            return self.path(job_id).read_bytes()
+            return self.path(job_id, name).read_bytes()
         except FileNotFoundError:
             return None
 
-    def delete(self, job_id: str) -> None:
-        shutil.rmtree(self.path(job_id).parent, ignore_errors=True)
+    def delete(self, job_id: str, keep: Sequence[str] = ()) -> None:
+        directory = self.root / _safe(job_id)
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+        for path in directory.glob("*") if directory.is_dir() else ():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
-    def exists(self, job_id: str) -> bool:
-        return self.path(job_id).is_file()
+    def exists(self, job_id: str, name: str = FILENAME) -> bool:
+        return self.path(job_id, name).is_file()
 
 
 # ---- object storage --------------------------------------------------------------------------------------------
@@ -137,29 +154,33 @@ class S3Store:
                         s3={"addressing_style": "path"} if self.endpoint_url else None)
         return boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
 
-    def key(self, job_id: str) -> str:
-        return "/".join(part for part in (self.prefix, _safe(job_id), FILENAME) if part)
+    def key(self, job_id: str, name: str = FILENAME) -> str:
+        return "/".join(part for part in (self.prefix, _safe(job_id), _safe(name)) if part)
 
-    def save(self, job_id: str, data: bytes) -> None:
+    def save(self, job_id: str, data: bytes, name: str = FILENAME) -> None:
         # upload_fileobj switches to a multipart upload for large checkpoints; the object appears when it completes
-        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.key(job_id))
+        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.key(job_id, name))
 
-    def load(self, job_id: str) -> bytes | None:
+    def load(self, job_id: str, name: str = FILENAME) -> bytes | None:
         buffer = io.BytesIO()
         try:
-            self.client.download_fileobj(self.bucket, self.key(job_id), buffer)
+            self.client.download_fileobj(self.bucket, self.key(job_id, name), buffer)
         except Exception as exc:
             if _not_found(exc):
                 return None
             raise
         return buffer.getvalue()
 
-    def delete(self, job_id: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(job_id))
+    def delete(self, job_id: str, keep: Sequence[str] = ()) -> None:
+        folder = self.key(job_id, "x")[:-1]  # <prefix>/<job_id>/
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=folder)
+        for item in listing.get("Contents", []):
+            if item["Key"][len(folder):] not in keep:
+                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
 
-    def exists(self, job_id: str) -> bool:
+    def exists(self, job_id: str, name: str = FILENAME) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key(job_id))
+            self.client.head_object(Bucket=self.bucket, Key=self.key(job_id, name))
         except Exception as exc:
             if _not_found(exc):
                 return False
@@ -174,7 +195,7 @@ def _not_found(exc: Exception) -> bool:
 
 def _safe(job_id: str) -> str:
     if not job_id or "/" in job_id or job_id in (".", ".."):
-        raise ValueError(f"not a job id: {job_id!r}")
+        raise ValueError(f"not a job id or blob name: {job_id!r}")
     return job_id
 
 

@@ -1,22 +1,19 @@
-"""What a job is to a worker: its spec, its statuses, and the failures a user can act on.
+"""What a job is to a worker and to the store: its spec, its record, and the failures a user can act on.
 
-Pure pydantic (no torch, no redis), so the API schemas can build on it.
+Pure pydantic (no torch, no redis). The statuses are defined once, in sdpo_core.statuses.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings
-
-JobStatus = Literal["queued", "running", "succeeded", "exhausted", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "exhausted", "failed", "cancelled"})
-STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "exhausted", "failed", "cancelled")
+from sdpo_core.statuses import FINISHED, JobStatus
 
 
 class JobSpec(BaseModel):
@@ -27,6 +24,67 @@ class JobSpec(BaseModel):
     settings: RunSettings
     baseline_attempts: int = Field(default=0, ge=0, description="best-of-k samples to compare against; 0 = none.")
     model: str | None = Field(default=None, description="The base model the job needs; None = whatever is served.")
+
+
+class JobProgress(BaseModel):
+    """The progress fields a worker writes into the job record after each step."""
+
+    attempts: int = 0
+    steps: int = 0
+    best_reward: float = 0.0
+    first_success_attempt: int | None = None
+    baseline_samples: int | None = None
+    baseline_successes: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class JobRecord(JobProgress):
+    """The job's hash in Redis, typed: one field per hash field (empty strings read as None)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    tenant: str
+    status: JobStatus
+    created_at: float
+    spec: str = Field(description="The JobSpec as JSON.")
+    metadata: str = "{}"
+    batch_id: str = ""
+    tries: int = Field(default=0, description="Starts by a worker, crashes and errors included.")
+    lease_generation: int = Field(default=0, description="Leases taken so far; the fencing token's number.")
+    worker: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested_at: float | None = None
+    error_code: str = ""
+    error_message: str = ""
+    last_error: str = ""
+    solution: str = Field(default="", description="The first verified attempt as JSON, kept beyond the attempt cap.")
+    attempts_stored: int | None = Field(default=None, description="Attempts in the attempts list (a prefix).")
+    stored_bytes: int = Field(default=0, description="Bytes of spec, metadata and attempts: the tenant's quota.")
+    checkpoint: str = Field(default="", description="The name of the job's current checkpoint blob.")
+    adapter: bool = Field(default=False, description="The finished adapter is in the checkpoint store.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any, info) -> Any:
+        if value == "" and info.field_name in _OPTIONAL:
+            return None
+        if info.field_name == "adapter" and isinstance(value, str):
+            return value == "1"
+        return value
+
+    def job_spec(self) -> JobSpec:
+        return JobSpec.model_validate_json(self.spec)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+_OPTIONAL = {"first_success_attempt", "baseline_samples", "started_at", "finished_at", "cancel_requested_at",
+             "attempts_stored"}
 
 
 class JobFailure(Exception):

@@ -4,8 +4,8 @@
      "job_id": "job_...", "tenant": "team-a", "worker": "host-12-ab01"}
 
 The ids come from `extra={"job_id": ...}` on a call, else from the context variables that `log_context` sets
-(asyncio tasks and `asyncio.to_thread` inherit them). `sdpo serve` and `sdpo worker` call `configure` with
-`--log-format` (default $SDPO_LOG_FORMAT, else text; the container images set json).
+(asyncio tasks and `asyncio.to_thread` inherit them). `sdpo serve` and `sdpo worker` call `configure` with their
+settings' log_format (`--log-format` or SDPO_LOG_FORMAT, else text; the container images set json).
 """
 
 from __future__ import annotations
@@ -88,14 +88,9 @@ class TextFormatter(logging.Formatter):
         return f"{first} [{ids}]{newline}{rest}"
 
 
-def default_format() -> str:
-    value = os.environ.get("SDPO_LOG_FORMAT", "text").strip().lower()
-    return value if value in FORMATS else "text"
-
-
-def configure(log_format: str | None = None, level: str | int = "INFO") -> None:
-    """Send every log line (ours, uvicorn's, libraries') to stderr in one format."""
-    log_format = log_format or default_format()
+def configure(log_format: str = "text", level: str | int = "INFO") -> None:
+    """Send every log line (ours, uvicorn's, libraries') to stderr in one format (the processes pass their
+    settings' log_format, SDPO_LOG_FORMAT)."""
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not '{log_format}'")
     handler = logging.StreamHandler(sys.stderr)

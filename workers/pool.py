@@ -30,10 +30,12 @@ from sdpo_core.verifiers import (
     MathSpec,
     PythonSpec,
     Verdict,
+    VerdictStatus,
     Verifier,
     WebhookSpec,
     build_verifier,
     clip_feedback,
+    verifier_failed,
 )
 from workers.isolation import SandboxOptions
 
@@ -58,8 +60,8 @@ def worst_case_seconds(problem: Problem) -> float:
     return 60.0 + _EXTRA_S
 
 
-def _broken(feedback: str) -> Verdict:
-    return Verdict(reward=0.0, solved=False, feedback=feedback)
+def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
+    return verifier_failed(feedback, status)
 
 
 class _WorkerProcess:
@@ -77,7 +79,7 @@ class _WorkerProcess:
             conn.send_bytes(json.dumps([problem_json, completion]).encode())
             if not conn.poll(timeout_s):
                 self.stop()
-                return _broken(f"Verification did not finish within {timeout_s:g} s and was stopped.")
+                return _broken(f"Verification did not finish within {timeout_s:g} s and was stopped.", "timeout")
             reply = conn.recv_bytes()
         except (EOFError, OSError):
             exit_code = self._process.exitcode if self._process is not None else None

@@ -1,59 +1,79 @@
-"""One job inside a worker: its runs (the method and its best-of-k baseline), fresh or restored from a checkpoint.
+"""One leased job inside a worker: its runs (the method and its baseline), its lease, what it has published.
 
-The runs' event sinks only buffer events (they fire inside the generation thread); the worker publishes them to
-the job's stream after the step, together with the step's attempts.
+The runs' event sinks only buffer events (they fire inside the generation thread); the worker publishes them to the
+job's stream after the step, together with the step's attempts. Attempts are stored in Redis as a prefix of the
+method's attempts that fits the per-job byte cap: the prefix is a function of the attempts alone, so a resumed job
+recomputes it from its checkpoint.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdpo_core.settings import RunSettings
-from workers.jobs import JobSpec
+from sdpo_core.loop import ProblemRun
+from sdpo_core.records import Attempt
+from sdpo_core.runs import METHOD, baseline_of
+from workers.jobs import JobProgress, JobSpec
 from workers.logs import log_context
-
-log = logging.getLogger(__name__)
-METHOD, BASELINE = "method", "baseline"
+from workers.store import Lease
 
 
-def baseline_settings(settings: RunSettings, samples: int) -> RunSettings:
-    """best-of-k samples of the frozen model, never stopping early: the comparison's i.i.d. outcomes."""
-    return settings.model_copy(update={
-        "method": "best-of-k", "max_attempts": max(samples, settings.attempts_per_step), "stop_at_first_success": False,
-    })
+def stored_prefix(attempts: Sequence[Attempt], max_bytes: int) -> tuple[int, int]:
+    """(count, bytes) of the longest prefix of `attempts` whose JSON fits in `max_bytes`."""
+    size = 0
+    for count, attempt in enumerate(attempts):
+        length = len(attempt.model_dump_json().encode())
+        if size + length > max_bytes:
+            return count, size
+        size += length
+    return len(attempts), size
 
 
-def self_baseline(spec: JobSpec) -> bool:
-    """A full-budget best-of-k run is its own baseline."""
-    return spec.settings.method == "best-of-k" and not spec.settings.stop_at_first_success
+@dataclass
+class StoragePlan:
+    """Which attempts one publication appends, and the storage state once it has."""
+
+    rows: list[str]
+    first_index: int
+    published: int
+    stored: int
+    stored_bytes: int
+    full: bool
 
 
 @dataclass
 class ActiveJob:
     """A job this worker holds the lease of."""
 
-    id: str
-    entry_id: str
+    lease: Lease
     spec: JobSpec
-    batch_id: str
-    runs: dict[str, Any]  # METHOD / BASELINE -> sdpo_core.loop.ProblemRun
+    runs: dict[str, ProblemRun] = field(default_factory=dict)
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # events buffered during a step
-    published_attempts: int = 0  # method attempts already in the job's attempts list
+    published: int = 0  # method attempts already published (stored or counted past the cap)
+    stored: int = 0  # method attempts in the job's attempts list
+    stored_bytes: int = 0
+    storage_full: bool = False  # an attempt did not fit: none after it is stored
     lost: bool = False  # the lease was lost: another worker may hold the job now
-    tenant: str = ""
+    checkpoint: str = ""  # the blob name of this lease's checkpoints
+    previous_checkpoint: str = ""  # a former holder's, deleted once ours is committed
+
+    @property
+    def id(self) -> str:
+        return self.lease.job_id
 
     def log_context(self):
         """Tag the log lines inside the block with this job and its tenant."""
-        return log_context(job_id=self.id, tenant=self.tenant or None)
+        return log_context(job_id=self.id, tenant=self.lease.tenant or None)
+
+    @property
+    def method(self) -> ProblemRun:
+        return self.runs[METHOD]
 
     @property
     def done(self) -> bool:
         return all(run.done for run in self.runs.values())
-
-    def live_runs(self) -> list[Any]:
-        return [run for run in self.runs.values() if not run.done]
 
     def sink(self, run_key: str):
         def on_event(event) -> None:
@@ -67,44 +87,46 @@ class ActiveJob:
     def states(self) -> dict[str, dict[str, Any]]:
         return {key: run.state_dict() for key, run in self.runs.items()}
 
-    def close(self) -> None:
-        for run in self.runs.values():
-            try:
-                run.close()
-            except Exception:  # noqa: BLE001 - freeing adapters must not stop the worker
-                log.exception("job %s: closing a run failed", self.id)
+    def to_store(self, max_bytes: int) -> StoragePlan:
+        """The unpublished attempts that go into the attempts list (JSON) under the byte cap; `commit` the plan once
+        they are published, so a publication that fails is planned again, in full, after the next step."""
+        attempts = self.method.attempts
+        plan = StoragePlan([], self.stored + 1, len(attempts), self.stored, self.stored_bytes, self.storage_full)
+        for attempt in attempts[self.published:]:
+            if plan.full:
+                break
+            row = attempt.model_dump_json()
+            if plan.stored_bytes + len(row.encode()) > max_bytes:
+                plan.full = True
+                break
+            plan.rows.append(row)
+            plan.stored, plan.stored_bytes = plan.stored + 1, plan.stored_bytes + len(row.encode())
+        return plan
 
-    def progress_fields(self) -> dict[str, Any]:
-        """The job record's progress fields, from the runs."""
-        method = self.runs[METHOD]
-        first = method.first_success
-        fields: dict[str, Any] = {
-            "attempts": len(method.attempts), "steps": method.step,
-            "best_reward": max((a.reward for a in method.attempts), default=0.0),
-            "first_success_attempt": first.index if first else "",
-        }
-        baseline = self.runs.get(BASELINE) or (method if self_baseline(self.spec) else None)
+    def commit(self, plan: StoragePlan) -> None:
+        self.published, self.stored, self.stored_bytes, self.storage_full = (
+            plan.published, plan.stored, plan.stored_bytes, plan.full)
+
+    def restart_storage(self, attempts: Sequence[Attempt], max_bytes: int) -> int:
+        """After a restore: which prefix of the checkpoint's attempts the list holds; returns its length."""
+        self.stored, self.stored_bytes = stored_prefix(attempts, max_bytes)
+        self.storage_full = self.stored < len(attempts)
+        self.published = len(attempts)
+        return self.stored
+
+    def progress(self) -> dict[str, Any]:
+        """The job record's progress fields, from the runs, and the first solution (kept past the attempt cap)."""
+        method, first = self.method, self.method.first_success
+        progress = JobProgress(
+            attempts=len(method.attempts), steps=method.step,
+            best_reward=max((a.reward for a in method.attempts), default=0.0),
+            first_success_attempt=first.index if first else None,
+        )
+        baseline = baseline_of(self.runs)
         if baseline is not None:
-            fields["baseline_samples"] = len(baseline.attempts)
-            fields["baseline_successes"] = sum(a.solved for a in baseline.attempts)
+            progress.baseline_samples = len(baseline.attempts)
+            progress.baseline_successes = sum(a.solved for a in baseline.attempts)
+        fields = progress.fields()
+        if first is not None:
+            fields["solution"] = first.model_dump_json()
         return fields
-
-
-def open_runs(job: ActiveJob, *, policy: Any, verify: Any, states: dict[str, dict[str, Any]] | None) -> None:
-    """Create the job's runs, or restore them from checkpointed `states` (adapter names: the job id)."""
-    from sdpo_core.loop import ProblemRun
-
-    names = {METHOD: job.id, BASELINE: f"{job.id}-baseline"}
-    wanted = {METHOD: job.spec.settings}
-    if job.spec.baseline_attempts > 0 and not self_baseline(job.spec):
-        wanted[BASELINE] = baseline_settings(job.spec.settings, job.spec.baseline_attempts)
-    try:
-        for key, settings in wanted.items():
-            kwargs = {"name": names[key], "verify": verify, "on_event": job.sink(key)}
-            if states and key in states:
-                job.runs[key] = ProblemRun.restore(states[key], policy, **kwargs)
-            else:
-                job.runs[key] = ProblemRun(job.spec.problem, settings, policy, **kwargs)
-    except BaseException:
-        job.close()
-        raise

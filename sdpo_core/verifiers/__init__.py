@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field
 
 from sdpo_core.verifiers.answer import ExactSpec, NumericSpec, RegexSpec
-from sdpo_core.verifiers.base import Verdict, Verifier, VerifierError, clip_feedback
+from sdpo_core.verifiers.base import (
+    JUDGED,
+    Verdict,
+    VerdictStatus,
+    Verifier,
+    VerifierError,
+    clip_feedback,
+    verifier_failed,
+)
 from sdpo_core.verifiers.checklist import ChecklistSpec
 from sdpo_core.verifiers.code_io import CodeIOSpec, CodeIOVerifier
 from sdpo_core.verifiers.functional import CodeFunctionalSpec, CodeFunctionalVerifier
@@ -74,7 +82,7 @@ def build_verifier(spec: Any, *, sandbox: Any = None) -> Verifier:
 def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Verifier | None = None) -> list[Verdict]:
     """Verdicts for several attempts, one at a time in this process, feedback capped.
 
-    A verifier that raises yields reward 0 with feedback saying so, so one bad verifier never ends a run.
+    A verifier that raises yields an `error` verdict saying so, so one bad verifier never ends a run.
     """
     verifier = verifier or build_verifier(problem.verifier)
     verdicts = []
@@ -82,13 +90,14 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
         try:
             verdict = verifier.verify(problem, completion)
         except Exception as exc:  # noqa: BLE001 - a verifier bug is reported on the attempt, not raised
-            verdict = Verdict(reward=0.0, solved=False, feedback=f"The verifier failed: {type(exc).__name__}: {exc}")
+            verdict = verifier_failed(f"The verifier failed: {type(exc).__name__}: {exc}")
         verdicts.append(verdict.model_copy(update={"feedback": clip_feedback(verdict.feedback)}))
     return verdicts
 
 
 __all__ = [
-    "SANDBOXED_TYPES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec", "NumericSpec", "PythonSpec",
+    "JUDGED", "SANDBOXED_TYPES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec",
+    "NumericSpec", "PythonSpec", "VerdictStatus", "verifier_failed",
     "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "Verdict", "Verifier", "VerifierError",
     "VerifierSpec", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
 ]

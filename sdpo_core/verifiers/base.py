@@ -3,18 +3,24 @@
 The feedback text matters as much as the reward: before the first success there is no successful sibling to
 imitate, so the feedback on a failed attempt is the self-teacher's only signal. It must say what was wrong
 without revealing the answer.
+
+A verdict's status says whether the attempt was judged at all: `ok` (verified) and `rejected` are judgements;
+`error` (the verifier broke: a crash, a bad reply) and `timeout` (it ran out of time) are not, so their feedback
+describes the verifier, not the attempt, and is never shown to the self-teacher.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from sdpo_core.problem import Problem
 
 FEEDBACK_MAX_CHARS = 2000
+VerdictStatus = Literal["ok", "rejected", "error", "timeout"]
+JUDGED: frozenset[str] = frozenset({"ok", "rejected"})  # the verifier looked at the attempt and said something
 
 
 class Verdict(BaseModel):
@@ -26,6 +32,30 @@ class Verdict(BaseModel):
     solved: bool = Field(description="True when the attempt counts as a verified solution.")
     feedback: str = Field(default="", description="What was wrong, never the answer; empty when solved.")
     answer: str | None = Field(default=None, description="The final answer extracted from the attempt, if any.")
+    status: VerdictStatus = Field(default="rejected", description="ok (solved) | rejected | error | timeout; "
+                                  "without one, ok when solved.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_from_solved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "status" not in data:
+            data = {**data, "status": "ok" if data.get("solved") else "rejected"}
+        return data
+
+    @model_validator(mode="after")
+    def _solved_means_ok(self) -> Verdict:
+        if self.solved != (self.status == "ok"):
+            raise ValueError(f"a verdict with status {self.status!r} cannot have solved={self.solved}")
+        return self
+
+    @property
+    def judged(self) -> bool:
+        return self.status in JUDGED
+
+
+def verifier_failed(feedback: str, status: VerdictStatus = "error") -> Verdict:
+    """The verdict when the verifier, not the attempt, failed: no reward, feedback for the logs and the user."""
+    return Verdict(reward=0.0, solved=False, feedback=clip_feedback(feedback), status=status)
 
 
 @runtime_checkable

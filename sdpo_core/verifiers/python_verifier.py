@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sdpo_core.verifiers.base import Verdict, clip_feedback
+from sdpo_core.verifiers.base import Verdict, VerdictStatus, clip_feedback, verifier_failed
 from sdpo_core.verifiers.harness.plain import NotPlainData, decode_plain
 from sdpo_core.verifiers.judged import judge_limits, no_verdict, run_judge
 from sdpo_core.verifiers.sandbox import Sandbox
@@ -74,7 +74,7 @@ class PythonVerifier:
         if status == "not_plain":
             return _broken(f"The verifier returned {outcome.get('message')}; it must return {EXPECTED_SHAPE}.")
         if status == "time_limit":
-            return _broken(f"The verifier did not finish within {self.spec.timeout_s:g} s.")
+            return _broken(f"The verifier did not finish within {self.spec.timeout_s:g} s.", "timeout")
         if status == "exited":
             return _broken(f"The verifier's process exited (status {outcome.get('exit_code')}) before returning.")
         return _broken(f"The verifier failed ({status}).")
@@ -105,5 +105,5 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 100 else text[:100] + "..."
 
 
-def _broken(message: str) -> Verdict:
-    return Verdict(reward=0.0, solved=False, feedback=clip_feedback(message))
+def _broken(message: str, status: VerdictStatus = "error") -> Verdict:
+    return verifier_failed(message, status)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from sdpo_core.verifiers.base import Verdict, clip_feedback
+from sdpo_core.verifiers.base import Verdict, VerdictStatus, clip_feedback, verifier_failed
 
 if TYPE_CHECKING:
     import httpx
@@ -136,5 +136,5 @@ def verdict_from_reply(data: Any) -> Verdict:
     )
 
 
-def _broken(message: str) -> Verdict:
-    return Verdict(reward=0.0, solved=False, feedback=clip_feedback(message))
+def _broken(message: str, status: VerdictStatus = "error") -> Verdict:
+    return verifier_failed(message, status)

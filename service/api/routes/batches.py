@@ -8,23 +8,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.routes.jobs import ERRORS, fingerprint, submission_error
-from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
+from sdpo_core.statuses import FINISHED
+from service.api.routes.jobs import ERRORS
+from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned_batch
 from service.schemas import Batch, BatchCreate, BatchList
+from service.submission import fingerprint, job_spec, submission_error
 from service.views import batch_view, job_view
-from workers.jobs import TERMINAL, new_id, now
+from workers.jobs import new_id, now
 from workers.store import JobStore, NewJob
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
 
-async def _view(store: JobStore, record: dict[str, str], retention_s: int) -> Batch:
+async def _view(store: JobStore, record: dict[str, str]) -> Batch:
     job_ids = await store.batch_job_ids(record["id"])
     records = await store.get_many(job_ids)
     jobs = [job_view(r) for r in records if r is not None]
-    if jobs and all(job.status in TERMINAL for job in jobs):  # finished: expire with its jobs
-        await store.redis.expire(store.keys.batch(record["id"]), retention_s)
-        await store.redis.expire(store.keys.batch_jobs(record["id"]), retention_s)
+    if jobs and all(job.status in FINISHED for job in jobs):  # finished: expire with its jobs
+        await store.expire_batch(record["id"])
     return await asyncio.to_thread(batch_view, record, job_ids, jobs)
 
 
@@ -34,24 +35,25 @@ async def create_batch(body: BatchCreate, response: Response, tenant: TenantDep,
     """Submit many problems; each becomes a job with the batch's options."""
     batch_id = new_id("batch")
     metadata = json.dumps(body.metadata)
-    jobs = [NewJob(new_id("job"), body.to_spec(problem).model_dump_json(), metadata) for problem in body.problems]
+    jobs = [NewJob(new_id("job"), job_spec(body, problem, settings).model_dump_json(), metadata)
+            for problem in body.problems]
     fields = {"id": batch_id, "tenant": tenant, "created_at": now(), "method": body.settings.method,
               "budget": body.settings.max_attempts, "metadata": metadata, "size": len(jobs)}
     outcome = await store.submit(
         tenant=tenant, jobs=jobs, result_id=batch_id, idempotency_key=idempotency, fingerprint=fingerprint(body),
-        idempotency_ttl_s=settings.idempotency_ttl_s, max_active_jobs=settings.max_active_jobs, batch_id=batch_id,
-        batch_fields=fields, enqueue=body.concurrency,
+        idempotency_ttl_s=settings.idempotency_ttl_s, max_active_jobs=settings.max_active_jobs,
+        max_tenant_bytes=settings.max_tenant_bytes, batch_id=batch_id, batch_fields=fields, enqueue=body.concurrency,
     )
     if outcome.outcome not in ("created", "existing"):
-        raise submission_error(outcome.outcome, outcome.id, settings.max_active_jobs, len(jobs))
+        raise submission_error(outcome.outcome, outcome.id, settings, len(jobs))
     if outcome.outcome == "existing":
         response.status_code = 200
-    return await _view(store, await owned(store, tenant, outcome.id, kind="batch"), settings.retention_s)
+    return await _view(store, await owned_batch(store, tenant, outcome.id))
 
 
 @router.get("", response_model=BatchList, responses=ERRORS)
 async def list_batches(
-    tenant: TenantDep, store: StoreDep, settings: SettingsDep,
+    tenant: TenantDep, store: StoreDep,
     after: Annotated[str | None, Query(max_length=100)] = None, limit: Annotated[int, Query(ge=1, le=50)] = 10,
 ) -> BatchList:
     """The tenant's batches, newest first, in cursor pages."""
@@ -63,21 +65,22 @@ async def list_batches(
         if record is None:
             await store.prune_index(index, [batch_id])
         else:
-            batches.append(await _view(store, record, settings.retention_s))
+            batches.append(await _view(store, record))
     return BatchList(data=batches, has_more=has_more, last_id=ids[-1] if ids else None)
 
 
 @router.get("/{batch_id}", response_model=Batch, responses=ERRORS)
-async def get_batch(batch_id: str, tenant: TenantDep, store: StoreDep, settings: SettingsDep) -> Batch:
+async def get_batch(batch_id: str, tenant: TenantDep, store: StoreDep) -> Batch:
     """A batch: its job ids, counts by status and average discovery curve against best-of-k."""
-    return await _view(store, await owned(store, tenant, batch_id, kind="batch"), settings.retention_s)
+    return await _view(store, await owned_batch(store, tenant, batch_id))
 
 
 @router.post("/{batch_id}/cancel", response_model=Batch, responses=ERRORS)
-async def cancel_batch(batch_id: str, tenant: TenantDep, store: StoreDep, settings: SettingsDep) -> Batch:
+async def cancel_batch(batch_id: str, tenant: TenantDep, store: StoreDep) -> Batch:
     """Cancel every unfinished job of the batch. Idempotent."""
-    record = await owned(store, tenant, batch_id, kind="batch")
-    await store.redis.hsetnx(store.keys.batch(batch_id), "cancel_requested_at", now())
-    for job_id in await store.batch_job_ids(batch_id):
-        await store.cancel(job_id)
-    return await _view(store, await owned(store, tenant, record["id"], kind="batch"), settings.retention_s)
+    record = await owned_batch(store, tenant, batch_id)
+    await store.request_batch_cancel(batch_id)
+    for job in await store.get_many(await store.batch_job_ids(batch_id)):
+        if job is not None:
+            await store.cancel(job)
+    return await _view(store, await owned_batch(store, tenant, record["id"]))

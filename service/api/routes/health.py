@@ -22,13 +22,13 @@ async def healthz() -> Health:
 async def readyz(store: StoreDep, settings: SettingsDep):
     """Ready when Redis answers; the count of live workers is information, not a condition."""
     try:
-        await store.redis.ping()
-        workers = await store.redis.hgetall(store.keys.workers)
+        await store.ping()
+        workers = await store.workers()
     except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
         body = Readiness(status="not_ready", redis=False, workers=0, detail=f"redis unreachable: {exc}")
         return JSONResponse(body.model_dump(), status_code=503)
     # Workers may scale to zero (KEDA) and come back when jobs wait: the API must keep accepting them meanwhile.
-    count = live_workers({k.decode(): v.decode() for k, v in workers.items()}, settings.worker_stale_s)
+    count = live_workers(workers, settings.worker_stale_s)
     detail = "" if count else (f"no worker seen in the last {settings.worker_stale_s:g} s: jobs wait in the queue "
                                "until one starts")
     return Readiness(status="ready", redis=True, workers=count, detail=detail)

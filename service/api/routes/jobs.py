@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
-from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.records import Attempt
-from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
+from sdpo_core.statuses import FINISHED, WITH_CURVE, JobStatus
+from service.deps import BlobsDep, IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
 from service.schemas import AttemptList, EventList, Job, JobCreate, JobCurve, JobEvent, JobList, Solution
-from service.views import FINISHED_WITH_CURVE, job_comparison, job_view
-from workers.jobs import STATUSES, TERMINAL, JobStatus, new_id
+from service.streams import SlotStream
+from service.streams import job_events as stream_events
+from service.submission import fingerprint, job_spec, submission_error
+from service.views import job_comparison, job_view
+from workers.jobs import new_id
 from workers.store import NewJob
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -27,31 +27,19 @@ STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 ERRORS = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such job"}}
 
 
-def fingerprint(body: JobCreate | object) -> str:
-    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-
-
-def submission_error(outcome: str, found: str, cap: int, n: int) -> ApiError:
-    if outcome == "mismatch":
-        return ApiError(422, f"this Idempotency-Key was used for another request body (it created '{found}'); "
-                             "use a new key for a new request", code="idempotency_key_reused")
-    return ApiError(429, f"the tenant has {found} queued or running jobs; the cap is {cap} and this request adds "
-                         f"{n}", code="too_many_active_jobs", headers={"Retry-After": "30"})
-
-
 @router.post("", status_code=201, response_model=Job, responses={**ERRORS, 409: {}, 413: {}, 422: {}, 429: {}})
 async def create_job(body: JobCreate, response: Response, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
                      idempotency: IdempotencyDep) -> Job:
     """Submit one problem; the same Idempotency-Key with the same body returns the same job."""
-    spec = body.to_spec(body.problem)
+    spec = job_spec(body, body.problem, settings)
     job_id = new_id("job")
     outcome = await store.submit(
         tenant=tenant, jobs=[NewJob(job_id, spec.model_dump_json(), json.dumps(body.metadata))], result_id=job_id,
         idempotency_key=idempotency, fingerprint=fingerprint(body), idempotency_ttl_s=settings.idempotency_ttl_s,
-        max_active_jobs=settings.max_active_jobs,
+        max_active_jobs=settings.max_active_jobs, max_tenant_bytes=settings.max_tenant_bytes,
     )
     if outcome.outcome not in ("created", "existing"):
-        raise submission_error(outcome.outcome, outcome.id, settings.max_active_jobs, 1)
+        raise submission_error(outcome.outcome, outcome.id, settings, 1)
     if outcome.outcome == "existing":
         response.status_code = 200
     return job_view(await owned(store, tenant, outcome.id))
@@ -82,10 +70,10 @@ async def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
 async def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
     """Cancel a job: a queued one at once, a running one within one step. Idempotent."""
     record = await owned(store, tenant, job_id)
-    if record["status"] in TERMINAL - {"cancelled"}:
-        raise ApiError(409, f"job '{job_id}' already {record['status']}; there is nothing to cancel",
+    if record.status in FINISHED - {"cancelled"}:
+        raise ApiError(409, f"job '{job_id}' already {record.status}; there is nothing to cancel",
                        code="job_finished")
-    await store.cancel(job_id)
+    await store.cancel(record)
     return job_view(await owned(store, tenant, job_id))
 
 
@@ -98,26 +86,6 @@ def _cursor(value: str | None, name: str) -> str | None:
     if value is not None and not STREAM_ID.match(value):
         raise ApiError(400, f"{name} must be an event id like '1712345678901-0'", code="invalid_cursor")
     return value
-
-
-async def _sse(request: Request, store: StoreDep, job_id: str, cursor: str, ping_s: float) -> AsyncIterator[bytes]:
-    """Events after `cursor`, then new ones as they come, until the job's final status event."""
-    while not await request.is_disconnected():
-        rows = await store.events(job_id, after=cursor, limit=100, block_ms=int(ping_s * 1000))
-        if not rows:
-            record = await store.get(job_id)
-            if record is None or record["status"] in TERMINAL and not await store.events(job_id, after=cursor,
-                                                                                          limit=1):
-                return
-            yield KEEPALIVE_COMMENT
-            continue
-        for entry_id, fields in rows:
-            event = _event(entry_id, fields)
-            yield format_sse_event(data_str=json.dumps(event.data), event=event.type, id=entry_id)
-            cursor = entry_id
-            if event.type == "status" and event.data.get("status") in TERMINAL:
-                return
-        await asyncio.sleep(0)
 
 
 @router.get(
@@ -135,9 +103,10 @@ async def job_events(
     await owned(store, tenant, job_id)
     cursor = _cursor(last_event_id, "Last-Event-ID") or _cursor(after, "after")
     if "text/event-stream" in request.headers.get("accept", ""):
-        return StreamingResponse(_sse(request, store, job_id, cursor or "0", settings.sse_ping_s),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        release = request.app.state.stream_slots.take(tenant)
+        events = stream_events(request, store, request.app.state.event_hub, job_id, cursor or "0", settings.sse_ping_s)
+        return SlotStream(events, release, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
     rows = await store.events(job_id, after=cursor, limit=limit + 1)
     events = [_event(i, f) for i, f in rows[:limit]]
     return EventList(data=events, has_more=len(rows) > limit, last_id=events[-1].id if events else None)
@@ -160,9 +129,10 @@ async def job_attempts(
 @router.get("/{job_id}/solution", response_model=Solution, responses=ERRORS)
 async def job_solution(job_id: str, tenant: TenantDep, store: StoreDep) -> Solution:
     """The first verified solution, if one was found."""
-    job = job_view(await owned(store, tenant, job_id))
-    attempt = None
-    if job.first_success_attempt is not None:
+    record = await owned(store, tenant, job_id)
+    job = job_view(record)
+    attempt = Attempt.model_validate_json(record.solution) if record.solution else None
+    if attempt is None and job.first_success_attempt is not None:  # a record from before the solution field
         rows, _ = await store.attempts(job_id, after=job.first_success_attempt - 1, limit=1)
         attempt = Attempt.model_validate_json(rows[0]) if rows else None
     return Solution(job_id=job.id, status=job.status, solved=attempt is not None, attempt=attempt)
@@ -170,7 +140,7 @@ async def job_solution(job_id: str, tenant: TenantDep, store: StoreDep) -> Solut
 
 async def _finished_job(store: StoreDep, tenant: str, job_id: str) -> Job:
     job = job_view(await owned(store, tenant, job_id))
-    if job.status not in FINISHED_WITH_CURVE:
+    if job.status not in WITH_CURVE:
         raise ApiError(409, f"job '{job_id}' is {job.status}: the curve exists once it has succeeded or exhausted "
                             "its budget", code="curve_not_ready")
     return job
@@ -195,15 +165,16 @@ async def job_curve_svg(job_id: str, tenant: TenantDep, store: StoreDep) -> Resp
 
 @router.get("/{job_id}/adapter", response_class=Response, responses={
     **ERRORS, 409: {}, 200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}})
-async def job_adapter(job_id: str, tenant: TenantDep, store: StoreDep) -> Response:
+async def job_adapter(job_id: str, tenant: TenantDep, store: StoreDep, blobs: BlobsDep) -> Response:
     """The trained LoRA adapter: a tar.gz of a folder that peft's PeftModel.from_pretrained loads."""
-    job = job_view(await owned(store, tenant, job_id))
+    record = await owned(store, tenant, job_id)
+    job = job_view(record)
     if job.method != "sdpo":
         raise ApiError(409, f"a {job.method} job trains no adapter", code="no_adapter")
-    if job.status not in FINISHED_WITH_CURVE:
+    if job.status not in WITH_CURVE:
         raise ApiError(409, f"job '{job_id}' is {job.status}: the adapter is exported when it finishes",
                        code="adapter_not_ready")
-    archive = await store.adapter(job_id)
+    archive = await asyncio.to_thread(_load_adapter, blobs, job_id) if record.adapter else None
     if archive is None:
         raise ApiError(404, f"the adapter of job '{job_id}' is not stored (export failed or expired)",
                        code="adapter_not_found")
@@ -211,4 +182,7 @@ async def job_adapter(job_id: str, tenant: TenantDep, store: StoreDep) -> Respon
                     headers={"Content-Disposition": f'attachment; filename="{job_id}-adapter.tar.gz"'})
 
 
-__all__ = ["router", "STATUSES"]
+def _load_adapter(blobs, job_id: str) -> bytes | None:
+    from workers.checkpoint import ADAPTER
+
+    return blobs.load(job_id, ADAPTER) if blobs is not None else None

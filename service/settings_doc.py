@@ -1,0 +1,64 @@
+"""docs/settings.md, generated from the settings objects so that the page and the code cannot disagree.
+
+    python -m service.settings_doc > docs/settings.md        (a test checks that the page is up to date)
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings
+
+from service.config import ApiSettings
+from workers.settings import StoreSettings, WorkerSettings
+
+HEADER = """# Settings
+
+Every setting of the service's two processes is a typed field, read once: from the environment variable
+`SDPO_<NAME>` (or a `.env` file in the working directory), overridden by the command-line flag `--<name>` of
+`sdpo serve` / `sdpo worker`. The three tables below are generated from the code (`python -m service.settings_doc >
+docs/settings.md`): `workers/settings.py` holds the shared part and the worker's, `service/config.py` the API's.
+Give the API and every worker the same shared settings (the same Redis, prefix, blob store and retention).
+"""
+
+OTHERS = """## Read elsewhere
+
+| variable | read by | meaning |
+| --- | --- | --- |
+| `SDPO_URL`, `SDPO_API_KEY` | the client SDK and the CLI's client commands | server URL (default `http://localhost:8000`) and API key |
+| `SDPO_MODEL` | `sdpo solve`, `sdpo bench` (sdpo_core/models.py) | the model when `--model` is not given (the worker reads it as its `model` setting) |
+| `SDPO_CACHE_DIR` | sdpo_core/models.py | where the offline default model is converted and cached |
+| `SDPO_VERIFIER_WORKERS` | workers/verification.py | processes of the verifier pool (default: one per core) |
+| `SDPO_SANDBOX_ISOLATION`, `SDPO_SANDBOX_PYTHON`, `SDPO_SANDBOX_TMP`, `SDPO_SANDBOX_UID_BASE`, `SDPO_SANDBOX_UID_COUNT` | workers/isolation.py | the sandbox of code-running verifiers (docs/verifiers.md) |
+| `SDPO_WEBHOOK_ALLOW_PRIVATE` | sdpo_core/verifiers/webhook.py | `1` lets webhook verifiers call private addresses (docs/verifiers.md) |
+| `SDPO_WORKER_STALE_S`, `SDPO_REDIS_URL`, `SDPO_REDIS_PREFIX` | deploy/healthcheck.py | the container health check reads the same values as the service |
+| `SDPO_RESULT_FD` | the sandbox harness | internal: the file descriptor a sandboxed child writes its result to |
+| `SDPO_TEST_DEVICE` | tests/conftest.py | tests only: `cuda` runs the engine contract suite on a GPU |
+"""
+
+
+def table(settings: type[BaseSettings], *, skip: tuple[str, ...] = ()) -> str:
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, info in settings.model_fields.items():
+        if name in skip:
+            continue
+        default = info.default_factory() if info.default_factory else info.default
+        shown = "" if default in (None, "") else f"`{default}`"
+        rows.append(f"| `SDPO_{name.upper()}` | `--{name.replace('_', '-')}` | {shown} | {info.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def render() -> str:
+    shared = tuple(StoreSettings.model_fields)
+    return "\n".join([
+        HEADER,
+        "## Shared by the API and the workers (`StoreSettings`)\n",
+        table(StoreSettings),
+        "## The worker: `sdpo worker` (`WorkerSettings`)\n",
+        table(WorkerSettings, skip=shared),
+        "## The API: `sdpo serve` (`ApiSettings`)\n",
+        table(ApiSettings, skip=shared),
+        OTHERS,
+    ])
+
+
+if __name__ == "__main__":
+    print(render(), end="")

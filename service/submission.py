@@ -1,0 +1,47 @@
+"""From a request to stored jobs: the job spec, the service's caps on it, and the answers when the store says no."""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import BaseModel
+
+from sdpo_core.discovery import default_baseline_samples
+from sdpo_core.problem import Problem
+from service.config import ApiSettings
+from service.errors import ApiError
+from service.schemas import JobOptions
+from workers.jobs import JobSpec
+
+
+def job_spec(options: JobOptions, problem: Problem, settings: ApiSettings) -> JobSpec:
+    """What a worker runs for `problem` under `options`; 422 when an option is over this service's caps."""
+    rank = options.settings.sdpo.lora_rank
+    if rank > settings.max_lora_rank:
+        raise ApiError(422, f"settings.sdpo.lora_rank: {rank} is over this service's limit of "
+                            f"{settings.max_lora_rank}", code="invalid_request",
+                       errors=[{"field": "settings.sdpo.lora_rank",
+                                "message": f"at most {settings.max_lora_rank}"}])
+    if not options.baselines:
+        samples = 0
+    else:
+        samples = options.baselines[0].attempts or default_baseline_samples(options.settings.max_attempts)
+    return JobSpec(problem=problem, settings=options.settings, baseline_attempts=samples, model=options.model)
+
+
+def fingerprint(body: BaseModel) -> str:
+    """What an Idempotency-Key remembers of the request body."""
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def submission_error(outcome: str, found: str, settings: ApiSettings, n: int) -> ApiError:
+    """The answer to a submission the store refused: a reused key, the active-job cap or the storage quota."""
+    if outcome == "mismatch":
+        return ApiError(422, f"this Idempotency-Key was used for another request body (it created '{found}'); "
+                             "use a new key for a new request", code="idempotency_key_reused")
+    if outcome == "quota":
+        return ApiError(429, f"the tenant's kept jobs hold {found} bytes; the quota is {settings.max_tenant_bytes}. "
+                             f"Finished jobs are deleted {settings.retention_s} s after they end",
+                        code="storage_quota_exceeded", headers={"Retry-After": "3600", "x-should-retry": "false"})
+    return ApiError(429, f"the tenant has {found} queued or running jobs; the cap is {settings.max_active_jobs} and "
+                         f"this request adds {n}", code="too_many_active_jobs", headers={"Retry-After": "30"})

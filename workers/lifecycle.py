@@ -1,0 +1,192 @@
+"""A leased job from start to end: open its runs (fresh or from its checkpoint), publish each step, finish or fail.
+
+Every write goes through the fenced store (workers.store.leases): when a write reports `fenced`, another worker
+holds the job now, and this one drops it without touching anything else. A checkpoint is a blob named for the
+lease generation; the step's publication makes it the job's current one, so a stale holder's blob is never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from sdpo_core.runs import comparison_runs
+from workers import checkpoint
+from workers.checkpoint import CheckpointStore
+from workers.jobs import JobFailure, JobRecord, JobSpec, now
+from workers.metrics import step_metrics, verifier_outcome
+from workers.runtime import ActiveJob
+from workers.serving import Serving
+from workers.settings import WorkerSettings
+from workers.store import Lease, StepRecord, WorkerQueue
+
+log = logging.getLogger(__name__)
+
+
+class JobLifecycle:
+    """Starts, publishes, finishes and fails the jobs of one worker."""
+
+    def __init__(self, queue: WorkerQueue, checkpoints: CheckpointStore, serving: Serving,
+                 settings: WorkerSettings) -> None:
+        self.queue, self.checkpoints, self.serving, self.settings = queue, checkpoints, serving, settings
+
+    # ---- start ------------------------------------------------------------------------------------------------
+    async def start(self, lease: Lease, record: JobRecord) -> ActiveJob | None:
+        """The job running on this worker, or None if it failed, was refused or is no longer ours."""
+        job = ActiveJob(lease=lease, spec=None)  # type: ignore[arg-type] - set below; fail() only needs the lease
+        try:
+            if lease.tries > self.settings.max_tries:
+                last = record.last_error or "the worker running it stopped (crashed or was killed)"
+                raise JobFailure("job_keeps_failing", f"the job was started {lease.tries - 1} times and did not "
+                                                      f"finish; last error: {last}")
+            job.spec = self._spec(record)
+            verify = self._verify_function(job.spec)
+            outcome = await self.queue.change(
+                lease, allowed_from=["queued", "running"], to="running",
+                fields={"worker": self.queue.worker_id, "started_at": record.started_at or now()},
+                event={"worker": self.queue.worker_id, "try": lease.tries})
+            if outcome != "ok":
+                await self.queue.release(lease)
+                return None
+            job.checkpoint = checkpoint.checkpoint_name(lease.generation)
+            job.previous_checkpoint = record.checkpoint
+            states = await asyncio.to_thread(checkpoint.load_states, self.checkpoints, lease.job_id,
+                                             record.checkpoint or checkpoint.FILENAME)
+            job.runs = await asyncio.to_thread(
+                comparison_runs, job.spec.problem, job.spec.settings, self.serving.policy,
+                baseline_samples=job.spec.baseline_attempts, name=lease.job_id, verify=verify, sink_for=job.sink,
+                states=states)
+        except Exception as exc:  # noqa: BLE001 - the job fails, the worker goes on
+            await self.fail(job, exc)
+            return None
+        if states and not await self._resume(job):
+            job.lost = True
+        log.info("job %s: running (try %d%s)", lease.job_id, lease.tries, ", resumed" if states else "")
+        return job
+
+    def _spec(self, record: JobRecord) -> JobSpec:
+        try:
+            spec = record.job_spec()
+        except ValidationError as exc:
+            raise JobFailure("invalid_job", f"the stored job cannot be read: {exc}") from exc
+        if spec.model not in (None, self.serving.model_name, self.settings.model):
+            raise JobFailure("model_not_served", f"the job asks for model '{spec.model}', but the workers serve "
+                                                 f"'{self.serving.model_name}'; leave 'model' out or submit where "
+                                                 "it is served")
+        return spec
+
+    @staticmethod
+    def _verify_function(spec: JobSpec):
+        from workers.verification import verify_function
+
+        try:
+            return verify_function(spec.problem)
+        except Exception as exc:  # noqa: BLE001 - a verifier that cannot be built is the user's to fix
+            raise JobFailure("verifier_unavailable", f"the verifier cannot be set up: {type(exc).__name__}: "
+                                                     f"{exc}") from exc
+
+    async def _resume(self, job: ActiveJob) -> bool:
+        """Make the attempts list equal the checkpoint's stored prefix: drop any beyond it, add any a crash lost."""
+        attempts = job.method.attempts
+        keep = job.restart_storage(attempts, self.settings.max_attempt_bytes)
+        if await self.queue.trim(job.lease, keep) < 0:
+            return False
+        rows = [a.model_dump_json() for a in attempts[:keep]]
+        added = await self.queue.publish(job.lease, StepRecord(
+            attempts=rows, first_index=1, fields=job.progress(),
+            events=[("resumed", {"at": now(), "worker": self.queue.worker_id, "attempts": len(attempts)})]))
+        return added >= 0
+
+    # ---- each step --------------------------------------------------------------------------------------------
+    async def after_step(self, job: ActiveJob, seconds: float) -> None:
+        """Checkpoint, then publish the step's attempts, progress, events and metrics (fenced)."""
+        fields = job.progress()
+        try:
+            await asyncio.to_thread(checkpoint.save_states, self.checkpoints, job.id, job.states(), job.checkpoint)
+            fields["checkpoint"] = job.checkpoint
+        except Exception:  # noqa: BLE001 - the job goes on; a takeover would resume from the previous checkpoint
+            log.exception("job %s: checkpoint to %s failed", job.id, self.checkpoints.url)
+        new = job.method.attempts[job.published:]
+        plan = job.to_store(self.settings.max_attempt_bytes)
+        counters, histogram = step_metrics([verifier_outcome(a.verdict) for a in new], seconds)
+        added = await self.queue.publish(job.lease, StepRecord(
+            attempts=plan.rows, first_index=plan.first_index, fields=fields, events=job.take_events(),
+            counters=counters, histogram=histogram, seconds=seconds))
+        job.commit(plan)
+        if added < 0:
+            log.warning("job %s: lease lost; another worker holds it now", job.id)
+            job.lost = True
+        elif "checkpoint" in fields and job.previous_checkpoint not in ("", job.checkpoint):
+            await self._delete_blobs(job.id, keep=(job.checkpoint, checkpoint.ADAPTER))
+            job.previous_checkpoint = ""
+
+    # ---- endings ----------------------------------------------------------------------------------------------
+    async def finish(self, job: ActiveJob) -> None:
+        """The job's final status; its adapter goes to the blob store, its checkpoints are deleted."""
+        method = job.method
+        status = method.status if method.status in ("succeeded", "exhausted", "cancelled") else "exhausted"
+        if status == "succeeded" and method.first_success is None:
+            status = "exhausted"
+        if any(run.status == "cancelled" for run in job.runs.values()):
+            status = "cancelled"
+        fields: dict[str, Any] = {**job.progress(), "error_code": "", "error_message": ""}
+        if job.spec.settings.method == "sdpo" and status != "cancelled":
+            fields["adapter"] = "1" if await self._save_adapter(job) else "0"
+        plan = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
+        if await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
+                                                          events=job.take_events())) < 0:
+            job.lost = True
+            return
+        job.commit(plan)
+        outcome = await self.queue.change(job.lease, allowed_from=["running"], to=status, fields=fields,
+                                          event={"attempts": len(method.attempts)}, ack=True, release=True)
+        log.info("job %s: %s after %d attempts", job.id, status, len(method.attempts))
+        if outcome != "fenced":
+            await self._delete_blobs(job.id, keep=(checkpoint.ADAPTER,))
+
+    async def _save_adapter(self, job: ActiveJob) -> bool:
+        try:
+            archive = await asyncio.to_thread(checkpoint.adapter_archive, job.method.state_dict(),
+                                              job.spec.settings, self.serving.resolved_model)
+            await asyncio.to_thread(self.checkpoints.save, job.id, archive, checkpoint.ADAPTER)
+            return True
+        except Exception:  # noqa: BLE001 - the result stands without the archive
+            log.exception("job %s: adapter export failed", job.id)
+            return False
+
+    async def fail(self, job: ActiveJob, exc: BaseException) -> None:
+        """A job's error: retried from its checkpoint while tries remain, else it ends `failed`."""
+        lease = job.lease
+        if isinstance(exc, JobFailure):
+            failure = exc
+        else:
+            log.exception("job %s failed", lease.job_id, exc_info=exc)
+            failure = JobFailure("job_error", f"{type(exc).__name__}: {exc}", retryable=True)
+        if failure.retryable and lease.tries < self.settings.max_tries:
+            await self.queue.hand_back(lease, reason=f"error, will retry: {failure.message}",
+                                       fields={"last_error": failure.message})
+            return
+        message = failure.message
+        if failure.retryable:
+            failure.code, message = "job_keeps_failing", f"the job failed {lease.tries} times; last error: {message}"
+        outcome = await self.queue.change(
+            lease, allowed_from=["queued", "running"], to="failed",
+            fields={"error_code": failure.code, "error_message": message},
+            event={"error": {"code": failure.code, "message": message}}, ack=True, release=True)
+        log.warning("job %s failed: %s: %s", lease.job_id, failure.code, message)
+        if outcome != "fenced":
+            await self._delete_blobs(lease.job_id)
+
+    async def delete_retired_blobs(self) -> None:
+        """Delete the blobs of jobs whose retention ended (the store's sweep queues them)."""
+        for job_id in await self.queue.blobs_to_delete():
+            await self._delete_blobs(job_id)
+
+    async def _delete_blobs(self, job_id: str, keep: tuple[str, ...] = ()) -> None:
+        try:
+            await asyncio.to_thread(self.checkpoints.delete, job_id, keep)
+        except Exception:  # noqa: BLE001 - a leftover blob costs storage, not correctness
+            log.exception("job %s: deleting its blobs failed", job_id)

@@ -1,0 +1,104 @@
+"""The settings of the service's processes, typed, each read once: environment variables SDPO_<NAME> (or a .env
+file), overridden by command-line flags that are derived from the same fields.
+
+    StoreSettings    the part every process shares: Redis, the key prefix, the blob store, retention, storage caps
+    WorkerSettings   `sdpo worker`: StoreSettings + the model, the job slots, leases, tries
+    (ApiSettings     `sdpo serve`: StoreSettings + keys, limits, streams; in service/config.py)
+
+Each field is documented once, in its description; `--help`, docs/settings.md (service/settings_doc.py) and the
+flags all come from it. A flag left out keeps the environment's value, else the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogFormat = Literal["json", "text"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class StoreSettings(BaseSettings):
+    """Redis, the blob store and what they keep: the same values for the API and every worker."""
+
+    model_config = SettingsConfigDict(env_prefix="SDPO_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(default="redis://localhost:6379/0", description="The Redis holding queue and jobs.")
+    redis_prefix: str = Field(default="sdpo", description="Prefix of every key; '{sdpo}' on a Redis Cluster.",
+                              json_schema_extra={"flags": ["--prefix"]})
+    redis_max_connections: int = Field(default=64, ge=2, description="Connections in this process's Redis pool.")
+    checkpoint_dir: Path = Field(default=Path("checkpoints"), description="Checkpoints and finished adapters: a "
+                                 "directory every worker (and, to serve adapters, the API) reaches.")
+    checkpoint_url: str | None = Field(default=None, description="s3://bucket/prefix (or a path) instead of "
+                                       "checkpoint_dir.")
+    s3_endpoint_url: str | None = Field(default=None, description="An S3-compatible server for s3:// checkpoints, "
+                                        "e.g. http://minio:9000 (default: AWS).")
+    retention_s: int = Field(default=7 * 86400, ge=60, description="How long finished jobs (records, attempts, "
+                             "events, adapters) are kept.")
+    events_maxlen: int = Field(default=10_000, ge=100, description="Events kept per job (oldest trimmed).")
+    max_attempt_bytes: int = Field(default=8 << 20, ge=4096, description="Bytes of attempts stored per job; later "
+                                   "attempts are counted, not stored (the first solution always is).")
+    log_format: LogFormat = Field(default="text", description="json: one object per line with job_id, tenant, "
+                                  "worker.")
+    log_level: LogLevel = Field(default="info", description="The lowest level logged.")
+
+    @property
+    def checkpoint_location(self) -> str:
+        """Where checkpoints and adapters go: the URL if given, else the directory."""
+        return self.checkpoint_url or str(self.checkpoint_dir)
+
+
+class WorkerSettings(StoreSettings):
+    """A worker process: one base model, several interleaved jobs."""
+
+    model: str | None = Field(default=None, description="HF id or local folder of the base model (default: the "
+                              "offline smollm2-135m-instruct).")
+    max_jobs: int = Field(default=4, ge=1, description="Jobs run at once; their attempts share generation batches.")
+    max_batch_size: int = Field(default=32, ge=1, description="Generation slots of the engine.")
+    lease_ms: int = Field(default=30_000, ge=1000, description="A job whose worker has not renewed its lease for "
+                          "this long is reclaimed by another.")
+    max_tries: int = Field(default=3, ge=1, description="Starts a job gets (crashes and errors included) before it "
+                           "ends failed.")
+    poll_ms: int = Field(default=1000, ge=1, description="How long an idle worker blocks waiting for a job.")
+    worker_id: str | None = Field(default=None, description="This worker's name (default: host-pid-random).")
+
+
+# ---- flags derived from the fields -------------------------------------------------------------------------------
+def add_flags(parser: argparse.ArgumentParser, settings: type[BaseSettings], *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field (--redis-url for redis_url), its help from the field's description."""
+    for name, info in settings.model_fields.items():
+        if name in skip:
+            continue
+        flags = [f"--{name.replace('_', '-')}", *((info.json_schema_extra or {}).get("flags", []))]
+        kind, choices = _flag_type(info.annotation)
+        default = info.default_factory() if info.default_factory else info.default
+        env = f"SDPO_{name.upper()}"
+        help_text = f"{info.description} [{env}; default {default}]".replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(*flags, dest=name, type=kind, choices=choices, default=None, help=help_text)
+
+
+def from_flags(settings: type[BaseSettings], args: argparse.Namespace, **overrides: Any) -> Any:
+    """The settings from the environment, with the flags the user gave on top."""
+    given = {name: getattr(args, name) for name in settings.model_fields if getattr(args, name, None) is not None}
+    return settings(**given, **overrides)
+
+
+def _flag_type(annotation: Any) -> tuple[type, list[str] | None]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is Literal:
+        return str, list(typing.get_args(annotation))
+    if annotation in (int, float, bool, Path):
+        return annotation, None
+    return str, None
