@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from service.api.routes.jobs import ERRORS, fingerprint, submission_error
 from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
+from service.errors import ApiError
 from service.schemas import Batch, BatchCreate, BatchList
 from service.views import batch_view, job_view
 from workers.jobs import TERMINAL, new_id, now
@@ -32,6 +33,12 @@ async def _view(store: JobStore, record: dict[str, str], retention_s: int) -> Ba
 async def create_batch(body: BatchCreate, response: Response, tenant: TenantDep, store: StoreDep,
                        settings: SettingsDep, idempotency: IdempotencyDep) -> Batch:
     """Submit many problems; each becomes a job with the batch's options."""
+    if len(body.problems) > settings.max_active_jobs:  # a 429 would invite retries that can never succeed
+        detail = (f"the batch has {len(body.problems)} problems, more than the {settings.max_active_jobs} queued or "
+                  f"running jobs a tenant may have: it can never be accepted; split it into batches of at most "
+                  f"{settings.max_active_jobs}")
+        raise ApiError(422, detail, code="batch_exceeds_active_job_cap",
+                       errors=[{"field": "problems", "message": detail}])
     batch_id = new_id("batch")
     metadata = json.dumps(body.metadata)
     jobs = [NewJob(new_id("job"), body.to_spec(problem).model_dump_json(), metadata) for problem in body.problems]
