@@ -19,6 +19,7 @@ from service.auth import hash_key
 from service.config import Settings
 
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+CHECKPOINT_KEY = "test-checkpoint-key-shared-by-the-workers"  # so that a worker can resume another's checkpoint
 
 
 def api_settings(redis_url: str, prefix: str, **overrides) -> Settings:
@@ -73,7 +74,8 @@ class Workers:
         ]
         if self.checkpoint_url:
             command += ["--checkpoint-url", self.checkpoint_url]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "SDPO_CHECKPOINT_KEY": CHECKPOINT_KEY}
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=Path(__file__).resolve().parent.parent)
         self.processes.append(process)

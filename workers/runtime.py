@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdpo_core.settings import RunSettings
-from workers.jobs import JobSpec
+from workers.jobs import JobFailure, JobSpec
 from workers.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def open_runs(job: ActiveJob, *, policy: Any, verify: Any, states: dict[str, dic
     wanted = {METHOD: job.spec.settings}
     if job.spec.baseline_attempts > 0 and not self_baseline(job.spec):
         wanted[BASELINE] = baseline_settings(job.spec.settings, job.spec.baseline_attempts)
+    if states:
+        check_restored(job.spec, states, wanted)
     try:
         for key, settings in wanted.items():
             kwargs = {"name": names[key], "verify": verify, "on_event": job.sink(key)}
@@ -108,3 +110,17 @@ def open_runs(job: ActiveJob, *, policy: Any, verify: Any, states: dict[str, dic
     except BaseException:
         job.close()
         raise
+
+
+def check_restored(spec: JobSpec, states: dict[str, dict[str, Any]], wanted: dict[str, RunSettings]) -> None:
+    """The checkpoint must hold exactly the job's runs, each with the job's problem (and verifier) and settings as
+    stored in Redis: what runs is always what was submitted, never what a checkpoint says."""
+    if set(states) != set(wanted):
+        raise JobFailure("checkpoint_mismatch", f"the job's checkpoint holds the runs {sorted(states)}, the job has "
+                                                f"{sorted(wanted)}; it was not resumed")
+    problem = spec.problem.model_dump(mode="json")
+    for key, settings in wanted.items():
+        for part, expected in (("problem", problem), ("settings", settings.model_dump(mode="json"))):
+            if states[key].get(part) != expected:
+                raise JobFailure("checkpoint_mismatch", f"the {part} in the job's checkpoint ({key} run) differs from "
+                                                        "the job's; it was not resumed")
