@@ -42,7 +42,8 @@ from sdpo_core.verifiers import (
     build_verifier,
     clip_feedback,
 )
-from workers.isolation import SandboxOptions
+from workers.hardening import make_undumpable
+from workers.isolation import SandboxOptions, SandboxRefused
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ def _out_of_budget(budget_s: float | None) -> Verdict:
 def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions | None) -> None:
     """Answer verification requests until the pool closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    make_undumpable()  # it inherited the worker's environment: keep it from processes of the same uid
     verifiers = _VerifierCache(options)
     while True:
         try:
@@ -273,6 +275,8 @@ def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions 
         try:
             problem, verifier = verifiers.get(problem_json)
             verdict = verifier.verify(problem, completion)
+        except SandboxRefused as exc:
+            verdict = _broken(f"Not run: {exc}.")
         except Exception as exc:  # noqa: BLE001 - a verifier bug is reported on the attempt
             verdict = _broken(f"The verifier failed: {type(exc).__name__}: {exc}")
         conn.send_bytes(verdict.model_dump_json().encode())

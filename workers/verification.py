@@ -3,7 +3,8 @@
 Every verifier type runs in a VerifierPool process under a hard time limit, never in the caller: answer types parse
 untrusted text with user-supplied patterns (a backtracking regex or a sympy power tower holds the GIL, so in the
 worker it would stall generation and the lease heartbeat alike), code-running types start sandboxes, webhooks wait
-on the network. Operator settings (environment):
+on the network. A type that runs code is refused up front where the sandbox is below SDPO_SANDBOX_MIN_ISOLATION
+(workers/isolation.py). Operator settings (environment):
 
     SDPO_VERIFIER_WORKERS          processes of the shared pool (default: one per core)
     SDPO_VERIFY_ATTEMPT_TIMEOUT_S  cap on one verification (default: from the verifier's own limits)
@@ -20,7 +21,8 @@ import os
 import threading
 
 from sdpo_core.problem import Problem
-from sdpo_core.verifiers import Verdict, VerifyFn
+from sdpo_core.verifiers import SANDBOXED_TYPES, Verdict, VerifyFn
+from workers.isolation import SandboxOptions, checked_isolation
 from workers.pool import VerifierPool
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,12 @@ def _seconds(name: str, default: float | None) -> float | None:
 
 
 def verify_function(problem: Problem, *, pool: VerifierPool | None = None) -> VerifyFn:
-    """The batch verify callable the loop uses for `problem`: the pool's, with the step budget."""
+    """The batch verify callable the loop uses for `problem`: the pool's, with the step budget.
+
+    For a type that runs code, SandboxRefused (logged) when this machine's sandbox is below the required isolation:
+    the job fails with that message before any of its code runs."""
+    if problem.verifier.type in SANDBOXED_TYPES:
+        checked_isolation(SandboxOptions.from_env())
     pool = pool or shared_pool()
     return functools.partial(pool.verify_batch, budget_s=_seconds(STEP_BUDGET_ENV, DEFAULT_STEP_BUDGET_S))
 

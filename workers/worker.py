@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workers import checkpoint
 from workers.checkpoint import CheckpointStore
+from workers.hardening import make_undumpable
 from workers.jobs import TERMINAL, JobFailure, JobSpec, now
 from workers.keys import GROUP, Keys
 from workers.logs import log_context, set_context
@@ -86,6 +87,7 @@ class Worker:
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`)."""
         set_context(worker=self.id)
+        make_undumpable()  # its environment holds the Redis password and storage keys
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
