@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
-from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError
+from service.schemas import QUESTION_PREVIEW_CHARS, BaselineProgress, Batch, BatchCurve, Job, JobError, JobSummary
 from workers.jobs import TERMINAL, JobSpec
 
 FINISHED_WITH_CURVE = ("succeeded", "exhausted")
@@ -38,7 +38,40 @@ def job_view(record: dict[str, str]) -> Job:
     )
 
 
-def baseline_outcomes(job: Job) -> list[bool]:
+# The job record's fields a listing reads: everything but the spec (the problem, possibly megabytes).
+SUMMARY_FIELDS = ("id", "tenant", "status", "created_at", "started_at", "finished_at", "cancel_requested_at",
+                  "batch_id", "attempts", "steps", "best_reward", "first_success_attempt", "baseline_samples",
+                  "baseline_successes", "error_code", "error_message", "metadata", "summary")
+
+
+def summary_json(spec: JobSpec) -> str:
+    """What a listing shows of a job's request, stored beside the spec at submission (the `summary` field)."""
+    return json.dumps({"method": spec.settings.method, "budget": spec.settings.max_attempts,
+                       "problem_id": spec.problem.id, "question": spec.problem.question[:QUESTION_PREVIEW_CHARS],
+                       "verifier": spec.problem.verifier.type})
+
+
+def job_summary_view(record: dict[str, str]) -> JobSummary:
+    """A listing's view of a record (read with SUMMARY_FIELDS; older records without a summary bring their spec)."""
+    summary = json.loads(record["summary"] if record.get("summary") else
+                         summary_json(JobSpec.model_validate_json(record["spec"])))
+    samples = _int(record.get("baseline_samples"))
+    first = _int(record.get("first_success_attempt"))
+    return JobSummary(
+        id=record["id"], status=record["status"], created_at=float(record["created_at"]),
+        started_at=_float(record.get("started_at")), finished_at=_float(record.get("finished_at")),
+        cancel_requested_at=_float(record.get("cancel_requested_at")), batch_id=record.get("batch_id") or None,
+        attempts=int(record.get("attempts") or 0), steps=int(record.get("steps") or 0),
+        best_reward=float(record.get("best_reward") or 0.0), solved=first is not None, first_success_attempt=first,
+        baseline=BaselineProgress(samples=samples, successes=int(record.get("baseline_successes") or 0))
+        if samples is not None else None,
+        error=JobError(code=record["error_code"], message=record.get("error_message", ""))
+        if record.get("error_code") else None,
+        metadata=json.loads(record.get("metadata") or "{}"), **summary,
+    )
+
+
+def baseline_outcomes(job: Job | JobSummary) -> list[bool]:
     """The best-of-k samples' outcomes (only their count and successes matter to pass@k)."""
     if job.baseline is None:
         return []
@@ -49,7 +82,7 @@ def job_comparison(job: Job) -> Comparison:
     return compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget)
 
 
-def batch_curve(jobs: list[Job], budget: int, method: str) -> BatchCurve | None:
+def batch_curve(jobs: list[JobSummary], budget: int, method: str) -> BatchCurve | None:
     """The average discovery curve of the finished jobs against their average best-of-k curve."""
     finished = [job for job in jobs if job.status in FINISHED_WITH_CURVE]
     if not finished:
@@ -75,7 +108,7 @@ def batch_curve(jobs: list[Job], budget: int, method: str) -> BatchCurve | None:
     return BatchCurve(budget=budget, problems=len(finished), curves=curves, note=note)
 
 
-def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[Job]) -> Batch:
+def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[JobSummary]) -> Batch:
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1

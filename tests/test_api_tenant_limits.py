@@ -54,3 +54,50 @@ def test_a_batch_larger_than_the_active_job_cap_is_422_not_a_retryable_429(http)
     full = http.post("/v1/batches", json={"problems": [PROBLEM]})  # fits the cap, not the room left: retry later
     assert full.status_code == 429 and "Retry-After" in full.headers
     http.post(f"/v1/batches/{fits.json()['id']}/cancel")
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_listings_carry_no_problems_and_never_read_them(http, redis_client):
+    """A job's problem can be megabytes of tests: a page of jobs (or a batch) must neither return nor read it."""
+    cancel_all(http)
+    big = {**PROBLEM, "id": "big-one", "prompt": "Q" * 400_000}
+    job = http.post("/v1/jobs", json={"problem": big, "budget": 32})
+    assert job.status_code == 201
+    batch = http.post("/v1/batches", json={"problems": [{**PROBLEM, "prompt": "R" * 300_000}] * 2})
+    assert batch.status_code == 201
+    redis_client.config_resetstat()
+    page = http.get("/v1/jobs", params={"limit": 10})
+    batch_page = http.get(f"/v1/batches/{batch.json()['id']}")
+    assert page.status_code == 200 and batch_page.status_code == 200
+    assert len(page.content) < 20_000 and len(batch_page.content) < 20_000
+    sent = redis_client.info("stats")["total_net_output_bytes"]
+    assert sent < 100_000, f"Redis sent {sent} bytes for a page of jobs and a batch: the problems were read"
+    listed = next(j for j in page.json()["data"] if j["id"] == job.json()["id"])
+    assert "problem" not in listed and "settings" not in listed
+    assert listed["problem_id"] == "big-one" and listed["question"] == "Q" * 200 and listed["verifier"] == "numeric"
+    assert (listed["method"], listed["budget"], listed["status"]) == ("sdpo", 32, "queued")
+    assert http.get(f"/v1/jobs/{job.json()['id']}").json()["problem"]["prompt"] == big["prompt"]  # one job: whole
+    cancel_all(http)
+
+
+def test_an_adapter_download_streams_in_pieces(http, redis_client, api):
+    """The archive (hundreds of MB at high rank) goes out in GETRANGE pieces, never read whole into the API."""
+    job = http.post("/v1/jobs", json={"problem": PROBLEM, "budget": 32}).json()
+    prefix = api.server.config.app.state.settings.redis_prefix
+    archive = os.urandom(3 * (1 << 20) + 12345)
+    redis_client.hset(f"{prefix}:job:{job['id']}", "status", "succeeded")
+    redis_client.set(f"{prefix}:job:{job['id']}:adapter", archive)
+    redis_client.config_resetstat()
+    response = http.get(f"/v1/jobs/{job['id']}/adapter")
+    assert response.status_code == 200 and response.content == archive
+    assert response.headers["content-length"] == str(len(archive))
+    used = redis_client.info("commandstats")
+    assert "cmdstat_get" not in used and used["cmdstat_getrange"]["calls"] >= 4

@@ -169,6 +169,13 @@ class JobStore:
         outcome, found = await self._submit(keys=[self.keys.prefix], args=args)
         return SubmitOutcome(_s(outcome), _s(found))
 
+    async def set_summaries(self, summaries: dict[str, str]) -> None:
+        """Store each new job's listing summary (JSON) beside its spec, so listings never read the spec."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, summary in summaries.items():
+                pipe.hset(self.keys.job(job_id), "summary", summary)
+            await pipe.execute()
+
     # ---- reading ----------------------------------------------------------------------------------------------
     async def get(self, job_id: str) -> dict[str, str] | None:
         fields = await self.redis.hgetall(self.keys.job(job_id))
@@ -220,6 +227,18 @@ class JobStore:
 
     async def adapter(self, job_id: str) -> bytes | None:
         return await self.redis.get(self.keys.adapter(job_id))
+
+    async def adapter_size(self, job_id: str) -> int:
+        """Bytes of the job's adapter archive; 0 when there is none."""
+        return int(await self.redis.strlen(self.keys.adapter(job_id)))
+
+    async def adapter_chunks(self, job_id: str, size: int, chunk_bytes: int = 1 << 20):
+        """The adapter archive in pieces of `chunk_bytes` (GETRANGE): a download never holds it whole."""
+        for start in range(0, size, chunk_bytes):
+            piece = await self.redis.getrange(self.keys.adapter(job_id), start, min(start + chunk_bytes, size) - 1)
+            if not piece:
+                return  # expired meanwhile: the client sees a short body
+            yield piece
 
     async def batch(self, batch_id: str) -> dict[str, str] | None:
         fields = await self.redis.hgetall(self.keys.batch(batch_id))

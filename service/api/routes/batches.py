@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.routes.jobs import ERRORS, fingerprint, submission_error
+from service.api.routes.jobs import ERRORS, fingerprint, read_summaries, submission_error
 from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
 from service.schemas import Batch, BatchCreate, BatchList
-from service.views import batch_view, job_view
+from service.views import batch_view, job_summary_view, summary_json
 from workers.jobs import TERMINAL, new_id, now
 from workers.store import JobStore, NewJob
 
@@ -21,8 +21,8 @@ router = APIRouter(prefix="/batches", tags=["batches"])
 
 async def _view(store: JobStore, record: dict[str, str], retention_s: int) -> Batch:
     job_ids = await store.batch_job_ids(record["id"])
-    records = await store.get_many(job_ids)
-    jobs = [job_view(r) for r in records if r is not None]
+    records = await read_summaries(store, job_ids)  # never the problems: a batch has up to 1000
+    jobs = [job_summary_view(r) for r in records if r is not None]
     if jobs and all(job.status in TERMINAL for job in jobs):  # finished: expire with its jobs
         await store.redis.expire(store.keys.batch(record["id"]), retention_s)
         await store.redis.expire(store.keys.batch_jobs(record["id"]), retention_s)
@@ -41,7 +41,8 @@ async def create_batch(body: BatchCreate, response: Response, tenant: TenantDep,
                        errors=[{"field": "problems", "message": detail}])
     batch_id = new_id("batch")
     metadata = json.dumps(body.metadata)
-    jobs = [NewJob(new_id("job"), body.to_spec(problem).model_dump_json(), metadata) for problem in body.problems]
+    specs = {new_id("job"): body.to_spec(problem) for problem in body.problems}
+    jobs = [NewJob(job_id, spec.model_dump_json(), metadata) for job_id, spec in specs.items()]
     fields = {"id": batch_id, "tenant": tenant, "created_at": now(), "method": body.settings.method,
               "budget": body.settings.max_attempts, "metadata": metadata, "size": len(jobs)}
     outcome = await store.submit(
@@ -53,6 +54,8 @@ async def create_batch(body: BatchCreate, response: Response, tenant: TenantDep,
         raise submission_error(outcome.outcome, outcome.id, settings.max_active_jobs, len(jobs))
     if outcome.outcome == "existing":
         response.status_code = 200
+    else:
+        await store.set_summaries({job_id: summary_json(spec) for job_id, spec in specs.items()})
     return await _view(store, await owned(store, tenant, outcome.id, kind="batch"), settings.retention_s)
 
 

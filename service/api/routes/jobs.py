@@ -18,9 +18,16 @@ from sdpo_core.records import Attempt
 from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
 from service.schemas import AttemptList, EventList, Job, JobCreate, JobCurve, JobEvent, JobList, Solution
-from service.views import FINISHED_WITH_CURVE, job_comparison, job_view
+from service.views import (
+    FINISHED_WITH_CURVE,
+    SUMMARY_FIELDS,
+    job_comparison,
+    job_summary_view,
+    job_view,
+    summary_json,
+)
 from workers.jobs import STATUSES, TERMINAL, JobStatus, new_id
-from workers.store import NewJob
+from workers.store import JobStore, NewJob
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -29,6 +36,16 @@ ERRORS = {401: {"description": "Missing or invalid API key"}, 404: {"description
 
 def fingerprint(body: JobCreate | object) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+async def read_summaries(store: JobStore, job_ids: list[str]) -> list[dict[str, str] | None]:
+    """The records of `job_ids` without their specs (None where gone); a record stored before summaries existed
+    brings its spec instead."""
+    records = await store.get_many(job_ids, fields=SUMMARY_FIELDS)
+    for job_id, record in zip(job_ids, records, strict=True):
+        if record is not None and not record.get("summary"):
+            record["spec"] = (await store.get_many([job_id], fields=["spec"]))[0]["spec"]
+    return records
 
 
 def submission_error(outcome: str, found: str, cap: int, n: int) -> ApiError:
@@ -54,6 +71,8 @@ async def create_job(body: JobCreate, response: Response, tenant: TenantDep, sto
         raise submission_error(outcome.outcome, outcome.id, settings.max_active_jobs, 1)
     if outcome.outcome == "existing":
         response.status_code = 200
+    else:
+        await store.set_summaries({job_id: summary_json(spec)})
     return job_view(await owned(store, tenant, outcome.id))
 
 
@@ -63,12 +82,12 @@ async def list_jobs(
     after: Annotated[str | None, Query(max_length=100, description="The last id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
-    """The tenant's jobs, newest first, in cursor pages."""
+    """The tenant's jobs, newest first, in cursor pages; each a summary (GET /v1/jobs/{id} has the problem)."""
     index = store.keys.tenant_status(tenant, status) if status else store.keys.tenant_jobs(tenant)
     ids, has_more = await store.page_ids(index, after=after, limit=limit)
-    records = await store.get_many(ids)
+    records = await read_summaries(store, ids)
     await store.prune_index(index, [i for i, r in zip(ids, records, strict=True) if r is None])
-    jobs = [job_view(r) for r in records if r is not None]
+    jobs = [job_summary_view(r) for r in records if r is not None]
     return JobList(data=jobs, has_more=has_more, last_id=ids[-1] if ids else None)
 
 
@@ -203,12 +222,12 @@ async def job_adapter(job_id: str, tenant: TenantDep, store: StoreDep) -> Respon
     if job.status not in FINISHED_WITH_CURVE:
         raise ApiError(409, f"job '{job_id}' is {job.status}: the adapter is exported when it finishes",
                        code="adapter_not_ready")
-    archive = await store.adapter(job_id)
-    if archive is None:
+    size = await store.adapter_size(job_id)
+    if not size:
         raise ApiError(404, f"the adapter of job '{job_id}' is not stored (export failed or expired)",
                        code="adapter_not_found")
-    return Response(archive, media_type="application/gzip",
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}-adapter.tar.gz"'})
+    return StreamingResponse(store.adapter_chunks(job_id, size), media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{job_id}-adapter.tar.gz"', "Content-Length": str(size)})
 
 
 __all__ = ["router", "STATUSES"]
