@@ -152,9 +152,9 @@ function problemLabel(problem) {
   return shorten(problem.prompt || (problem.messages || []).map((m) => m.content).join(" "));
 }
 
-// A listing's job carries no problem, only its label and the start of its question.
+// A listing's job carries no problem, only its label and the start of its question; a job read alone has both.
 function summaryLabel(job) {
-  return job.problem_id || shorten(job.question);
+  return job.problem ? problemLabel(job.problem) : job.problem_id || shorten(job.question);
 }
 
 // ---- sign in and out ----------------------------------------------------------------------------------------------
