@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 _CACHED_VERIFIERS = 8
 _EXTRA_S = 30.0  # margin over a verifier's own worst case (and a fresh process's imports) before the pool gives up
-_ANSWER_S = 10.0  # exact, numeric, regex: plain text checks; a regex that takes longer is catastrophic
+_ANSWER_S = 10.0  # exact, numeric, regex, checklist: plain text checks; a regex that takes longer is catastrophic
 
 
 def worst_case_seconds(problem: Problem) -> float:
@@ -64,7 +64,7 @@ def worst_case_seconds(problem: Problem) -> float:
         return (spec.max_retries + 1) * (spec.timeout_s + 2.0**spec.max_retries) + _EXTRA_S
     if isinstance(spec, MathSpec):
         return 4.0 * spec.timeout_s + _EXTRA_S
-    if spec.type in ("exact", "numeric", "regex"):
+    if spec.type in ("exact", "numeric", "regex", "checklist"):
         return _ANSWER_S + _EXTRA_S
     return 60.0 + _EXTRA_S  # reasoning_gym: building a dataset entry can take a while
 
