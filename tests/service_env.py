@@ -64,7 +64,8 @@ class Workers:
     checkpoint_url: str | None = None
 
     def start(self, *, lease_ms: int = 2000, max_jobs: int = 4, max_tries: int = 3,
-              checkpoint_dir: Path | None = None, log_format: str = "json") -> subprocess.Popen:
+              checkpoint_dir: Path | None = None, log_format: str = "json",
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_path(len(self.processes)), "w")  # noqa: SIM115 - lives with the process
         command = [
             sys.executable, "-m", "service.cli", "worker", "--model", str(self.model), "--redis-url", self.redis_url,
@@ -75,7 +76,7 @@ class Workers:
         if self.checkpoint_url:
             command += ["--checkpoint-url", self.checkpoint_url]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "SDPO_CHECKPOINT_KEY": CHECKPOINT_KEY}
+               "SDPO_CHECKPOINT_KEY": CHECKPOINT_KEY, **(env or {})}
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=Path(__file__).resolve().parent.parent)
         self.processes.append(process)

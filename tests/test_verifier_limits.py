@@ -114,3 +114,24 @@ def test_batches_of_two_jobs_share_the_processes(monkeypatch):
         a.join()
     assert finished["b"] < finished["a"]
     assert finished["b"] - started_b < 0.5 * (finished["a"] - started_b)
+
+
+def test_the_jobs_of_a_step_verify_at_the_same_time(tiny_policy):
+    """Two runs sharing a generation batch: each one's verification waits for the other to have started, which
+    only works if run_step verifies them concurrently (one slow verifier does not hold the other job)."""
+    from sdpo_core.hf_engine import TransformersEngine
+    from sdpo_core.loop import ProblemRun, run_step
+    from sdpo_core.settings import RunSettings
+    from sdpo_core.verifiers import Verdict
+
+    both_started = threading.Barrier(2, timeout=20)
+
+    def verify(problem, completions):
+        both_started.wait()
+        return [Verdict(reward=0.0, solved=False, feedback="no") for _ in completions]
+
+    problem = Problem.model_validate({"prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}})
+    settings = RunSettings(method="best-of-k", max_attempts=4, attempts_per_step=2, max_new_tokens=4)
+    runs = [ProblemRun(problem, settings, tiny_policy, name=name, verify=verify) for name in ("a", "b")]
+    events = run_step(runs, TransformersEngine(tiny_policy))
+    assert [e.attempts for e in events] == [2, 2]
