@@ -17,7 +17,7 @@ CAP = 5
 
 @pytest.fixture(scope="module")
 def api(redis_url):
-    settings = api_settings(redis_url, f"limits-{os.getpid()}", max_active_jobs=CAP, rate_limit_per_minute=10_000)
+    settings = api_settings(redis_url, f"tenant-limits-{os.getpid()}", max_active_jobs=CAP, rate_limit_per_minute=10_000)
     with ApiServer(settings) as server:
         yield server
 
