@@ -82,6 +82,9 @@ USER 10001:10001
 RUN HF_HUB_OFFLINE=1 python -c "from sdpo_core.models import load_model_and_tokenizer as load; load(None, device='cpu')"
 
 FROM cpu-runtime AS cpu-worker
+# Code-running verifiers refuse to run unless bubblewrap isolates them: run the container with
+# deploy/seccomp/sdpo-worker.json and AppArmor unconfined (compose does; docs/deploy.md, "Verifier sandbox").
+ENV SDPO_SANDBOX_MIN_ISOLATION=bwrap
 STOPSIGNAL SIGTERM
 # The start period covers loading the model; after it, a heartbeat older than SDPO_WORKER_STALE_S is unhealthy.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
@@ -130,7 +133,8 @@ COPY deploy/healthcheck.py /opt/sdpo/healthcheck.py
 WORKDIR /data
 ENV SDPO_CHECKPOINT_DIR=/data/checkpoints \
     SDPO_LOG_FORMAT=json \
-    HF_HOME=/home/sdpo/.cache/huggingface
+    HF_HOME=/home/sdpo/.cache/huggingface \
+    SDPO_SANDBOX_MIN_ISOLATION=bwrap
 USER 10001:10001
 RUN HF_HUB_OFFLINE=1 python -c "from sdpo_core.models import load_model_and_tokenizer as load; load(None, device='cpu')"
 STOPSIGNAL SIGTERM

@@ -105,13 +105,29 @@ def best_of_k_curve(
     def curve_for(n: int, c: int) -> tuple[float, ...]:
         return tuple(pass_at_k(n, c, k) for k in ks)
 
-    def curve(sample: Sequence[bool]) -> list[float]:
-        return list(curve_for(len(sample), sum(sample)))
-
-    low, high = bootstrap_band(list(outcomes), curve, n_boot=n_boot, confidence=confidence, seed=seed)
+    # pass@k depends on a resample only through its success count, which is Binomial(n, c/n): drawing that count
+    # is the same bootstrap as resampling the n outcomes, at a cost that does not grow with n.
+    n, c = len(outcomes), sum(outcomes)
+    rng = random.Random(seed)
+    draw = _binomial_draw(n, c / n)
+    low, high = _band([list(curve_for(n, draw(rng))) for _ in range(n_boot)], confidence)
     return DiscoveryCurve(
-        label=label, ks=list(ks), mean=curve(outcomes), low=low, high=high, runs=len(outcomes), confidence=confidence
+        label=label, ks=list(ks), mean=list(curve_for(n, c)), low=low, high=high, runs=n, confidence=confidence
     )
+
+
+def _binomial_draw(n: int, p: float) -> Callable[[random.Random], int]:
+    """A sampler of Binomial(n, p) by inverse CDF over mean +- 12 sd (the mass outside is below 1e-30)."""
+    if p <= 0.0 or p >= 1.0:
+        return lambda rng: round(n * p)
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    lo, hi = max(0, math.floor(mean - 12 * sd - 12)), min(n, math.ceil(mean + 12 * sd + 12))
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    cdf, total = [], 0.0
+    for k in range(lo, hi + 1):
+        total += math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+        cdf.append(total)
+    return lambda rng: lo + min(bisect.bisect_right(cdf, rng.random() * total), hi - lo)
 
 
 def sequential_curve(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, te
 from sdpo_core.settings import LEARNING_METHODS, RunSettings, SDPOSettings
 from sdpo_core.teacher import drop_teacher, init_teacher, teacher_adapter
 from sdpo_core.update import DistillSample, make_optimizer, sdpo_update
-from sdpo_core.verifiers import VerifyFn, verify_attempts
+from sdpo_core.verifiers import Verdict, VerifyFn, verify_attempts
 
 STATE_VERSION = 1
 
@@ -152,14 +153,20 @@ class ProblemRun:
             temperature=self.settings.temperature,
         )
 
-    def finish_step(self, request: GenerationRequest, completions: list[Completion],
-                    generate_seconds: float = 0.0) -> ProgressEvent:
-        """Verify the step's attempts, record them, update the adapter (sdpo), report progress."""
-        assert not self.done, "finish_step on a finished run"
-        self.step += 1
+    def verify_step(self, completions: list[Completion]) -> tuple[list[Verdict], float]:
+        """The verdicts on a step's attempts, and the seconds they took."""
         clock = time.perf_counter()
         verdicts = self.verify(self.problem, [c.text for c in completions])
-        verify_seconds = time.perf_counter() - clock
+        return verdicts, time.perf_counter() - clock
+
+    def finish_step(self, request: GenerationRequest, completions: list[Completion],
+                    generate_seconds: float = 0.0, verified: tuple[list[Verdict], float] | None = None
+                    ) -> ProgressEvent:
+        """Verify the step's attempts (unless `verified` brings verify_step's answer), record them, update the
+        adapter (sdpo), report progress."""
+        assert not self.done, "finish_step on a finished run"
+        self.step += 1
+        verdicts, verify_seconds = verified or self.verify_step(completions)
         new = [
             Attempt(
                 index=index, step=self.step, text=c.text, token_count=len(c.token_ids), truncated=c.truncated,
@@ -279,10 +286,15 @@ def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[Progr
     completions = engine.generate([request for _, request in live])
     generate_seconds = time.perf_counter() - clock
     generated = [sum(len(c.token_ids) for c in run_completions) for run_completions in completions]
+    # Every run's attempts are verified at once: one run's slow verifier does not delay the others' verification.
+    with ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="verify-step") as threads:
+        verified = list(threads.map(lambda run, run_completions: run.verify_step(run_completions),
+                                    [run for run, _ in live], completions))
     events = []
-    for (run, request), run_completions, tokens in zip(live, completions, generated, strict=True):
+    for (run, request), run_completions, tokens, run_verified in zip(live, completions, generated, verified,
+                                                                      strict=True):
         share = tokens / sum(generated) if sum(generated) else 1 / len(live)  # each run pays for its own tokens
-        events.append(run.finish_step(request, run_completions, generate_seconds * share))
+        events.append(run.finish_step(request, run_completions, generate_seconds * share, run_verified))
         if run.adapter is not None:
             engine.publish_adapter(run.adapter)
     return events

@@ -34,16 +34,22 @@ class RowAdapters:
 
 
 @torch.no_grad()
-def _concat_adapters(module: LoraLayer, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _concat_adapters(module: LoraLayer, keys: list[str]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[None, None, None]:
     """All adapters of one layer side by side, in the base layer's dtype:
     A (sum r, in), B (out, sum r) with each adapter's scaling folded in, and a block mask (n + 1, sum r) whose
-    row i keeps adapter i's columns (row 0, the base model, keeps none)."""
+    row i keeps adapter i's columns (row 0, the base model, keeps none). An adapter that does not wrap this layer
+    (its job chose other target modules) has no columns: its rows get the base layer alone. (None, None, None)
+    when no adapter wraps the layer."""
+    present = [(i, key) for i, key in enumerate(keys, start=1) if key in module.lora_A]
+    if not present:
+        return None, None, None
     dtype = module.base_layer.weight.dtype
-    a_cat = torch.cat([module.lora_A[k].weight for k in keys]).to(dtype)
-    b_cat = torch.cat([module.lora_B[k].weight * module.scaling[k] for k in keys], dim=1).to(dtype)
+    a_cat = torch.cat([module.lora_A[k].weight for _, k in present]).to(dtype)
+    b_cat = torch.cat([module.lora_B[k].weight * module.scaling[k] for _, k in present], dim=1).to(dtype)
     mask = a_cat.new_zeros(len(keys) + 1, a_cat.shape[0])
     start = 0
-    for i, key in enumerate(keys, start=1):
+    for i, key in present:
         rank = module.lora_A[key].weight.shape[0]
         mask[i, start: start + rank] = 1
         start += rank

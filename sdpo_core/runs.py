@@ -52,6 +52,15 @@ def self_baseline(settings: RunSettings) -> bool:
     return settings.method == "best-of-k" and not settings.stop_at_first_success
 
 
+def comparison_settings(settings: RunSettings, baseline_samples: int) -> dict[str, RunSettings]:
+    """The settings of each run of a comparison: the method's and, unless it is its own baseline or
+    `baseline_samples` is 0, the best-of-k baseline's."""
+    wanted = {METHOD: settings}
+    if baseline_samples > 0 and not self_baseline(settings):
+        wanted[BASELINE] = baseline_settings(settings, baseline_samples)
+    return wanted
+
+
 def comparison_runs(
     problem: Problem, settings: RunSettings, policy: LoraPolicy, *, baseline_samples: int, name: str,
     verify: VerifyFn = verify_attempts, sink_for: Callable[[str], EventSink] = lambda key: ignore_events,
@@ -59,9 +68,7 @@ def comparison_runs(
 ) -> dict[str, ProblemRun]:
     """The method's run and, unless it is its own baseline or `baseline_samples` is 0, a best-of-k baseline run;
     fresh, or restored from checkpointed `states`. Adapter names: `name` and `name`-baseline."""
-    wanted = {METHOD: settings}
-    if baseline_samples > 0 and not self_baseline(settings):
-        wanted[BASELINE] = baseline_settings(settings, baseline_samples)
+    wanted = comparison_settings(settings, baseline_samples)
     names = {METHOD: name, BASELINE: f"{name}-baseline"}
     runs: dict[str, ProblemRun] = {}
     try:

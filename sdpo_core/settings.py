@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["sdpo", "best-of-k", "multi-turn", "auto"]
 LEARNING_METHODS = ("sdpo", "auto")  # methods that own an adapter
@@ -18,6 +18,9 @@ ContrastAnchor = Literal["teacher", "student"]
 
 # All attention and MLP projections of Llama/Qwen/Mistral-style decoders.
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The only layers a job's adapter may wrap. The embeddings and the output head are shared by every job on a worker:
+# an adapter there changes the layer under all of them (peft never unwraps it), so they are refused.
+ALLOWED_TARGET_MODULES = frozenset(DEFAULT_TARGET_MODULES)
 
 
 class SDPOSettings(BaseModel):
@@ -42,7 +45,8 @@ class SDPOSettings(BaseModel):
     grad_clip: float = Field(default=1.0, gt=0)
     lora_rank: int = Field(default=16, ge=1, le=512)
     lora_alpha: float = Field(default=32.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1,
+                                      description="Projections that get LoRA factors; a subset of the defaults.")
     teacher_context: TeacherContext = Field(
         default="feedback", description="feedback: the teacher reads the reprompt with the feedback (the paper). "
         "contrastive: the target is anchor * (q_feedback / q_control)^contrast, the control reprompt identical but "
@@ -73,6 +77,15 @@ class SDPOSettings(BaseModel):
     max_reprompt_tokens: int = Field(default=4096, ge=64, description="Longest teacher prompt; feedback shortened.")
     micro_batch_size: int = Field(default=4, ge=1, description="Attempts per forward/backward pass.")
     loss_chunk_tokens: int = Field(default=512, ge=1, description="Tokens whose logits are materialised at once.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_projections(cls, modules: list[str]) -> list[str]:
+        refused = [m for m in modules if m not in ALLOWED_TARGET_MODULES]
+        if refused:
+            raise ValueError(f"{refused[0]!r} cannot carry an adapter: choose among {', '.join(DEFAULT_TARGET_MODULES)} "
+                             "(embeddings and the output head are shared by every job on a worker)")
+        return list(dict.fromkeys(modules))
 
 
 class RunSettings(BaseModel):

@@ -448,8 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a known failure (the server said no, the model is missing) gets one line
         from sdpo_core.models import ModelNotAvailable
         from service.client import SDPOError
+        from workers.isolation import SandboxUnavailable
 
-        if isinstance(exc, ModelNotAvailable | SDPOError):
+        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable):
             print(f"sdpo: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, ValidationError):  # job options (--settings, flags) the client could not accept

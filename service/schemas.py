@@ -18,6 +18,7 @@ from sdpo_core.statuses import FINISHED, JobStatus
 
 Metadata = dict[str, str]
 BatchStatus = Literal["in_progress", "completed", "cancelled"]
+QUESTION_PREVIEW_CHARS = 200
 
 
 def _check_metadata(value: Metadata) -> Metadata:
@@ -131,9 +132,40 @@ class Job(BaseModel):
         return self.status in FINISHED
 
 
+class JobSummary(BaseModel):
+    """A job in a listing: its status and progress, and which problem, without the problem itself (a problem can
+    be megabytes of tests; GET /v1/jobs/{id} has it)."""
+
+    object: Literal["job.summary"] = "job.summary"
+    id: str
+    status: JobStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested_at: float | None = None
+    batch_id: str | None = None
+    method: Method
+    budget: int
+    attempts: int = 0
+    steps: int = 0
+    best_reward: float = 0.0
+    solved: bool = False
+    first_success_attempt: int | None = None
+    baseline: BaselineProgress | None = None
+    error: JobError | None = None
+    problem_id: str | None = Field(default=None, description="The problem's own label, if it has one.")
+    question: str = Field(description=f"The start of the question (at most {QUESTION_PREVIEW_CHARS} characters).")
+    verifier: str = Field(description="The verifier's type.")
+    metadata: Metadata = Field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+
 class JobList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[Job]
+    data: list[JobSummary]
     has_more: bool
     last_id: str | None = Field(default=None, description="Pass as `after` for the next page.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 from pydantic import BaseModel
 
@@ -10,8 +11,9 @@ from sdpo_core.discovery import default_baseline_samples
 from sdpo_core.problem import Problem
 from service.config import ApiSettings
 from service.errors import ApiError
-from service.schemas import JobOptions
-from workers.jobs import JobSpec
+from service.schemas import QUESTION_PREVIEW_CHARS, JobOptions
+from workers.jobs import JobSpec, new_id
+from workers.store import NewJob
 
 
 def job_spec(options: JobOptions, problem: Problem, settings: ApiSettings) -> JobSpec:
@@ -27,6 +29,19 @@ def job_spec(options: JobOptions, problem: Problem, settings: ApiSettings) -> Jo
     else:
         samples = options.baselines[0].attempts or default_baseline_samples(options.settings.max_attempts)
     return JobSpec(problem=problem, settings=options.settings, baseline_attempts=samples, model=options.model)
+
+
+def new_job(spec: JobSpec, metadata_json: str) -> NewJob:
+    """A job to store: a new id, the spec, the metadata, and the summary that listings show instead of the spec."""
+    return NewJob(new_id("job"), spec.model_dump_json(), metadata_json, summary_json(spec))
+
+
+def summary_json(spec: JobSpec) -> str:
+    """What a listing shows of a job's request (service.views.job_summary_view): never the whole problem, which can
+    be megabytes of tests."""
+    return json.dumps({"method": spec.settings.method, "budget": spec.settings.max_attempts,
+                       "problem_id": spec.problem.id, "question": spec.problem.question[:QUESTION_PREVIEW_CHARS],
+                       "verifier": spec.problem.verifier.type})
 
 
 def fingerprint(body: BaseModel) -> str:

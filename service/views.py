@@ -6,8 +6,8 @@ import json
 
 from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
 from sdpo_core.statuses import FINISHED, WITH_CURVE
-from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError
-from workers.jobs import JobRecord
+from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError, JobSummary
+from workers.jobs import JobHead, JobRecord
 
 
 def _float(value: str | None) -> float | None:
@@ -30,7 +30,22 @@ def job_view(record: JobRecord) -> Job:
     )
 
 
-def baseline_outcomes(job: Job) -> list[bool]:
+def job_summary_view(head: JobHead) -> JobSummary:
+    """A listing's view of a job: the record's head, with the summary stored at submission (summary_json)."""
+    h = head
+    return JobSummary(
+        id=h.id, status=h.status, created_at=h.created_at, started_at=h.started_at, finished_at=h.finished_at,
+        cancel_requested_at=h.cancel_requested_at, batch_id=h.batch_id or None, attempts=h.attempts, steps=h.steps,
+        best_reward=h.best_reward, solved=h.first_success_attempt is not None,
+        first_success_attempt=h.first_success_attempt,
+        baseline=BaselineProgress(samples=h.baseline_samples, successes=h.baseline_successes)
+        if h.baseline_samples is not None else None,
+        error=JobError(code=h.error_code, message=h.error_message) if h.error_code else None,
+        metadata=json.loads(h.metadata or "{}"), **json.loads(h.summary),
+    )
+
+
+def baseline_outcomes(job: Job | JobSummary) -> list[bool]:
     """The best-of-k samples' outcomes (only their count and successes matter to pass@k)."""
     if job.baseline is None:
         return []
@@ -41,7 +56,7 @@ def job_comparison(job: Job) -> Comparison:
     return compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget)
 
 
-def batch_curve(jobs: list[Job], budget: int, method: str) -> BatchCurve | None:
+def batch_curve(jobs: list[JobSummary], budget: int, method: str) -> BatchCurve | None:
     """The average discovery curve of the finished jobs against their average best-of-k curve."""
     finished = [job for job in jobs if job.status in WITH_CURVE]
     if not finished:
@@ -67,7 +82,7 @@ def batch_curve(jobs: list[Job], budget: int, method: str) -> BatchCurve | None:
     return BatchCurve(budget=budget, problems=len(finished), curves=curves, note=note)
 
 
-def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[Job]) -> Batch:
+def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[JobSummary]) -> Batch:
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1

@@ -19,6 +19,7 @@ from service.auth import hash_key
 from service.config import Settings
 
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+CHECKPOINT_KEY = "test-checkpoint-key-shared-by-the-workers"  # so that a worker can resume another's checkpoint
 
 
 def api_settings(redis_url: str, prefix: str, **overrides) -> Settings:
@@ -64,7 +65,7 @@ class Workers:
 
     def start(self, *, lease_ms: int = 2000, max_jobs: int = 4, max_tries: int = 3,
               checkpoint_dir: Path | None = None, log_format: str = "json",
-              extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+              extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_path(len(self.processes)), "w")  # noqa: SIM115 - lives with the process
         command = [
             sys.executable, "-m", "service.cli", "worker", "--model", str(self.model), "--redis-url", self.redis_url,
@@ -74,7 +75,8 @@ class Workers:
         ]
         if self.checkpoint_url:
             command += ["--checkpoint-url", self.checkpoint_url]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "SDPO_CHECKPOINT_KEY": CHECKPOINT_KEY, **(env or {})}
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=Path(__file__).resolve().parent.parent)
         self.processes.append(process)

@@ -82,7 +82,8 @@ def test_redis_has_a_health_check(compose):
 def test_api_and_workers_wait_for_a_healthy_redis(compose, service):
     assert compose["services"][service]["depends_on"]["redis"]["condition"] == "service_healthy"
     env = compose["services"][service]["environment"]
-    assert re.match(r"redis://redis:6379/\d+$", env["SDPO_REDIS_URL"]), "workers must reach the compose Redis"
+    assert re.match(r"redis://:\$\{SDPO_REDIS_PASSWORD:\?[^}]+\}@redis:6379/\d+$", env["SDPO_REDIS_URL"]), \
+        "workers must reach the compose Redis, with its password"
 
 
 # ---- checkpoints, workers, keys --------------------------------------------------------------------------------------

@@ -23,8 +23,7 @@ VARIANTS = {"base": K8S / "base", "external-redis": K8S / "overlays/external-red
 # The oldest Kubernetes these manifests claim to support, and the newest whose schemas are bundled.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Made by the operator before applying (docs/deploy.md), so absent from the rendered objects.
-EXTERNAL_SECRETS = {"base": {"sdpo-api-keys"}, "external-redis": {"sdpo-api-keys", "sdpo-redis"},
-                    "single-node-cpu": {"sdpo-api-keys"}}
+EXTERNAL_SECRETS = {variant: {"sdpo-api-keys", "sdpo-redis", "sdpo-checkpoint-key"} for variant in VARIANTS}
 WORKER_GROUP = "workers"  # workers/keys.py GROUP
 
 # ---- KEDA ScaledObject (keda.sh/v1alpha1), from keda.sh/docs/2.17/reference/scaledobject-spec and the
@@ -260,8 +259,8 @@ def test_every_referenced_configmap_secret_and_claim_exists(rendered, variant):
                 one(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
             if "secret" in volume:
                 assert volume["secret"]["secretName"] in secrets
-    example = yaml.safe_load((K8S / "base/api-keys.example.yaml").read_text())
-    assert example["metadata"]["name"] in EXTERNAL_SECRETS[variant] and example["kind"] == "Secret"
+    examples = [d for f in ("api-keys", "secrets") for d in yaml.safe_load_all((K8S / f"base/{f}.example.yaml").read_text())]
+    assert {d["metadata"]["name"] for d in examples if d["kind"] == "Secret"} == EXTERNAL_SECRETS[variant]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -289,8 +288,9 @@ def test_redis_is_a_statefulset_with_a_volume_claim_and_an_append_only_file(rend
     claims = {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
     assert {m["name"] for m in container(redis)["volumeMounts"] if m["mountPath"] == "/data"} <= claims
     assert one(docs, "Service", redis["spec"]["serviceName"])
-    url = one(docs, "ConfigMap", "sdpo-config")["data"]["SDPO_REDIS_URL"]
-    assert re.match(rf"redis://{redis['spec']['serviceName']}:6379/\d+$", url)
+    for workload in (one(docs, "Deployment", "sdpo-api"), gpu_worker(docs)):
+        url = env_of(docs, workload)["SDPO_REDIS_URL"]
+        assert re.match(rf"redis://:\$\(SDPO_REDIS_PASSWORD\)@{redis['spec']['serviceName']}:6379/\d+$", url)
 
 
 def test_external_redis_replaces_the_statefulset_with_a_url_from_a_secret(rendered):
@@ -299,7 +299,7 @@ def test_external_redis_replaces_the_statefulset_with_a_url_from_a_secret(render
     assert "SDPO_REDIS_URL" not in one(docs, "ConfigMap", "sdpo-config")["data"]
     for workload in workloads(docs):
         url = next(v for v in container(workload)["env"] if v["name"] == "SDPO_REDIS_URL")
-        assert url["valueFrom"]["secretKeyRef"] == {"name": "sdpo-redis", "key": "url"}
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "sdpo-redis", "key": "url"} and "value" not in url
     worker_env = env_of(docs, gpu_worker(docs))
     for trigger in one(docs, "ScaledObject", "sdpo-worker-gpu")["spec"]["triggers"]:
         assert trigger["metadata"]["passwordFromEnv"] in worker_env, "KEDA reads the password from the worker's env"

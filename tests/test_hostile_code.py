@@ -159,3 +159,31 @@ def test_sandbox_limits_hold_for_direct_runs(sandbox):
     memory = sandbox.run_python("x = bytearray(300 << 20)", limits=RunLimits(memory_mb=200))
     assert memory.out_of_memory and "out of memory" in memory.describe()
     assert wait_until_no_sandbox_processes() == []
+
+
+def test_disk_writes_of_a_run_are_bounded(sandbox, tmp_path):
+    """Many files each under the per-file limit: the run directory and /tmp each stop at max_disk_mb, and the
+    host's disk never holds them (issue 12, item 8)."""
+    program = (
+        "import os\nfor where in ('.', '/tmp'):\n    written = 0\n    try:\n        for i in range(400):\n"
+        "            with open(os.path.join(where, f'f{i}'), 'wb') as f:\n                f.write(b'x' * (1 << 20))\n"
+        "            written += 1\n    except OSError as exc:\n        print(where, written, exc.errno)\n"
+        "    else:\n        print(where, written, 0)\n"
+    )
+    run = sandbox.run_python(program, limits=RunLimits(max_disk_mb=32, wall_s=30, cpu_s=30))
+    assert run.exit_code == 0, run.stderr
+    for line in run.stdout.split("\n")[:2]:
+        where, written, errno = line.split()
+        assert int(written) <= 32 and int(errno) != 0, run.stdout  # ENOSPC (or EFBIG) long before 400 MB
+
+
+def test_memory_spread_over_many_processes_is_bounded_per_run(sandbox):
+    """Six processes of 100 MB each stay under the per-process limit but not the run's 300 MB: the run is killed."""
+    program = (
+        "import os, time\nfor _ in range(6):\n    if os.fork() == 0:\n        block = b'x' * (100 << 20)\n"
+        "        time.sleep(20)\n        os._exit(0)\ntime.sleep(20)\nprint('all alive')\n"
+    )
+    run = sandbox.run_python(program, limits=RunLimits(memory_mb=300, wall_s=30, cpu_s=30))
+    assert run.memory_limited and run.out_of_memory and "all alive" not in run.stdout
+    assert "together used more than 300 MB" in run.describe()
+    assert wait_until_no_sandbox_processes() == []

@@ -12,7 +12,7 @@ import pytest
 from sandbox_helpers import wait_until_no_sandbox_processes
 
 from sdpo_core.verifiers.sandbox import RunLimits
-from workers.isolation import SandboxOptions, choose_isolation
+from workers.isolation import SandboxOptions, SandboxRefused, choose_isolation
 from workers.sandbox import SubprocessSandbox
 
 
@@ -154,10 +154,14 @@ def test_unshare_fallback_isolates_the_network():
 
 
 def test_rlimits_fallback_warns_and_still_cleans_up(caplog):
-    """Without namespaces the network is open (a logged warning), but limits, the uid drop and cleanup remain."""
+    """Without namespaces the network is open (a logged warning), but limits, the uid drop and cleanup remain.
+    It runs only when the operator accepts it (SDPO_SANDBOX_MIN_ISOLATION=rlimits); otherwise it is refused."""
     choose_isolation.cache_clear()
+    with pytest.raises(SandboxRefused, match="SDPO_SANDBOX_MIN_ISOLATION=rlimits"):
+        SubprocessSandbox(SandboxOptions(isolation="rlimits", python="/usr/bin/python3"))
     with caplog.at_level(logging.WARNING, logger="workers.isolation"):
-        fallback = SubprocessSandbox(SandboxOptions(isolation="rlimits", python="/usr/bin/python3"))
+        fallback = SubprocessSandbox(SandboxOptions(isolation="rlimits", min_isolation="rlimits",
+                                                    python="/usr/bin/python3"))
     assert fallback.isolation == "rlimits"
     assert any("WITH network access" in record.getMessage() for record in caplog.records)
     run = fallback.run_python(

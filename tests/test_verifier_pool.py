@@ -16,7 +16,7 @@ from sdpo_core.verifiers import verify_attempts
 from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS
 from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV
 from workers.pool import VerifierPool
-from workers.verification import IN_PROCESS_TYPES, verify_answer, verify_function
+from workers.verification import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +71,13 @@ def test_feedback_is_capped(pool):
     assert len(pool.verify_batch(problem, ["a"])[0].feedback) <= FEEDBACK_MAX_CHARS
 
 
-def test_answer_types_run_in_process_and_code_types_in_the_pool(pool):
+def test_every_verifier_type_runs_in_the_pool_with_the_step_budget(pool):
+    """Answer types too: a regex or sympy stuck in C would otherwise hold the worker's GIL (issue 12, item 3)."""
     math_problem = Problem.model_validate({"prompt": "1+1?", "verifier": {"type": "math", "answer": "2"}})
-    assert verify_function(math_problem, pool=pool).__name__ == "_in_process"
+    for problem in (math_problem, sum_problem()):
+        verify = verify_function(problem, pool=pool)
+        assert verify.func == pool.verify_batch and verify.keywords == {"budget_s": DEFAULT_STEP_BUDGET_S}
     assert verify_function(math_problem, pool=pool)(math_problem, ["\\boxed{2}", "\\boxed{3}"])[0].solved
-    assert verify_function(sum_problem(), pool=pool) == pool.verify_batch
-    assert {"exact", "numeric", "regex", "math", "reasoning_gym"} == IN_PROCESS_TYPES
 
 
 def test_pool_and_in_process_agree_on_answer_types(pool):

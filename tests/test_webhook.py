@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -154,3 +155,73 @@ def test_private_loopback_and_link_local_addresses_are_refused(monkeypatch, url)
 def test_the_operator_setting_allows_private_addresses(monkeypatch):
     monkeypatch.setenv(ALLOW_PRIVATE_ENV, "1")
     assert refusal("http://127.0.0.1:9/v") is None
+
+
+def rebinding_resolver(monkeypatch, name: str, answers: list[str]) -> list[str]:
+    """Make `name` resolve to answers[0], then answers[1], ... (the last repeats): a DNS rebinding server's
+    behaviour, which cannot be run here. Returns the list of addresses handed out, in order."""
+    real = socket.getaddrinfo
+    handed: list[str] = []
+
+    def resolve(host, port, *args, **kwargs):
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        handed.append(answers[min(len(handed), len(answers) - 1)])
+        return real(handed[-1], port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return handed
+
+
+def test_a_name_that_rebinds_to_loopback_after_the_check_is_not_called_there(endpoint, monkeypatch):
+    """The check sees a public address; a second lookup would give loopback. The request must go to the checked
+    address, so the endpoint on loopback never hears from it."""
+    state, url = endpoint
+    monkeypatch.delenv(ALLOW_PRIVATE_ENV)
+    port = url.split(":")[2].split("/")[0]
+    handed = rebinding_resolver(monkeypatch, "rebind.example", ["93.184.216.34", "127.0.0.1"])
+    verdict = check(webhook_problem(f"http://rebind.example:{port}/verify", timeout_s=0.5, max_retries=1))
+    assert state.requests == [], "the request went to the address of a second lookup"
+    assert verdict.reward == 0.0 and "failed" in verdict.feedback
+    assert handed == ["93.184.216.34"]  # one lookup, at the check
+
+
+def test_the_pinned_request_keeps_the_host_name_in_the_host_header(endpoint, monkeypatch):
+    state, url = endpoint
+    port = url.split(":")[2].split("/")[0]
+    rebinding_resolver(monkeypatch, "judge.example", ["127.0.0.1"])
+    assert check(webhook_problem(f"http://judge.example:{port}/verify")).solved
+    headers, _ = state.requests[0]
+    assert headers["Host"] == f"judge.example:{port}"
+
+
+def test_https_to_a_pinned_address_checks_the_certificate_against_the_host_name(tmp_path):
+    """TLS to the checked address presents the URL's host name (SNI) and checks the certificate against it."""
+    import ssl
+    import subprocess
+
+    import httpx
+
+    from sdpo_core.verifiers.webhook import PinnedTarget, _send
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=hook.test", "-addext", "subjectAltName=DNS:hook.test"],
+                   check=True, capture_output=True)
+    state = Endpoint()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as client:
+            good = PinnedTarget(f"https://127.0.0.1:{port}/v", f"hook.test:{port}", "hook.test")
+            assert _send(client, good, b"{}", {})[0] == 200
+            with pytest.raises(httpx.ConnectError, match="Hostname mismatch"):
+                _send(client, PinnedTarget(good.url, f"other.test:{port}", "other.test"), b"{}", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert state.requests[0][0]["Host"] == f"hook.test:{port}"

@@ -12,25 +12,45 @@ serves adapters, must reach the same store:
                      server such as MinIO); one PUT replaces an object whole, so a reader never sees half of one
 
 `open_store("s3://bucket/prefix")` or `open_store("/data/checkpoints")` picks the store from a URL or a path.
+A checkpoint is JSON and safetensors under an HMAC (see "serialisation"); the .pt in its names is older than that
+format. Adapters are read back in pieces (`stream`), so the API never holds a whole archive in memory.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import io
+import json
 import logging
 import os
+import secrets
 import shutil
+import struct
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from workers.jobs import JobFailure
+
 log = logging.getLogger(__name__)
 FILENAME = "runs.pt"  # a checkpoint's name before lease generations named them
 ADAPTER = "adapter.tar.gz"
+CHUNK_BYTES = 1 << 20  # a streamed blob's pieces
 States = dict[str, dict[str, Any]]  # run key (method / baseline) -> ProblemRun.state_dict()
+
+
+@dataclass
+class BlobStream:
+    """One stored version of a blob, read in pieces: its size, then its bytes."""
+
+    size: int
+    chunks: Iterator[bytes]
 
 
 class CheckpointStore(Protocol):
@@ -47,35 +67,125 @@ class CheckpointStore(Protocol):
 
     def exists(self, job_id: str, name: str = FILENAME) -> bool: ...
 
+    def stream(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> BlobStream | None:
+        """The blob in pieces of at most `chunk_bytes`, or None if there is none."""
+
 
 class CheckpointConfigError(ValueError):
     """A checkpoint location that cannot be used; the message says why."""
 
 
 # ---- serialisation ---------------------------------------------------------------------------------------------
-def encode(states: States) -> bytes:
+# A checkpoint is data, never code: JSON for the structure, safetensors for the tensors, under an HMAC-SHA256 with
+# the workers' shared key that also binds the job id. Nothing is unpickled, and bytes whose tag does not verify are
+# not parsed at all, so a writer of the store without the key (sandboxed code, a shared volume, leaked storage
+# credentials) can neither run code in a worker nor substitute another job's or a forged state.
+#
+#     MAGIC | tag (32 bytes) | JSON length (8 bytes, big-endian) | JSON | safetensors
+MAGIC = b"SDPO-CKPT-2\n"
+KEY_ENV, KEY_FILE_ENV = "SDPO_CHECKPOINT_KEY", "SDPO_CHECKPOINT_KEY_FILE"
+_TAG_BYTES = 32
+
+
+class CheckpointRejected(JobFailure):
+    """A checkpoint that is not this job's, was changed, or is not in this format: the job fails, nothing is run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("checkpoint_rejected", message)
+
+
+@functools.cache
+def signing_key() -> bytes:
+    """The HMAC key: SDPO_CHECKPOINT_KEY_FILE or SDPO_CHECKPOINT_KEY, the same on every worker of a deployment.
+
+    Without one, a random key for this process: its own checkpoints verify, but no other worker can resume them
+    (a takeover then fails the job with a message naming the setting)."""
+    path, value = os.environ.get(KEY_FILE_ENV), os.environ.get(KEY_ENV)
+    if path:
+        key = Path(path).read_bytes().strip()
+    elif value:
+        key = value.encode()
+    else:
+        log.warning("%s is not set: checkpoints are signed with a key of this process only, so no other worker "
+                    "can resume its jobs; set the same secret on every worker", KEY_ENV)
+        return secrets.token_bytes(32)
+    if len(key) < 16:
+        raise CheckpointConfigError(f"{KEY_ENV} must be at least 16 characters (a random secret shared by the workers)")
+    return key
+
+
+def _tag(key: bytes, job_id: str, body: bytes) -> bytes:
+    return hmac.new(key, job_id.encode() + b"\0" + body, hashlib.sha256).digest()
+
+
+def encode(states: States, *, job_id: str, key: bytes) -> bytes:
+    from safetensors.torch import save
+
+    tensors: dict[str, Any] = {}
+    header = json.dumps({"runs": _to_json(states, tensors)}).encode()
+    body = struct.pack(">Q", len(header)) + header + (save(tensors) if tensors else b"")
+    return MAGIC + _tag(key, job_id, body) + body
+
+
+def decode(data: bytes, *, job_id: str, key: bytes) -> States:
+    from safetensors.torch import load
+
+    if not data.startswith(MAGIC):
+        raise CheckpointRejected("the job's checkpoint is not in this service's checkpoint format (written by an older "
+                                 "version, or not a checkpoint); it was not loaded")
+    tag, body = data[len(MAGIC): len(MAGIC) + _TAG_BYTES], data[len(MAGIC) + _TAG_BYTES:]
+    if not hmac.compare_digest(tag, _tag(key, job_id, body)):
+        raise CheckpointRejected(f"the job's checkpoint does not carry this job's signature: it was changed, belongs "
+                                 f"to another job, or the workers do not share one {KEY_ENV}; it was not loaded")
+    (length,) = struct.unpack(">Q", body[:8])
+    header, weights = body[8: 8 + length], body[8 + length:]
+    return _from_json(json.loads(header), load(weights) if weights else {})["runs"]
+
+
+def _to_json(value: Any, tensors: dict[str, Any]) -> Any:
+    """`value` as JSON, its tensors moved into `tensors` (named by their order) and referenced as {"$tensor": name}."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save({"runs": states}, buffer)
-    return buffer.getvalue()
+    if isinstance(value, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = value.detach().to("cpu").contiguous()
+        return {"$tensor": name}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: _to_json(v, tensors) for k, v in value.items()}
+        return {"$items": [[_to_json(k, tensors), _to_json(v, tensors)] for k, v in value.items()]}  # e.g. int keys
+    if isinstance(value, tuple):
+        return {"$tuple": [_to_json(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_to_json(v, tensors) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a checkpoint holds plain data and tensors, not {type(value).__name__}")
 
 
-def decode(data: bytes) -> States:
-    import torch
-
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)["runs"]
+def _from_json(value: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$tensor" in value:
+        return tensors[value["$tensor"]]
+    if "$items" in value:
+        return {_from_json(k, tensors): _from_json(v, tensors) for k, v in value["$items"]}
+    if "$tuple" in value:
+        return tuple(_from_json(v, tensors) for v in value["$tuple"])
+    return {k: _from_json(v, tensors) for k, v in value.items()}
 
 
 def save_states(store: CheckpointStore, job_id: str, states: States, name: str = FILENAME) -> None:
-    """Write the runs' states as the job's checkpoint `name`."""
-    store.save(job_id, encode(states), name)
+    """Write the runs' states, signed for this job, as the job's checkpoint `name`."""
+    store.save(job_id, encode(states, job_id=job_id, key=signing_key()), name)
 
 
 def load_states(store: CheckpointStore, job_id: str, name: str = FILENAME) -> States | None:
-    """The runs' states of the job's checkpoint `name`, or None if it has none."""
+    """The runs' states of the job's checkpoint `name`, or None if it has none; CheckpointRejected if not trusted."""
     data = store.load(job_id, name)
-    return None if data is None else decode(data)
+    return None if data is None else decode(data, job_id=job_id, key=signing_key())
 
 
 def checkpoint_name(generation: int) -> str:
@@ -125,6 +235,13 @@ class DirectoryStore:
 
     def exists(self, job_id: str, name: str = FILENAME) -> bool:
         return self.path(job_id, name).is_file()
+
+    def stream(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> BlobStream | None:
+        try:
+            handle = self.path(job_id, name).open("rb")  # this version, even if a writer replaces the file meanwhile
+        except FileNotFoundError:
+            return None
+        return BlobStream(os.fstat(handle.fileno()).st_size, _pieces(handle, chunk_bytes))
 
 
 # ---- object storage --------------------------------------------------------------------------------------------
@@ -186,6 +303,24 @@ class S3Store:
                 return False
             raise
         return True
+
+    def stream(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> BlobStream | None:
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key(job_id, name))
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+        return BlobStream(int(reply["ContentLength"]), _pieces(reply["Body"], chunk_bytes))
+
+
+def _pieces(body: Any, chunk_bytes: int) -> Iterator[bytes]:
+    """Read a file-like body to its end in pieces, closing it however the reader stops."""
+    try:
+        while piece := body.read(chunk_bytes):
+            yield piece
+    finally:
+        body.close()
 
 
 def _not_found(exc: Exception) -> bool:

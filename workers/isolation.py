@@ -2,13 +2,19 @@
 
 Three levels, the best that works on the machine is chosen once and logged:
 - `bwrap`: new pid, net, ipc and uts namespaces; a filesystem with only /usr, the Python installation (read-only),
-  a fresh /proc, /dev and /tmp and the run directory; a cleared environment. Needs the `bubblewrap` package.
+  size-limited tmpfs for /tmp and the run directory, /dev, a fresh /proc where the kernel allows mounting one (a
+  container whose /proc is partly masked does not: the sandbox then has an empty /proc); a cleared environment.
+  Needs the `bubblewrap` package and, when the service is not root, user namespaces.
 - `unshare`: new net and pid namespaces from util-linux `unshare` (no private filesystem view; the dropped uid
   and file permissions keep the run out of other files). Used where bwrap is missing.
 - `rlimits`: no namespaces at all, so the network is reachable; logged as a warning. Last resort.
 In every level, when the service runs as root, the command drops to a uid leased for the run (`setpriv`) so that
 RLIMIT_NPROC holds, and rlimits are set by util-linux `prlimit` right before the interpreter starts. Using those
 two small programs rather than `preexec_fn` keeps process creation safe in a threaded caller.
+
+The sandbox fails closed: below SDPO_SANDBOX_MIN_ISOLATION (default `unshare`, which counts only with a uid of its
+own, so as root) code-running verifiers refuse to run (`checked_isolation` raises SandboxRefused and logs why). A
+non-root service needs bwrap. `SDPO_SANDBOX_MIN_ISOLATION=rlimits` is the opt-in for a machine with one user.
 """
 
 from __future__ import annotations
@@ -40,16 +46,20 @@ class SandboxUnavailable(RuntimeError):
     """The isolation asked for cannot run on this machine."""
 
 
+class SandboxRefused(SandboxUnavailable):
+    """The isolation that works here is below the required minimum: untrusted code is not run."""
+
+
 @dataclass(frozen=True)
 class SandboxOptions:
     """Operator settings of the sandbox (environment variables in brackets)."""
 
     isolation: IsolationChoice = "auto"  # [SDPO_SANDBOX_ISOLATION]
+    min_isolation: Isolation = "unshare"  # below this, code-running verifiers refuse [SDPO_SANDBOX_MIN_ISOLATION]
     python: str = sys.executable  # the interpreter that runs scripts [SDPO_SANDBOX_PYTHON]
     uid_base: int = 61000  # first uid leased to runs when the service is root [SDPO_SANDBOX_UID_BASE]
     uid_count: int = 256  # how many uids, so how many concurrent runs [SDPO_SANDBOX_UID_COUNT]
-    tmp_dir: str | None = None  # where run directories are made; None = the system default [SDPO_SANDBOX_TMP]
-    tmpfs_mb: int = 64  # size of the private /tmp inside bwrap
+    tmp_dir: str | None = None  # where run directories are staged; None = the system default [SDPO_SANDBOX_TMP]
 
     @classmethod
     def from_env(cls) -> SandboxOptions:
@@ -57,8 +67,12 @@ class SandboxOptions:
         choice = env.get("SDPO_SANDBOX_ISOLATION", "auto")
         if choice not in ("auto", "bwrap", "unshare", "rlimits"):
             raise ValueError(f"SDPO_SANDBOX_ISOLATION must be auto, bwrap, unshare or rlimits, not {choice!r}")
+        minimum = env.get("SDPO_SANDBOX_MIN_ISOLATION", "unshare")
+        if minimum not in _REQUIRED:
+            raise ValueError(f"SDPO_SANDBOX_MIN_ISOLATION must be bwrap, unshare or rlimits, not {minimum!r}")
         return cls(
             isolation=choice,  # type: ignore[arg-type]
+            min_isolation=minimum,  # type: ignore[arg-type]
             python=env.get("SDPO_SANDBOX_PYTHON", sys.executable),
             uid_base=int(env.get("SDPO_SANDBOX_UID_BASE", "61000")),
             uid_count=int(env.get("SDPO_SANDBOX_UID_COUNT", "256")),
@@ -106,18 +120,23 @@ def python_paths(python: str) -> list[str]:
     return sorted(p for p in paths if not any(p == c or p.startswith(c + "/") for c in _CORE_PATHS))
 
 
-def bwrap_argv(*, workdir: Path, extra_ro: Sequence[str], env: dict[str, str], tmpfs_mb: int) -> list[str]:
-    """bwrap arguments up to `--`: what the sandbox sees and which namespaces it gets."""
+def bwrap_argv(*, workdir: Path, files: Sequence[str], extra_ro: Sequence[str], env: dict[str, str], disk_mb: int,
+               proc: bool) -> list[str]:
+    """bwrap arguments up to `--`: what the sandbox sees and which namespaces it gets.
+
+    The run directory is a tmpfs of `disk_mb` holding read-only binds of the staged `files` (names relative to
+    `workdir`), and /tmp another: what the run writes stays in memory it is allowed, never on the host's disk."""
     argv = ["bwrap"]
     for path in _CORE_PATHS:
         if os.path.islink(path):
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
+    size = str(disk_mb * 1024 * 1024)
     # The private /tmp first: mounts come in order, so a tmpfs mounted later would hide an interpreter or venv that
     # lives under /tmp (a checkout in /tmp/...), which the binds below put back on top of it.
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb * 1024 * 1024),
-             "--tmpfs", "/tmp"]
+    argv += [*(["--proc", "/proc"] if proc else ["--dir", "/proc"]), "--dev", "/dev",
+             "--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     made: set[str] = {"/tmp"}
     for path in extra_ro:
         for parent in reversed(Path(path).parents[:-1]):  # parents bwrap would otherwise make with mode 0700
@@ -125,8 +144,11 @@ def bwrap_argv(*, workdir: Path, extra_ro: Sequence[str], env: dict[str, str], t
                 argv += ["--perms", "0755", "--dir", str(parent)]
                 made.add(str(parent))
         argv += ["--ro-bind", path, path]
+    argv += ["--perms", "1777", "--size", size, "--tmpfs", SANDBOX_DIR]
+    for name in files:
+        argv += ["--ro-bind", str(workdir / name), f"{SANDBOX_DIR}/{name}"]
     argv += [
-        "--bind", str(workdir), SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+        "--chdir", SANDBOX_DIR,
         "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--clearenv",
     ]
@@ -158,6 +180,19 @@ def _probe_uid(options: SandboxOptions) -> list[str]:
     return drop_argv(options.uid_base) if is_root() else []
 
 
+def _bwrap_probe(options: SandboxOptions, *, proc: bool) -> bool:
+    workdir = Path(options.tmp_dir or "/tmp")
+    wrapped = bwrap_argv(workdir=workdir, files=[], extra_ro=python_paths(options.python), env={}, disk_mb=1,
+                         proc=proc)
+    return _probe(wrapped + _probe_uid(options) + [options.python, "-I", "-c", "pass"])
+
+
+@functools.cache
+def bwrap_mounts_proc(options: SandboxOptions) -> bool:
+    """Whether bwrap can mount a fresh /proc here (not in a container that masks parts of its own /proc)."""
+    return shutil.which("bwrap") is not None and _bwrap_probe(options, proc=True)
+
+
 @functools.cache
 def choose_isolation(options: SandboxOptions) -> Isolation:
     """The best isolation that works here, probed once per options; raises if an explicit choice cannot run."""
@@ -169,9 +204,7 @@ def choose_isolation(options: SandboxOptions) -> Isolation:
     ]
     for mode in candidates:
         if mode == "bwrap" and shutil.which("bwrap"):
-            workdir = Path(options.tmp_dir or "/tmp")
-            wrapped = bwrap_argv(workdir=workdir, extra_ro=python_paths(options.python), env={}, tmpfs_mb=1)
-            if _probe(wrapped + _probe_uid(options) + python_cmd):
+            if bwrap_mounts_proc(options) or _bwrap_probe(options, proc=False):
                 return mode
         elif mode == "unshare" and shutil.which("unshare"):
             if _probe(unshare_argv() + _probe_uid(options) + python_cmd):
@@ -185,3 +218,45 @@ def choose_isolation(options: SandboxOptions) -> Isolation:
             )
             return mode
     raise SandboxUnavailable(f"sandbox isolation {options.isolation!r} does not work on this machine")
+
+
+# How much of the worker each level keeps out of reach of the code it runs.
+_REQUIRED = {"rlimits": 0, "unshare": 2, "bwrap": 3}
+
+
+def strength(mode: Isolation) -> int:
+    """3 bwrap: its own filesystem view, processes and network. 2 unshare with a uid of its own (the service is
+    root): its own processes and network, file permissions keep it out of the worker's files. 1 unshare as the
+    worker's own uid: it can read and change the worker's files. 0 rlimits: the worker's network, files, processes."""
+    if mode == "bwrap":
+        return 3
+    if mode == "unshare":
+        return 2 if is_root() else 1
+    return 0
+
+
+def describe(mode: Isolation) -> str:
+    return {
+        3: "bubblewrap",
+        2: "unshare with a uid of its own",
+        1: "unshare as the worker's own user (the code could read and change the worker's files)",
+        0: "rlimits only (the code would run as the worker's user with its network, files and processes in reach)",
+    }[strength(mode)]
+
+
+def checked_isolation(options: SandboxOptions) -> Isolation:
+    """The isolation to use, if it meets `options.min_isolation`; otherwise SandboxRefused, with a log line."""
+    mode = choose_isolation(options)
+    if strength(mode) < _REQUIRED[options.min_isolation]:
+        message = (
+            f"code-running verifiers are refused on this worker: the best sandbox here is {describe(mode)}, below "
+            f"SDPO_SANDBOX_MIN_ISOLATION={options.min_isolation}. Give the worker bubblewrap with user namespaces "
+            "(docs/deploy.md, 'Verifier sandbox'); only on a machine with a single user, "
+            "SDPO_SANDBOX_MIN_ISOLATION=rlimits accepts weaker isolation"
+        )
+        logger.error("sandbox: %s", message)
+        raise SandboxRefused(message)
+    if strength(mode) < _REQUIRED["unshare"]:
+        logger.warning("sandbox: untrusted code runs with %s, as SDPO_SANDBOX_MIN_ISOLATION=%s allows", describe(mode),
+                       options.min_isolation)
+    return mode

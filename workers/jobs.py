@@ -40,16 +40,17 @@ class JobProgress(BaseModel):
         return self.model_dump()
 
 
-class JobRecord(JobProgress):
-    """The job's hash in Redis, typed: one field per hash field (empty strings read as None)."""
+class JobHead(JobProgress):
+    """The job's hash in Redis, typed, without the spec and the solution (each can be megabytes): what listings
+    read. One field per hash field (empty strings read as None)."""
 
     model_config = ConfigDict(extra="ignore")
     id: str
     tenant: str
     status: JobStatus
     created_at: float
-    spec: str = Field(description="The JobSpec as JSON.")
     metadata: str = "{}"
+    summary: str = Field(default="", description="What a listing shows of the spec (JSON), stored at submission.")
     batch_id: str = ""
     tries: int = Field(default=0, description="Starts by a worker, crashes and errors included.")
     lease_generation: int = Field(default=0, description="Leases taken so far; the fencing token's number.")
@@ -60,9 +61,9 @@ class JobRecord(JobProgress):
     error_code: str = ""
     error_message: str = ""
     last_error: str = ""
-    solution: str = Field(default="", description="The first verified attempt as JSON, kept beyond the attempt cap.")
     attempts_stored: int | None = Field(default=None, description="Attempts in the attempts list (a prefix).")
-    stored_bytes: int = Field(default=0, description="Bytes of spec, metadata and attempts: the tenant's quota.")
+    stored_bytes: int = Field(default=0, description="Bytes of spec, metadata, summary and attempts: the tenant's "
+                              "quota.")
     checkpoint: str = Field(default="", description="The name of the job's current checkpoint blob.")
     adapter: bool = Field(default=False, description="The finished adapter is in the checkpoint store.")
 
@@ -75,12 +76,19 @@ class JobRecord(JobProgress):
             return value == "1"
         return value
 
-    def job_spec(self) -> JobSpec:
-        return JobSpec.model_validate_json(self.spec)
-
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+
+class JobRecord(JobHead):
+    """The whole job hash: the head, the spec and the first solution."""
+
+    spec: str = Field(description="The JobSpec as JSON.")
+    solution: str = Field(default="", description="The first verified attempt as JSON, kept beyond the attempt cap.")
+
+    def job_spec(self) -> JobSpec:
+        return JobSpec.model_validate_json(self.spec)
 
 
 _OPTIONAL = {"first_success_attempt", "baseline_samples", "started_at", "finished_at", "cancel_requested_at",

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdpo_core.runs import comparison_runs
+from sdpo_core.runs import comparison_runs, comparison_settings
 from workers import checkpoint
 from workers.checkpoint import CheckpointStore
 from workers.jobs import JobFailure, JobRecord, JobSpec, now
@@ -55,6 +55,8 @@ class JobLifecycle:
             job.previous_checkpoint = record.checkpoint
             states = await asyncio.to_thread(checkpoint.load_states, self.checkpoints, lease.job_id,
                                              record.checkpoint or checkpoint.FILENAME)
+            if states:
+                check_restored(job.spec, states)
             job.runs = await asyncio.to_thread(
                 comparison_runs, job.spec.problem, job.spec.settings, self.serving.policy,
                 baseline_samples=job.spec.baseline_attempts, name=lease.job_id, verify=verify, sink_for=job.sink,
@@ -190,3 +192,18 @@ class JobLifecycle:
             await asyncio.to_thread(self.checkpoints.delete, job_id, keep)
         except Exception:  # noqa: BLE001 - a leftover blob costs storage, not correctness
             log.exception("job %s: deleting its blobs failed", job_id)
+
+
+def check_restored(spec: JobSpec, states: checkpoint.States) -> None:
+    """A checkpoint must hold exactly the job's runs, each with the job's problem (and verifier) and settings as
+    stored in Redis: what runs is always what was submitted, never what a checkpoint says."""
+    wanted = comparison_settings(spec.settings, spec.baseline_attempts)
+    if set(states) != set(wanted):
+        raise JobFailure("checkpoint_mismatch", f"the job's checkpoint holds the runs {sorted(states)}, the job has "
+                                                f"{sorted(wanted)}; it was not resumed")
+    problem = spec.problem.model_dump(mode="json")
+    for key, settings in wanted.items():
+        for part, expected in (("problem", problem), ("settings", settings.model_dump(mode="json"))):
+            if states[key].get(part) != expected:
+                raise JobFailure("checkpoint_mismatch", f"the {part} in the job's checkpoint ({key} run) differs "
+                                                        "from the job's; it was not resumed")

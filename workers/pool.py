@@ -1,14 +1,20 @@
 """A pool of verifier processes that checks the attempts of one batch in parallel, in order, never in the caller.
 
-The process that holds the model must not run verifiers: their libraries parse untrusted text (sympy can hang),
-and code-running types start sandboxes. Each worker is a fresh interpreter (spawned, not forked, so it holds no
-copy of the model or CUDA state) that builds the verifier and calls it; code runs one level further down, in the
-sandbox. A worker that crashes or overruns its deadline is killed and replaced, and the attempt gets reward 0
-with feedback that says what happened. Messages cross as JSON, so a worker can never make the caller run code.
+The process that holds the model must not run verifiers of any type: their libraries parse untrusted text (a
+user's regex can backtrack for ever, sympy can hang on a power tower) while holding the GIL, and code-running
+types start sandboxes. Each worker is a fresh interpreter (spawned, not forked, so it holds no copy of the model
+or CUDA state) that builds the verifier and calls it; code runs one level further down, in the sandbox. A worker
+that crashes or overruns its deadline is killed and replaced, and the attempt gets reward 0 with feedback that
+says what happened. Messages cross as JSON, so a worker can never make the caller run code.
+
+Several batches (jobs) verify at once: each call brings its own threads, which queue for the pool's processes in
+turn, so one job's slow verifier shares the processes rather than taking them all. A call may carry a budget
+(seconds for the whole batch): attempts that have not been verified when it runs out get reward 0 and say so.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import multiprocessing
@@ -16,8 +22,9 @@ import multiprocessing.connection
 import os
 import queue
 import signal
+import threading
+import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any
@@ -37,12 +44,14 @@ from sdpo_core.verifiers import (
     clip_feedback,
     verifier_failed,
 )
-from workers.isolation import SandboxOptions
+from workers.hardening import make_undumpable
+from workers.isolation import SandboxOptions, SandboxRefused
 
 logger = logging.getLogger(__name__)
 
 _CACHED_VERIFIERS = 8
-_EXTRA_S = 30.0  # margin over a verifier's own worst case before the pool gives up on it
+_EXTRA_S = 30.0  # margin over a verifier's own worst case (and a fresh process's imports) before the pool gives up
+_ANSWER_S = 10.0  # exact, numeric, regex, checklist: plain text checks; a regex that takes longer is catastrophic
 
 
 def worst_case_seconds(problem: Problem) -> float:
@@ -57,7 +66,9 @@ def worst_case_seconds(problem: Problem) -> float:
         return (spec.max_retries + 1) * (spec.timeout_s + 2.0**spec.max_retries) + _EXTRA_S
     if isinstance(spec, MathSpec):
         return 4.0 * spec.timeout_s + _EXTRA_S
-    return 60.0 + _EXTRA_S
+    if spec.type in ("exact", "numeric", "regex", "checklist"):
+        return _ANSWER_S + _EXTRA_S
+    return 60.0 + _EXTRA_S  # reasoning_gym: building a dataset entry can take a while
 
 
 def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
@@ -73,13 +84,14 @@ class _WorkerProcess:
         self._process: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
 
-    def verify(self, problem_json: str, completion: str, timeout_s: float) -> Verdict:
+    def verify(self, problem_json: str, completion: str, timeout_s: float) -> Verdict | None:
+        """The verdict, or None when it did not come within `timeout_s` (the process is then stopped)."""
         conn = self._ensure_started()
         try:
             conn.send_bytes(json.dumps([problem_json, completion]).encode())
             if not conn.poll(timeout_s):
                 self.stop()
-                return _broken(f"Verification did not finish within {timeout_s:g} s and was stopped.", "timeout")
+                return None
             reply = conn.recv_bytes()
         except (EOFError, OSError):
             exit_code = self._process.exitcode if self._process is not None else None
@@ -113,7 +125,11 @@ class _WorkerProcess:
 
 
 class VerifierPool:
-    """`verify_batch(problem, completions)`: the loop's verify callable, run on up to `max_workers` processes."""
+    """`verify_batch(problem, completions)`: the loop's verify callable, run on up to `max_workers` processes.
+
+    :param task_timeout_s: longest one verification may take; None = from the verifier's own limits
+        (worst_case_seconds), a number caps those
+    """
 
     def __init__(
         self,
@@ -125,25 +141,57 @@ class VerifierPool:
         self.max_workers = max_workers or os.cpu_count() or 2
         if self.max_workers < 1:
             raise ValueError("max_workers must be at least 1")
-        self.task_timeout_s = task_timeout_s  # None: from the verifier's own limits (worst_case_seconds)
+        self.task_timeout_s = task_timeout_s
         context = multiprocessing.get_context("spawn")
-        self._idle: queue.LifoQueue[_WorkerProcess] = queue.LifoQueue()
         self._workers = [_WorkerProcess(context, sandbox_options) for _ in range(self.max_workers)]
-        for worker in self._workers:
-            self._idle.put(worker)
-        self._threads = ThreadPoolExecutor(self.max_workers, thread_name_prefix="verifier-pool")
+        self._idle = _Handout(self._workers)
 
-    def verify_batch(self, problem: Problem, completions: Sequence[str]) -> list[Verdict]:
-        """Verdicts for `completions` in their order; failures become reward 0 with feedback saying why."""
+    def verify_batch(self, problem: Problem, completions: Sequence[str], *, budget_s: float | None = None
+                     ) -> list[Verdict]:
+        """Verdicts for `completions` in their order; failures become reward 0 with feedback saying why.
+
+        `budget_s` bounds the whole batch: what is not verified by then gets reward 0 with feedback saying so."""
         problem_json = problem.model_dump_json()
-        timeout_s = self.task_timeout_s or worst_case_seconds(problem)
-        futures = [self._threads.submit(self._verify_one, problem_json, c, timeout_s) for c in completions]
-        return [future.result() for future in futures]
+        timeout_s = min(worst_case_seconds(problem), self.task_timeout_s or float("inf"))
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        for item in enumerate(completions):
+            todo.put(item)
+        verdicts: list[Verdict | None] = [None] * len(completions)
 
-    def _verify_one(self, problem_json: str, completion: str, timeout_s: float) -> Verdict:
-        worker = self._idle.get()
+        def drain() -> None:
+            while True:
+                try:
+                    i, completion = todo.get_nowait()
+                except queue.Empty:
+                    return
+                verdicts[i] = self._verify_one(problem_json, completion, timeout_s, deadline, budget_s)
+
+        threads = [threading.Thread(target=drain, name="verifier-pool", daemon=True)
+                   for _ in range(min(len(completions), self.max_workers))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        unverified = sum(v is not None and v.feedback.startswith(_BUDGET_FEEDBACK) for v in verdicts)
+        if unverified:
+            logger.warning("verifier pool: the batch's verification budget of %g s ran out; %d of %d attempts were "
+                           "not verified", budget_s, unverified, len(completions))
+        return [v if v is not None else _broken("Verification failed.") for v in verdicts]
+
+    def _verify_one(self, problem_json: str, completion: str, timeout_s: float, deadline: float | None,
+                    budget_s: float | None) -> Verdict:
+        worker = self._idle.take(None if deadline is None else deadline - time.monotonic())
+        if worker is None:
+            return _out_of_budget(budget_s)
         try:
-            verdict = worker.verify(problem_json, completion, timeout_s)
+            limit = timeout_s
+            if deadline is not None:
+                limit = min(limit, max(deadline - time.monotonic(), 0.0))
+            verdict = worker.verify(problem_json, completion, limit)
+            if verdict is None:
+                verdict = _out_of_budget(budget_s) if limit < timeout_s else _broken(
+                    f"Verification did not finish within {timeout_s:g} s and was stopped.", "timeout")
         except Exception as exc:  # noqa: BLE001 - the pool outlives any one verification
             logger.exception("verifier pool: unexpected failure")
             verdict = _broken(f"Verification failed: {type(exc).__name__}: {exc}")
@@ -152,7 +200,6 @@ class VerifierPool:
         return verdict.model_copy(update={"feedback": clip_feedback(verdict.feedback)})
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True, cancel_futures=True)
         for worker in self._workers:
             worker.stop()
 
@@ -165,6 +212,54 @@ class VerifierPool:
         self.close()
 
 
+_BUDGET_FEEDBACK = "Not verified:"
+
+
+class _Handout:
+    """The idle processes, handed to waiting threads strictly in the order they asked (a thread that just gave one
+    back cannot take it again ahead of the others), so concurrent batches take turns."""
+
+    def __init__(self, workers: Sequence[_WorkerProcess]) -> None:
+        self._lock = threading.Lock()
+        self._free = list(workers)
+        self._waiting: collections.deque[_Waiter] = collections.deque()
+
+    def take(self, timeout_s: float | None) -> _WorkerProcess | None:
+        """An idle process, waiting up to `timeout_s` (None: for ever); None when the time ran out."""
+        with self._lock:
+            if self._free and not self._waiting:
+                return self._free.pop()
+            waiter = _Waiter()
+            self._waiting.append(waiter)
+        if waiter.granted.wait(None if timeout_s is None else max(timeout_s, 0.0)):
+            return waiter.worker
+        with self._lock:
+            if waiter.granted.is_set():  # handed over just as the wait ended
+                return waiter.worker
+            self._waiting.remove(waiter)
+            return None
+
+    def put(self, worker: _WorkerProcess) -> None:
+        with self._lock:
+            if self._waiting:
+                waiter = self._waiting.popleft()
+                waiter.worker = worker
+                waiter.granted.set()
+            else:
+                self._free.append(worker)
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.granted = threading.Event()
+        self.worker: _WorkerProcess | None = None
+
+
+def _out_of_budget(budget_s: float | None) -> Verdict:
+    return _broken(f"{_BUDGET_FEEDBACK} the verification budget of this step ({budget_s:g} s) ran out before this "
+                   "attempt was checked; it counts as unsolved.", "timeout")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Inside a worker process
 
@@ -172,6 +267,7 @@ class VerifierPool:
 def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions | None) -> None:
     """Answer verification requests until the pool closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    make_undumpable()  # it inherited the worker's environment: keep it from processes of the same uid
     verifiers = _VerifierCache(options)
     while True:
         try:
@@ -181,6 +277,8 @@ def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions 
         try:
             problem, verifier = verifiers.get(problem_json)
             verdict = verifier.verify(problem, completion)
+        except SandboxRefused as exc:
+            verdict = _broken(f"Not run: {exc}.")
         except Exception as exc:  # noqa: BLE001 - a verifier bug is reported on the attempt
             verdict = _broken(f"The verifier failed: {type(exc).__name__}: {exc}")
         conn.send_bytes(verdict.model_dump_json().encode())

@@ -1,9 +1,10 @@
 """The sandbox that runs every piece of untrusted code: programs written by the model and verifiers written by users.
 
 One run: a fresh run directory as working directory, a leased uid (when the service is root), the isolation of
-`workers.isolation`, rlimits, its own process group, a scrubbed environment, stdout/stderr captured up to a cap, a
-wall clock that kills the whole group, and the verdict returned as data on a pipe (the result channel). Nothing
-the run produces is ever executed or unpickled here.
+`workers.isolation` (refused below the configured minimum), rlimits, its own process group, a scrubbed environment,
+stdout/stderr captured up to a cap, a wall clock that kills the whole group, a watch on the private memory of all
+its processes together (killed past memory_mb), and the verdict returned as data on a pipe (the result channel).
+Nothing the run produces is ever executed or unpickled here.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from workers.isolation import (
     SANDBOX_DIR,
     SandboxOptions,
     bwrap_argv,
-    choose_isolation,
+    bwrap_mounts_proc,
+    checked_isolation,
     drop_argv,
     is_root,
     limits_argv,
     python_paths,
     unshare_argv,
 )
-from workers.uids import UidLease, UidPool, kill_processes_of
+from workers.uids import UidLease, UidPool, kill_processes_of, processes_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ SCRIPT_NAME = "main.py"
 RUN_DIR_PREFIX = "sdpo-run-"
 STALE_RUN_DIR_S = 3600.0  # a run directory this old belongs to a worker that was killed mid-run
 _EXIT_GRACE_S = 0.2  # after the main process exits, how long to wait for pipes held by its children
+_MEMORY_CHECK_S = 0.1  # how often the run's total memory is measured
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class SubprocessSandbox:
@@ -49,13 +53,16 @@ class SubprocessSandbox:
 
     def __init__(self, options: SandboxOptions | None = None) -> None:
         self.options = options or SandboxOptions.from_env()
-        self.isolation = choose_isolation(self.options)
+        self.isolation = checked_isolation(self.options)  # SandboxRefused below the minimum: nothing runs
         self._ro_paths = python_paths(self.options.python) if self.isolation == "bwrap" else []
+        self._proc = self.isolation == "bwrap" and bwrap_mounts_proc(self.options)
         self._uids: UidPool | None = None
         if is_root():
             lock_dir = Path(self.options.tmp_dir or tempfile.gettempdir()) / "sdpo-sandbox-uids"
             self._uids = UidPool(base=self.options.uid_base, count=self.options.uid_count, lock_dir=lock_dir)
-        logger.info("sandbox isolation: %s, uid drop: %s", self.isolation, self._uids is not None)
+        logger.info("sandbox isolation: %s%s, uid drop: %s", self.isolation,
+                    " (no /proc: this machine cannot mount one)" if self.isolation == "bwrap" and not self._proc else "",
+                    self._uids is not None)
         _sweep_stale_run_dirs(Path(self.options.tmp_dir or tempfile.gettempdir()))
 
     def run_python(
@@ -72,11 +79,11 @@ class SubprocessSandbox:
         lease = self._uids.acquire() if self._uids is not None else None
         workdir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=self.options.tmp_dir))
         try:
-            _stage(workdir, {SCRIPT_NAME: script, **(files or {})}, lease)
+            staged = _stage(workdir, {SCRIPT_NAME: script, **(files or {})}, lease)
             with tempfile.TemporaryFile() as stdin_file:
                 stdin_file.write(stdin.encode())
                 stdin_file.seek(0)
-                return self._execute(workdir, stdin_file, limits, lease, site_packages)
+                return self._execute(workdir, staged, stdin_file, limits, lease, site_packages)
         finally:
             if lease is not None:
                 if self.isolation == "rlimits":  # no pid namespace took the leftovers with it
@@ -85,24 +92,27 @@ class SubprocessSandbox:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _command(
-        self, workdir: Path, limits: RunLimits, lease: UidLease | None, env: dict[str, str], site_packages: bool
+        self, workdir: Path, staged: list[str], limits: RunLimits, lease: UidLease | None, env: dict[str, str],
+        site_packages: bool,
     ) -> list[str]:
         python = [self.options.python, "-I", "-B", *([] if site_packages else ["-S"]), SCRIPT_NAME]
         inner = (drop_argv(lease.uid) if lease else []) + limits_argv(limits, with_nproc=lease is not None or
                                                                        self.isolation != "rlimits") + python
         if self.isolation == "bwrap":
-            return bwrap_argv(workdir=workdir, extra_ro=self._ro_paths, env=env, tmpfs_mb=self.options.tmpfs_mb) + inner
+            return bwrap_argv(workdir=workdir, files=staged, extra_ro=self._ro_paths, env=env,
+                              disk_mb=limits.max_disk_mb, proc=self._proc) + inner
         if self.isolation == "unshare":
             return unshare_argv() + inner
         return inner
 
     def _execute(
-        self, workdir: Path, stdin_file: IO[bytes], limits: RunLimits, lease: UidLease | None, site_packages: bool
+        self, workdir: Path, staged: list[str], stdin_file: IO[bytes], limits: RunLimits, lease: UidLease | None,
+        site_packages: bool,
     ) -> RunResult:
         result_r, result_w = os.pipe()
         home = SANDBOX_DIR if self.isolation == "bwrap" else str(workdir)
         env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", RESULT_FD_ENV: str(result_w)}
-        command = self._command(workdir, limits, lease, env, site_packages)
+        command = self._command(workdir, staged, limits, lease, env, site_packages)
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -112,7 +122,7 @@ class SubprocessSandbox:
         finally:
             os.close(result_w)
         try:
-            captured = _collect(proc, result_r, limits, started)
+            captured = _collect(proc, result_r, limits, started, lease.uid if lease else None)
         finally:
             _kill_group(proc)
             with proc:  # waits, closes stdout and stderr
@@ -129,6 +139,7 @@ class _Captured:
     result_overflow: bool = False
     timed_out: bool = False
     output_truncated: bool = False
+    memory_limited: bool = False
 
 
 def _sweep_stale_run_dirs(base: Path) -> None:
@@ -140,20 +151,26 @@ def _sweep_stale_run_dirs(base: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _stage(workdir: Path, files: Mapping[str, str], lease: UidLease | None) -> None:
+def _stage(workdir: Path, files: Mapping[str, str], lease: UidLease | None) -> list[str]:
+    """Write the run's files; their names relative to `workdir`."""
+    names = []
     for name, text in files.items():
         path = (workdir / name).resolve()
         if workdir.resolve() not in path.parents:
             raise ValueError(f"file name {name!r} leaves the run directory")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        names.append(str(path.relative_to(workdir.resolve())))
     if lease is not None:  # the run's uid may write in its directory, and only there
         os.chown(workdir, lease.uid, lease.uid)
     workdir.chmod(0o700)
+    return names
 
 
-def _collect(proc: subprocess.Popen[bytes], result_fd: int, limits: RunLimits, started: float) -> _Captured:
-    """Read stdout, stderr and the result channel until all close, the wall clock ends or output overflows."""
+def _collect(proc: subprocess.Popen[bytes], result_fd: int, limits: RunLimits, started: float, uid: int | None
+             ) -> _Captured:
+    """Read stdout, stderr and the result channel until all close, the wall clock ends, output overflows or the
+    run's processes together hold more than memory_mb."""
     assert proc.stdout is not None and proc.stderr is not None
     captured = _Captured()
     deadline = started + limits.wall_s
@@ -162,12 +179,18 @@ def _collect(proc: subprocess.Popen[bytes], result_fd: int, limits: RunLimits, s
     selector.register(proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
     selector.register(result_fd, selectors.EVENT_READ, "result")
     exited_at: float | None = None
+    memory_checked = started
     with selector:
         while selector.get_map():
             now = time.monotonic()
             if now >= deadline:
                 captured.timed_out = proc.poll() is None
                 break
+            if now - memory_checked >= _MEMORY_CHECK_S:
+                memory_checked = now
+                if run_memory_bytes(proc.pid, uid) > limits.memory_mb * 1024 * 1024:
+                    captured.memory_limited = True
+                    return captured
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
             if exited_at is not None and now - exited_at > _EXIT_GRACE_S:
@@ -204,6 +227,33 @@ def _read_into(captured: _Captured, fd: int, name: str, limits: RunLimits) -> bo
     return True
 
 
+def run_memory_bytes(root_pid: int, uid: int | None) -> int:
+    """Private memory (resident minus shared pages) of `root_pid` and its descendants, and of every process of
+    `uid` (a run's leased uid: its processes even after a double fork), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])  # the name may hold spaces and ")"
+                children.setdefault(parent, []).append(int(entry.name))
+    members, frontier = {root_pid}, [root_pid]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in members:
+                members.add(child)
+                frontier.append(child)
+    if uid is not None:
+        members.update(processes_of(uid))
+    total = 0
+    for pid in members:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/statm", "rb") as statm:
+                fields = statm.read().split()
+            total += (int(fields[1]) - int(fields[2])) * _PAGE
+    return total
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -221,6 +271,9 @@ def _result(returncode: int, captured: _Captured, limits: RunLimits, wall_s: flo
     notes = [f"isolation: {isolation}"]
     if captured.result_overflow:
         notes.append(f"the result channel went past {limits.max_result_bytes} bytes and was ignored")
+    if captured.memory_limited:
+        exit_code, signal_number = None, int(signal.SIGKILL)
+        notes.append(f"its processes together used more than {limits.memory_mb} MB and were killed")
     return RunResult(
         exit_code=exit_code,
         signal=signal_number,
@@ -232,6 +285,7 @@ def _result(returncode: int, captured: _Captured, limits: RunLimits, wall_s: flo
         wall_s=wall_s,
         limits=limits,
         notes=tuple(notes),
+        memory_limited=captured.memory_limited,
     )
 
 

@@ -1,40 +1,60 @@
 """How a worker (or `sdpo solve`) verifies a batch of attempts: `verify(problem, completions) -> verdicts`.
 
-Answer types (exact, numeric, regex, math, reasoning_gym) are plain functions of the text and run in the caller;
-types that run untrusted code (code_io, code_functional, python) or call out (webhook) go to a VerifierPool, whose
-processes run code only through the sandbox.
+Every verifier type runs in a VerifierPool process under a hard time limit, never in the caller: answer types parse
+untrusted text with user-supplied patterns (a backtracking regex or a sympy power tower holds the GIL, so in the
+worker it would stall generation and the lease heartbeat alike), code-running types start sandboxes, webhooks wait
+on the network. A type that runs code is refused up front where the sandbox is below SDPO_SANDBOX_MIN_ISOLATION
+(workers/isolation.py). Operator settings (environment):
+
+    SDPO_VERIFIER_WORKERS          processes of the shared pool (default: one per core)
+    SDPO_VERIFY_ATTEMPT_TIMEOUT_S  cap on one verification (default: from the verifier's own limits)
+    SDPO_VERIFY_STEP_BUDGET_S      budget of one job's step (default 600): attempts not verified by then get
+                                   reward 0 and say so, so a slow verifier cannot hold its batch for hours
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
-from collections.abc import Sequence
 
 from sdpo_core.problem import Problem
-from sdpo_core.verifiers import Verdict, VerifyFn, verify_attempts
+from sdpo_core.verifiers import SANDBOXED_TYPES, Verdict, VerifyFn
+from workers.isolation import SandboxOptions, checked_isolation
 from workers.pool import VerifierPool
 
 logger = logging.getLogger(__name__)
 
-IN_PROCESS_TYPES = frozenset({"exact", "numeric", "regex", "math", "reasoning_gym"})
 WORKERS_ENV = "SDPO_VERIFIER_WORKERS"
+ATTEMPT_TIMEOUT_ENV = "SDPO_VERIFY_ATTEMPT_TIMEOUT_S"
+STEP_BUDGET_ENV = "SDPO_VERIFY_STEP_BUDGET_S"
+DEFAULT_STEP_BUDGET_S = 600.0
 
 _shared: VerifierPool | None = None
 _shared_lock = threading.Lock()
 
 
+def _seconds(name: str, default: float | None) -> float | None:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    seconds = float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
 def verify_function(problem: Problem, *, pool: VerifierPool | None = None) -> VerifyFn:
-    """The batch verify callable the loop uses for `problem`; `pool` defaults to one shared by the process."""
-    if problem.verifier.type in IN_PROCESS_TYPES:
-        return _in_process
-    return (pool or shared_pool()).verify_batch
+    """The batch verify callable the loop uses for `problem`: the pool's, with the step budget.
 
-
-def _in_process(problem: Problem, completions: Sequence[str]) -> list[Verdict]:
-    return verify_attempts(problem, completions)
+    For a type that runs code, SandboxRefused (logged) when this machine's sandbox is below the required isolation:
+    the job fails with that message before any of its code runs."""
+    if problem.verifier.type in SANDBOXED_TYPES:
+        checked_isolation(SandboxOptions.from_env())
+    pool = pool or shared_pool()
+    return functools.partial(pool.verify_batch, budget_s=_seconds(STEP_BUDGET_ENV, DEFAULT_STEP_BUDGET_S))
 
 
 def shared_pool() -> VerifierPool:
@@ -43,14 +63,12 @@ def shared_pool() -> VerifierPool:
     with _shared_lock:
         if _shared is None:
             workers = int(os.environ.get(WORKERS_ENV, "0")) or None
-            _shared = VerifierPool(max_workers=workers)
+            _shared = VerifierPool(max_workers=workers, task_timeout_s=_seconds(ATTEMPT_TIMEOUT_ENV, None))
             atexit.register(_shared.close)
         return _shared
 
 
 def verify_answer(problem: Problem, answer: str) -> Verdict:
     """One verdict for one answer, with a pool of one process that is closed afterwards (the `sdpo verify` path)."""
-    if problem.verifier.type in IN_PROCESS_TYPES:
-        return verify_attempts(problem, [answer])[0]
-    with VerifierPool(max_workers=1) as pool:
+    with VerifierPool(max_workers=1, task_timeout_s=_seconds(ATTEMPT_TIMEOUT_ENV, None)) as pool:
         return pool.verify_batch(problem, [answer])[0]

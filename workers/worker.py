@@ -25,6 +25,7 @@ import time
 
 from sdpo_core.runs import DiscoveryRuns
 from workers import checkpoint
+from workers.hardening import make_undumpable
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
 from workers.runtime import ActiveJob
@@ -51,6 +52,7 @@ class Worker:
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`)."""
         set_context(worker=self.id)
+        make_undumpable()  # its environment holds the Redis password and storage keys
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, self.stop)
         s = self.settings

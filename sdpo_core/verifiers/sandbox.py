@@ -19,13 +19,14 @@ RESULT_FD_ENV = "SDPO_RESULT_FD"
 
 @dataclass(frozen=True)
 class RunLimits:
-    """Limits of one sandboxed run; memory and CPU are per process (rlimits), processes per run."""
+    """Limits of one sandboxed run; CPU per process (rlimits), memory per process and per run, processes per run."""
 
     wall_s: float = 10.0  # wall clock; the whole process group is killed after it
     cpu_s: float = 10.0  # CPU seconds per process (RLIMIT_CPU)
-    memory_mb: int = 1024  # address space per process (RLIMIT_AS)
+    memory_mb: int = 1024  # address space per process (RLIMIT_AS), and private memory of all its processes together
     max_processes: int = 32  # processes and threads of the run (RLIMIT_NPROC on a uid of its own)
     max_file_mb: int = 16  # largest file it may write (RLIMIT_FSIZE)
+    max_disk_mb: int = 64  # what it may write in its directory, and again in /tmp (bwrap: tmpfs sizes)
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output_bytes: int = 4_000_000  # stdout and stderr each; beyond this the run is stopped
     max_result_bytes: int = 1_000_000  # the result channel
@@ -45,6 +46,7 @@ class RunResult:
     wall_s: float
     limits: RunLimits = field(default_factory=RunLimits)
     notes: tuple[str, ...] = ()  # what the sandbox noticed: limits reached, isolation used
+    memory_limited: bool = False  # its processes together went past memory_mb and were killed
 
     @property
     def ok(self) -> bool:
@@ -56,12 +58,14 @@ class RunResult:
 
     @property
     def out_of_memory(self) -> bool:
-        return "MemoryError" in self.stderr[-4000:]
+        return self.memory_limited or "MemoryError" in self.stderr[-4000:]
 
     def describe(self) -> str:
         """One sentence on how the run ended, for feedback."""
         if self.timed_out:
             return f"it was stopped after the wall-clock limit of {self.limits.wall_s:g} s"
+        if self.memory_limited:
+            return f"it ran out of memory (its processes together used more than {self.limits.memory_mb} MB)"
         if self.output_truncated:
             return f"it was stopped after writing more than {self.limits.max_output_bytes} bytes of output"
         if self.cpu_limited:

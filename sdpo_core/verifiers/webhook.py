@@ -4,8 +4,10 @@ Each request body is signed: X-SDPO-Signature is "sha256=" + HMAC-SHA256(secret,
 X-SDPO-Timestamp the Unix time, so the receiver can check that the call comes from this service and is fresh.
 Requests have a timeout, a bounded number of retries (on connection errors, timeouts, 429 and 5xx) and never follow
 redirects. Private, loopback, link-local and other non-public addresses are refused, so a job cannot make the
-service probe its own network, unless the operator sets SDPO_WEBHOOK_ALLOW_PRIVATE=1. The check resolves the host
-name before each request; a name that resolves differently a moment later (DNS rebinding) is not caught.
+service probe its own network, unless the operator sets SDPO_WEBHOOK_ALLOW_PRIVATE=1. The host name is resolved
+once per verification, the addresses are checked, and the request goes to the checked address (the name kept in
+the Host header and, for https, in TLS's SNI and certificate check): a name that resolves differently a moment
+later (DNS rebinding) cannot redirect the call.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -48,17 +51,17 @@ class WebhookSpec(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=5, description="Extra tries after a failed request.")
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
-        refused = refusal(str(self.url))
-        if refused:
-            return _broken(f"The webhook verifier was not called: {refused}.")
+        target = pin(str(self.url))
+        if isinstance(target, str):
+            return _broken(f"The webhook verifier was not called: {target}.")
         body = json.dumps({"problem_id": problem.id, "prompt": problem.question, "completion": completion}).encode()
         try:
-            data = self._post(body)
+            data = self._post(target, body)
         except WebhookFailed as exc:
             return _broken(f"The webhook verifier failed: {exc}.")
         return verdict_from_reply(data)
 
-    def _post(self, body: bytes) -> Any:
+    def _post(self, target: PinnedTarget, body: bytes) -> Any:
         import httpx  # imported here: the spec is also loaded by light clients that never call webhooks
 
         last_error = "no request was made"
@@ -67,7 +70,7 @@ class WebhookSpec(BaseModel):
                 if attempt:
                     time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
                 try:
-                    status, content = _send(client, str(self.url), body, sign(self.secret, body))
+                    status, content = _send(client, target, body, sign(self.secret, body))
                 except httpx.HTTPError as exc:
                     last_error = f"{type(exc).__name__} after {attempt + 1} tries"
                     continue
@@ -94,8 +97,19 @@ def sign(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
     return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: f"sha256={digest}", "Content-Type": "application/json"}
 
 
-def _send(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    with client.stream("POST", url, content=body, headers=headers) as response:
+@dataclass(frozen=True)
+class PinnedTarget:
+    """Where one verification's requests go: the URL with its host replaced by the address that was checked."""
+
+    url: str  # e.g. https://93.184.216.34/verify
+    host: str  # the Host header: the URL's own host[:port]
+    sni_hostname: str | None  # https: the name TLS presents and checks the certificate against
+
+
+def _send(client: httpx.Client, target: PinnedTarget, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
+    with client.stream("POST", target.url, content=body, headers={**headers, "Host": target.host},
+                       extensions=extensions) as response:
         content = b""
         for chunk in response.iter_bytes():
             content += chunk
@@ -104,22 +118,31 @@ def _send(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) 
         return response.status_code, content
 
 
-def refusal(url: str) -> str | None:
-    """Why `url` may not be called (its host resolves to a non-public address), or None."""
-    if os.environ.get(ALLOW_PRIVATE_ENV) == "1":
-        return None
+def pin(url: str) -> PinnedTarget | str:
+    """Resolve `url`'s host once and check every address: the target to call, or why it may not be called."""
+    import httpx
+
     parsed = urlsplit(url)
     host = parsed.hostname or ""
     try:
         infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80), type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         return f"its host {host!r} does not resolve ({exc.strerror})"
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global or address.is_multicast:
-            return (f"{host} resolves to the non-public address {address}, which this service does not call "
-                    f"(an operator can allow it with {ALLOW_PRIVATE_ENV}=1)")
-    return None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if os.environ.get(ALLOW_PRIVATE_ENV) != "1":
+        for address in addresses:
+            if not address.is_global or address.is_multicast:
+                return (f"{host} resolves to the non-public address {address}, which this service does not call "
+                        f"(an operator can allow it with {ALLOW_PRIVATE_ENV}=1)")
+    original = httpx.URL(url)
+    return PinnedTarget(url=str(original.copy_with(host=str(addresses[0]))), host=original.netloc.decode("ascii"),
+                        sni_hostname=host if parsed.scheme == "https" else None)
+
+
+def refusal(url: str) -> str | None:
+    """Why `url` may not be called (its host resolves to a non-public address), or None."""
+    target = pin(url)
+    return target if isinstance(target, str) else None
 
 
 def verdict_from_reply(data: Any) -> Verdict:

@@ -143,10 +143,18 @@ function shortId(id) {
   return id.length > 16 ? `${id.slice(0, 4)}…${id.slice(-8)}` : id;
 }
 
+function shorten(text) {
+  return text.length > 40 ? `${text.slice(0, 40)}…` : text;
+}
+
 function problemLabel(problem) {
   if (problem.id) return problem.id;
-  const text = problem.prompt || (problem.messages || []).map((m) => m.content).join(" ");
-  return text.length > 40 ? `${text.slice(0, 40)}…` : text;
+  return shorten(problem.prompt || (problem.messages || []).map((m) => m.content).join(" "));
+}
+
+// A listing's job carries no problem, only its label and the start of its question; a job read alone has both.
+function summaryLabel(job) {
+  return job.problem ? problemLabel(job.problem) : job.problem_id || shorten(job.question);
 }
 
 // ---- sign in and out ----------------------------------------------------------------------------------------------
@@ -177,7 +185,7 @@ async function signIn() {
 
 // ---- the lists ----------------------------------------------------------------------------------------------------
 function jobRow(job) {
-  const tr = row([shortId(job.id), problemLabel(job.problem), status(job.status), `${job.attempts}/${job.budget}`,
+  const tr = row([shortId(job.id), summaryLabel(job), status(job.status), `${job.attempts}/${job.budget}`,
     job.first_success_attempt ?? ""], () => showJob(job.id));
   tr.dataset.id = job.id;
   return tr;

@@ -16,11 +16,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sdpo_core.statuses import FINISHED, STATUSES
-from workers.jobs import JobRecord, now
+from workers.jobs import JobHead, JobRecord, now
 from workers.keys import GROUP, Keys
 from workers.store import scripts
 
 RATE_WINDOW_S = 60  # /metrics: attempts per second over this window
+HEAD_FIELDS = tuple(JobHead.model_fields)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class NewJob:
     id: str
     spec_json: str
     metadata_json: str
+    summary_json: str = ""  # what listings show of the spec (JobHead.summary)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class JobStore:
         })]
         for job in jobs:
             keys += [k.job(job.id), k.events(job.id)]
-            args += [job.id, job.spec_json, job.metadata_json]
+            args += [job.id, job.spec_json, job.metadata_json, job.summary_json]
         outcome, found = await self.scripts["SUBMIT"](keys=keys, args=args)
         return SubmitOutcome(outcome, found)
 
@@ -119,6 +121,16 @@ class JobStore:
                 pipe.hgetall(self.keys.job(job_id))
             rows = await pipe.execute()
         return [JobRecord.model_validate(row) if row else None for row in rows]
+
+    async def get_heads(self, job_ids: Sequence[str]) -> list[JobHead | None]:
+        """The records without their specs and solutions (None where gone): what a listing reads, however large
+        the problems are."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), HEAD_FIELDS)
+            rows = await pipe.execute()
+        heads = [{f: v for f, v in zip(HEAD_FIELDS, row, strict=True) if v is not None} for row in rows]
+        return [JobHead.model_validate(head) if head.get("id") else None for head in heads]
 
     async def cancel_requested(self, job_ids: Sequence[str]) -> list[bool]:
         """For each job, whether its owner asked to cancel it."""
@@ -190,7 +202,7 @@ class JobStore:
         outcome, old = await self.scripts["TRANSITION"](keys=keys, args=[json.dumps(args)])
         return outcome, old
 
-    async def cancel(self, record: JobRecord) -> str:
+    async def cancel(self, record: JobHead) -> str:
         """Cancel a queued job at once or ask its worker to stop a running one; returns the status after."""
         outcome, old = await self.transition(record.id, tenant=record.tenant, allowed_from=["queued"],
                                              to="cancelled", fields={"error_code": "", "error_message": ""})

@@ -11,7 +11,7 @@ from __future__ import annotations
 # KEYS: 1 idempotency, 2 tenant status:queued, 3 tenant status:running, 4 tenant jobs, 5 tenant batches,
 #       6 tenant bytes, 7 batch, 8 batch jobs, 9 batch waiting, 10 queue, 11 jobs_by_status; per job: job, events.
 # ARGV[1]: {tenant, idempotent, fingerprint, idem_ttl, max_active, max_bytes, now, result_id, enqueue, batch_id,
-#           batch_fields}; then per job: id, spec JSON, metadata JSON.  Returns {outcome, id or count}.
+#           batch_fields}; then per job: id, spec JSON, metadata JSON, summary JSON.  Returns {outcome, id or count}.
 SUBMIT = """
 local a = cjson.decode(ARGV[1])
 if a.idempotent then
@@ -23,11 +23,11 @@ if a.idempotent then
     return {'mismatch', seen_id}
   end
 end
-local n = (#ARGV - 1) / 3
+local n = (#ARGV - 1) / 4
 local active = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
 if active + n > a.max_active then return {'cap', tostring(active)} end
 local size = 0
-for i = 0, n - 1 do size = size + #ARGV[3 + 3 * i] + #ARGV[4 + 3 * i] end
+for i = 0, n - 1 do size = size + #ARGV[3 + 4 * i] + #ARGV[4 + 4 * i] + #ARGV[5 + 4 * i] end
 local used = tonumber(redis.call('GET', KEYS[6]) or '0')
 if a.max_bytes > 0 and used + size > a.max_bytes then return {'quota', tostring(used)} end
 if a.batch_id ~= '' then
@@ -35,10 +35,11 @@ if a.batch_id ~= '' then
   redis.call('ZADD', KEYS[5], 0, a.batch_id)
 end
 for i = 0, n - 1 do
-  local id, spec, meta = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local id, spec, meta, summary = ARGV[2 + 4 * i], ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i]
   local job, events = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
   redis.call('HSET', job, 'id', id, 'tenant', a.tenant, 'status', 'queued', 'created_at', a.now, 'spec', spec,
-             'metadata', meta, 'batch_id', a.batch_id, 'attempts', 0, 'tries', 0, 'stored_bytes', #spec + #meta)
+             'metadata', meta, 'summary', summary, 'batch_id', a.batch_id, 'attempts', 0, 'tries', 0,
+             'stored_bytes', #spec + #meta + #summary)
   redis.call('ZADD', KEYS[4], 0, id)
   redis.call('ZADD', KEYS[2], 0, id)
   redis.call('XADD', events, '*', 'type', 'status', 'data', cjson.encode({status = 'queued', at = tonumber(a.now)}))

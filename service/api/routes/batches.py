@@ -9,21 +9,22 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from sdpo_core.statuses import FINISHED
-from service.api.routes.jobs import ERRORS
+from service.api.routes.jobs import ERRORS, read_summaries
 from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned_batch
+from service.errors import ApiError
 from service.schemas import Batch, BatchCreate, BatchList
-from service.submission import fingerprint, job_spec, submission_error
-from service.views import batch_view, job_view
+from service.submission import fingerprint, job_spec, new_job, submission_error
+from service.views import batch_view
 from workers.jobs import new_id, now
-from workers.store import JobStore, NewJob
+from workers.store import JobStore
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
 
 async def _view(store: JobStore, record: dict[str, str]) -> Batch:
     job_ids = await store.batch_job_ids(record["id"])
-    records = await store.get_many(job_ids)
-    jobs = [job_view(r) for r in records if r is not None]
+    summaries = await read_summaries(store, job_ids)  # never the problems: a batch has up to 1000
+    jobs = [job for job in summaries if job is not None]
     if jobs and all(job.status in FINISHED for job in jobs):  # finished: expire with its jobs
         await store.expire_batch(record["id"])
     return await asyncio.to_thread(batch_view, record, job_ids, jobs)
@@ -33,10 +34,15 @@ async def _view(store: JobStore, record: dict[str, str]) -> Batch:
 async def create_batch(body: BatchCreate, response: Response, tenant: TenantDep, store: StoreDep,
                        settings: SettingsDep, idempotency: IdempotencyDep) -> Batch:
     """Submit many problems; each becomes a job with the batch's options."""
+    if len(body.problems) > settings.max_active_jobs:  # a 429 would invite retries that can never succeed
+        detail = (f"the batch has {len(body.problems)} problems, more than the {settings.max_active_jobs} queued or "
+                  f"running jobs a tenant may have: it can never be accepted; split it into batches of at most "
+                  f"{settings.max_active_jobs}")
+        raise ApiError(422, detail, code="batch_exceeds_active_job_cap",
+                       errors=[{"field": "problems", "message": detail}])
     batch_id = new_id("batch")
     metadata = json.dumps(body.metadata)
-    jobs = [NewJob(new_id("job"), job_spec(body, problem, settings).model_dump_json(), metadata)
-            for problem in body.problems]
+    jobs = [new_job(job_spec(body, problem, settings), metadata) for problem in body.problems]
     fields = {"id": batch_id, "tenant": tenant, "created_at": now(), "method": body.settings.method,
               "budget": body.settings.max_attempts, "metadata": metadata, "size": len(jobs)}
     outcome = await store.submit(
@@ -80,7 +86,7 @@ async def cancel_batch(batch_id: str, tenant: TenantDep, store: StoreDep) -> Bat
     """Cancel every unfinished job of the batch. Idempotent."""
     record = await owned_batch(store, tenant, batch_id)
     await store.request_batch_cancel(batch_id)
-    for job in await store.get_many(await store.batch_job_ids(batch_id)):
+    for job in await store.get_heads(await store.batch_job_ids(batch_id)):
         if job is not None:
             await store.cancel(job)
     return await _view(store, await owned_batch(store, tenant, record["id"]))

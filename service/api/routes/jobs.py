@@ -8,33 +8,53 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.records import Attempt
 from sdpo_core.statuses import FINISHED, WITH_CURVE, JobStatus
 from service.deps import BlobsDep, IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
-from service.schemas import AttemptList, EventList, Job, JobCreate, JobCurve, JobEvent, JobList, Solution
+from service.schemas import AttemptList, EventList, Job, JobCreate, JobCurve, JobEvent, JobList, JobSummary, Solution
 from service.streams import SlotStream
 from service.streams import job_events as stream_events
-from service.submission import fingerprint, job_spec, submission_error
-from service.views import job_comparison, job_view
-from workers.jobs import new_id
-from workers.store import NewJob
+from service.submission import fingerprint, job_spec, new_job, submission_error, summary_json
+from service.views import job_comparison, job_summary_view, job_view
+from workers.checkpoint import ADAPTER
+from workers.jobs import JobHead, JobSpec
+from workers.store import JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 ERRORS = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such job"}}
 
 
+async def read_summaries(store: JobStore, job_ids: list[str]) -> list[JobSummary | None]:
+    """The listing views of `job_ids` (None where gone), read without their specs; a record stored before summaries
+    existed is read whole once to make its summary."""
+    heads = await store.get_heads(job_ids)
+    older = [head.id for head in heads if head is not None and not head.summary]
+    if older:
+        specs = {r.id: r.job_spec() for r in await store.get_many(older) if r is not None}
+        heads = [_with_summary(head, specs) for head in heads]
+    return [job_summary_view(head) if head is not None else None for head in heads]
+
+
+def _with_summary(head: JobHead | None, specs: dict[str, JobSpec]) -> JobHead | None:
+    if head is None or head.summary:
+        return head
+    spec = specs.get(head.id)
+    return head.model_copy(update={"summary": summary_json(spec)}) if spec is not None else None
+
+
 @router.post("", status_code=201, response_model=Job, responses={**ERRORS, 409: {}, 413: {}, 422: {}, 429: {}})
 async def create_job(body: JobCreate, response: Response, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
                      idempotency: IdempotencyDep) -> Job:
     """Submit one problem; the same Idempotency-Key with the same body returns the same job."""
-    spec = job_spec(body, body.problem, settings)
-    job_id = new_id("job")
+    job = new_job(job_spec(body, body.problem, settings), json.dumps(body.metadata))
     outcome = await store.submit(
-        tenant=tenant, jobs=[NewJob(job_id, spec.model_dump_json(), json.dumps(body.metadata))], result_id=job_id,
+        tenant=tenant, jobs=[job], result_id=job.id,
         idempotency_key=idempotency, fingerprint=fingerprint(body), idempotency_ttl_s=settings.idempotency_ttl_s,
         max_active_jobs=settings.max_active_jobs, max_tenant_bytes=settings.max_tenant_bytes,
     )
@@ -51,12 +71,12 @@ async def list_jobs(
     after: Annotated[str | None, Query(max_length=100, description="The last id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
-    """The tenant's jobs, newest first, in cursor pages."""
+    """The tenant's jobs, newest first, in cursor pages; each a summary (GET /v1/jobs/{id} has the problem)."""
     index = store.keys.tenant_status(tenant, status) if status else store.keys.tenant_jobs(tenant)
     ids, has_more = await store.page_ids(index, after=after, limit=limit)
-    records = await store.get_many(ids)
-    await store.prune_index(index, [i for i, r in zip(ids, records, strict=True) if r is None])
-    jobs = [job_view(r) for r in records if r is not None]
+    summaries = await read_summaries(store, ids)
+    await store.prune_index(index, [i for i, s in zip(ids, summaries, strict=True) if s is None])
+    jobs = [s for s in summaries if s is not None]
     return JobList(data=jobs, has_more=has_more, last_id=ids[-1] if ids else None)
 
 
@@ -174,15 +194,9 @@ async def job_adapter(job_id: str, tenant: TenantDep, store: StoreDep, blobs: Bl
     if job.status not in WITH_CURVE:
         raise ApiError(409, f"job '{job_id}' is {job.status}: the adapter is exported when it finishes",
                        code="adapter_not_ready")
-    archive = await asyncio.to_thread(_load_adapter, blobs, job_id) if record.adapter else None
-    if archive is None:
+    blob = await asyncio.to_thread(blobs.stream, job_id, ADAPTER) if blobs is not None and record.adapter else None
+    if blob is None:
         raise ApiError(404, f"the adapter of job '{job_id}' is not stored (export failed or expired)",
                        code="adapter_not_found")
-    return Response(archive, media_type="application/gzip",
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}-adapter.tar.gz"'})
-
-
-def _load_adapter(blobs, job_id: str) -> bytes | None:
-    from workers.checkpoint import ADAPTER
-
-    return blobs.load(job_id, ADAPTER) if blobs is not None else None
+    return StreamingResponse(iterate_in_threadpool(blob.chunks), media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{job_id}-adapter.tar.gz"', "Content-Length": str(blob.size)})

@@ -1,0 +1,93 @@
+"""One job's adapter cannot break another's (issue 12, item 4): target modules are checked where settings are
+made, generation mixes adapters that wrap different layers, and a finished job leaves no adapter behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft.tuners.lora import LoraLayer
+from pydantic import ValidationError
+from test_engine import perturb, request
+
+from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.settings import DEFAULT_TARGET_MODULES, RunSettings, SDPOSettings
+
+Q_ONLY = SDPOSettings(target_modules=["q_proj"], lora_rank=4)
+
+
+def adapter_keys_left(policy) -> set[str]:
+    """Adapter names any LoRA layer still holds, in any of its per-adapter tables."""
+    left: set[str] = set()
+    for module in policy.base.modules():
+        if isinstance(module, LoraLayer):
+            for attr in (*module.adapter_layer_names, *module.other_param_names):
+                table = getattr(module, attr, None)
+                if isinstance(table, dict | torch.nn.ModuleDict | torch.nn.ParameterDict):
+                    left |= set(table.keys())
+    return left
+
+
+@pytest.mark.parametrize("module", ["lm_head", "embed_tokens", "not_a_layer", ""])
+def test_target_modules_outside_the_projections_are_refused(module):
+    with pytest.raises(ValidationError) as caught:
+        RunSettings.model_validate({"sdpo": {"target_modules": ["q_proj", module]}})
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("sdpo", "target_modules")
+    assert repr(module) in error["msg"] and "q_proj" in error["msg"]
+
+
+def test_any_subset_of_the_projections_is_accepted_once_each():
+    assert SDPOSettings(target_modules=["v_proj", "q_proj", "v_proj"]).target_modules == ["v_proj", "q_proj"]
+    assert SDPOSettings().target_modules == DEFAULT_TARGET_MODULES
+
+
+def test_adapters_that_wrap_different_layers_share_a_generation_batch(tiny_policy):
+    """A q_proj-only rank-4 adapter next to a default one: each row gets its own adapter's layers, as if alone."""
+    tiny_policy.create_adapter("narrow", Q_ONLY, seed=1)
+    tiny_policy.create_adapter("wide", SDPOSettings(), seed=2)
+    perturb(tiny_policy, "narrow", seed=1)
+    perturb(tiny_policy, "wide", seed=2)
+    engine = TransformersEngine(tiny_policy)
+    narrow, wide = request(tiny_policy, adapter="narrow"), request(tiny_policy, adapter="wide")
+    together = engine.generate([narrow, wide])
+    assert [c.token_ids for c in together[0]] == [c.token_ids for c in engine.generate([narrow])[0]]
+    assert [c.token_ids for c in together[1]] == [c.token_ids for c in engine.generate([wide])[0]]
+    base = engine.generate([request(tiny_policy)])[0]
+    assert [c.token_ids for c in together[0]] != [c.token_ids for c in base]  # the narrow adapter does act
+
+
+def test_a_layer_wrapped_for_a_finished_job_does_not_break_later_generation(tiny_policy):
+    """peft leaves a layer wrapped after its last adapter goes; the next jobs' generation must not trip on it."""
+    odd = SDPOSettings.model_construct(**{**SDPOSettings().model_dump(), "target_modules": ["q_proj", "lm_head"]})
+    tiny_policy.create_adapter("odd", odd, seed=0)  # (settings validation refuses this today; older jobs did it)
+    tiny_policy.delete_adapter("odd")
+    tiny_policy.create_adapter("next", SDPOSettings(), seed=0)
+    completions = TransformersEngine(tiny_policy).generate([request(tiny_policy, adapter="next")])[0]
+    assert len(completions) == 4
+
+
+def test_a_finished_run_leaves_no_adapter_in_any_layer(tiny_policy):
+    from sdpo_core.loop import ProblemRun
+    from sdpo_core.problem import Problem
+
+    problem = Problem.model_validate({"prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}})
+    keep = ProblemRun(problem, RunSettings(max_attempts=16, attempts_per_step=4), tiny_policy, name="keep")
+    done = ProblemRun(problem, RunSettings(max_attempts=16, attempts_per_step=4, sdpo=Q_ONLY), tiny_policy,
+                      name="done")
+    assert {"sdpo_done", "sdpo_done-teacher"} <= adapter_keys_left(tiny_policy)
+    done.close()
+    assert tiny_policy.adapters == ["keep", "keep-teacher"]
+    assert adapter_keys_left(tiny_policy) == {"sdpo_keep", "sdpo_keep-teacher"}
+    keep.close()
+    assert tiny_policy.adapters == [] and adapter_keys_left(tiny_policy) == set()
+
+
+def test_sdpo_solve_refuses_the_same_target_modules_as_the_api(tmp_path):
+    """`sdpo solve` validates settings with the same RunSettings as the API: one line naming the field."""
+    from test_cli_solve import run_sdpo, write
+
+    problem = write(tmp_path / "p.json", {"prompt": "q", "verifier": {"type": "exact", "answer": "1"}})
+    settings = write(tmp_path / "s.json", {"sdpo": {"target_modules": ["q_proj", "lm_head"]}})
+    proc = run_sdpo("solve", problem, "--settings", settings, "--model", "unused")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "sdpo.target_modules" in proc.stderr and "'lm_head' cannot carry an adapter" in proc.stderr

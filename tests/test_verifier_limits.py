@@ -1,0 +1,137 @@
+"""No verifier runs in the caller, every verification has a hard time limit, catastrophic math is refused, and a batch's
+verification has a budget that it shares fairly (issue 12, items 3 and 8)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pydantic import ValidationError
+from sandbox_helpers import SUM_SOLUTION, block, sum_problem
+
+from sdpo_core.problem import Problem
+from workers.pool import VerifierPool
+from workers.verification import verify_function
+
+CATASTROPHIC = Problem.model_validate({"prompt": "Say it.", "verifier": {
+    "type": "regex", "pattern": "(.|.)*Q", "target": "completion"}})
+
+
+@pytest.fixture(scope="module")
+def short_pool():
+    """Two processes, a 3 s hard limit per verification."""
+    with VerifierPool(max_workers=2, task_timeout_s=3.0) as pool:
+        yield pool
+
+
+@pytest.mark.timeout(120)
+def test_a_backtracking_regex_is_stopped_by_the_hard_limit_not_run_in_the_caller(short_pool):
+    """(.|.)*Q on 200 characters is 2^200 paths; it runs in a pool process that is killed at the limit."""
+    verify = verify_function(CATASTROPHIC, pool=short_pool)
+    verdicts = verify(CATASTROPHIC, ["a" * 200, "a" * 10 + "Q"])
+    assert not verdicts[0].solved and "did not finish within 3 s" in verdicts[0].feedback
+    assert verdicts[1].solved
+    assert verify(CATASTROPHIC, ["bQ"])[0].solved  # the pool replaced the killed process
+
+
+@pytest.mark.timeout(120)
+def test_the_caller_keeps_running_python_while_a_verification_hangs(short_pool):
+    """The thread that waits for a verdict holds no GIL: another thread (the worker's event loop, its lease
+    heartbeat) keeps ticking the whole time."""
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.05)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.monotonic()
+    try:
+        verify_function(CATASTROPHIC, pool=short_pool)(CATASTROPHIC, ["a" * 200])
+    finally:
+        stop.set()
+        ticker.join()
+    during = [t for t in ticks if t > started]
+    gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+    assert len(during) > 20 and max(gaps) < 1.0, f"{len(during)} ticks, longest gap {max(gaps, default=0):.2f} s"
+
+
+@pytest.mark.parametrize("answer", ["9^{9^{9}}", "9^9^9", "2^{387420489}", "100000!"])
+def test_a_gold_answer_that_cannot_be_evaluated_is_refused_naming_the_field(answer):
+    with pytest.raises(ValidationError) as caught:
+        Problem.model_validate({"prompt": "?", "verifier": {"type": "math", "answer": answer}})
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("verifier", "math", "answer") and "not accepted" in error["msg"]
+
+
+def test_symbolic_towers_and_ordinary_powers_are_accepted():
+    for answer in ("e^{-x^2/2}", "2^{10}", "{9^9}^9", "\\frac{1}{2}", "10^{100000}", "10000!"):
+        Problem.model_validate({"prompt": "?", "verifier": {"type": "math", "answer": answer}})
+
+
+@pytest.mark.timeout(120)
+def test_a_power_tower_in_an_attempt_is_not_evaluated(short_pool):
+    problem = Problem.model_validate({"prompt": "?", "verifier": {"type": "math", "answer": "2"}})
+    tower, good = verify_function(problem, pool=short_pool)(problem, ["\\boxed{9^{9^{9}}}", "\\boxed{2}"])
+    assert not tower.solved and "power tower" in tower.feedback and "not evaluated" in tower.feedback
+    assert good.solved
+
+
+def test_a_batch_that_overruns_its_budget_marks_the_rest_unverified():
+    """Four attempts that each take their full 4 s time limit, one (warm) process, an 8 s budget: the first is
+    checked (Time Limit Exceeded), the one running when the budget ends is stopped, the others never start."""
+    slow = block("import time\ntime.sleep(60)")
+    with VerifierPool(max_workers=1) as pool:
+        assert pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)])[0].solved
+        verdicts = pool.verify_batch(sum_problem(time_limit_s=4.0), [slow] * 4, budget_s=8.0)
+        assert "Time Limit Exceeded" in verdicts[0].feedback
+        assert all(v.feedback.startswith("Not verified: the verification budget of this step (8 s)")
+                   for v in verdicts[1:]), [v.feedback for v in verdicts]
+        assert pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)], budget_s=60)[0].solved
+
+
+def test_batches_of_two_jobs_share_the_processes(monkeypatch):
+    """Job A's slow attempts are queued before job B's fast ones; B is still served while A's are pending, so B
+    finishes long before A's budget runs out."""
+    slow = block("import time\ntime.sleep(60)")
+    finished: dict[str, float] = {}
+    with VerifierPool(max_workers=2) as pool:
+        pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)] * 2)  # both processes started
+
+        def job(name: str, problem: Problem, attempts: list[str]) -> None:
+            pool.verify_batch(problem, attempts, budget_s=40)
+            finished[name] = time.monotonic()
+
+        a = threading.Thread(target=job, args=("a", sum_problem(time_limit_s=4.0), [slow] * 8))
+        a.start()
+        time.sleep(0.5)
+        started_b = time.monotonic()
+        job("b", sum_problem(), [block(SUM_SOLUTION)] * 2)
+        a.join()
+    assert finished["b"] < finished["a"]
+    assert finished["b"] - started_b < 0.5 * (finished["a"] - started_b)
+
+
+def test_the_jobs_of_a_step_verify_at_the_same_time(tiny_policy):
+    """Two runs sharing a generation batch: each one's verification waits for the other to have started, which
+    only works if run_step verifies them concurrently (one slow verifier does not hold the other job)."""
+    from sdpo_core.hf_engine import TransformersEngine
+    from sdpo_core.loop import ProblemRun, run_step
+    from sdpo_core.settings import RunSettings
+    from sdpo_core.verifiers import Verdict
+
+    both_started = threading.Barrier(2, timeout=20)
+
+    def verify(problem, completions):
+        both_started.wait()
+        return [Verdict(reward=0.0, solved=False, feedback="no") for _ in completions]
+
+    problem = Problem.model_validate({"prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}})
+    settings = RunSettings(method="best-of-k", max_attempts=4, attempts_per_step=2, max_new_tokens=4)
+    runs = [ProblemRun(problem, settings, tiny_policy, name=name, verify=verify) for name in ("a", "b")]
+    events = run_step(runs, TransformersEngine(tiny_policy))
+    assert [e.attempts for e in events] == [2, 2]
