@@ -91,6 +91,19 @@ def test_listings_carry_no_problems_and_never_read_them(http, redis_client):
     cancel_all(http)
 
 
+def test_a_job_stored_before_summaries_is_listed_from_its_spec(http, redis_client, api):
+    """Records written before the `summary` field existed still list, with the same summary a new one gets."""
+    cancel_all(http)
+    prefix = api.server.config.app.state.settings.redis_prefix
+    old, new = (http.post("/v1/jobs", json={"problem": {**PROBLEM, "id": label}}).json()["id"] for label in ("old", "new"))
+    redis_client.hdel(f"{prefix}:job:{old}", "summary")
+    listed = {j["id"]: j for j in http.get("/v1/jobs", params={"limit": 10}).json()["data"]}
+    assert listed[old]["problem_id"] == "old" and listed[old]["question"] == PROBLEM["prompt"]
+    assert {k: v for k, v in listed[old].items() if k not in ("id", "problem_id", "created_at")} == \
+        {k: v for k, v in listed[new].items() if k not in ("id", "problem_id", "created_at")}
+    cancel_all(http)
+
+
 def test_an_adapter_download_streams_in_pieces(http, redis_client, api, monkeypatch):
     """The archive (hundreds of MB at high rank) goes out of the checkpoint store in pieces, never read whole into
     the API."""
