@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sdpo_core.engines import add_engine_arguments
+
 
 def _engine(policy, args):
-    if getattr(args, "engine", "transformers") == "vllm":
-        from sdpo_core.vllm_engine import VLLMEngine
+    from sdpo_core.engines import make_engine
 
-        return VLLMEngine(policy, args.model_path)
-    from sdpo_core.hf_engine import TransformersEngine
-
-    return TransformersEngine(policy, max_batch_size=args.max_batch_size, compile=getattr(args, "compile", False))
+    concurrency = max(int(c) for c in str(args.concurrency).split(","))
+    return make_engine(policy, args.model_path, args.engine, max_batch_size=args.max_batch_size,
+                       max_adapters=max(16, concurrency), compile=getattr(args, "compile", False))
 
 
 def _policy(args):
@@ -33,11 +33,12 @@ def _policy(args):
         from sdpo_core.synthetic import shaped_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = shaped_model(args.shape, device=device,
-                                        dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+        from sdpo_core.models import choose_dtype
+
+        model, tokenizer = shaped_model(args.shape, device=device, dtype=getattr(torch, choose_dtype(device, args.dtype)))
         args.model_path, label = None, f"random-init {args.shape}"
     else:
-        model, tokenizer = load_model_and_tokenizer(args.model)
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
         args.model_path, label = resolve_model(args.model), args.model or "smollm2-135m-instruct"
     return LoraPolicy(model, tokenizer), label
 
@@ -138,6 +139,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--concurrency", type=int, default=8, help="runs sharing generation batches")
     d.add_argument("--max-batch-size", type=int, default=64)
     d.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
+    add_engine_arguments(d)
     d.add_argument("--out", default="runs/bench-discovery", help="folder for discovery.json and the SVGs")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_bench_discovery)
@@ -145,7 +147,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     t = kinds.add_parser("throughput", help="attempts/s, decode vs memory floor, update and swap costs")
     t.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
     t.add_argument("--shape", choices=["smollm2-135m", "qwen3-0.6b", "qwen3-8b"], help="random-init model of a shape")
-    t.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    add_engine_arguments(t)
     t.add_argument("--concurrency", default="1,4,16", help="concurrent problems, comma-separated")
     t.add_argument("--attempts-per-step", type=int, default=16)
     t.add_argument("--max-new-tokens", type=int, default=128)

@@ -76,20 +76,21 @@ def progress_sink(label: str, total: int, enabled: bool) -> Iterator[EventSink]:
 
 def solve_with_baseline(
     problem: Problem, settings: RunSettings, *, model: str | None, baseline_attempts: int | None,
-    show_progress: bool = True,
+    show_progress: bool = True, engine: str | None = None, dtype: str | None = None,
 ) -> SolveReport:
-    """Run the method, then best-of-k samples of the frozen model, and compare them."""
-    from sdpo_core.hf_engine import TransformersEngine
+    """Run the method, then best-of-k samples of the frozen model, and compare them (on `engine`, see
+    sdpo_core.engines; weights in `dtype`, see sdpo_core.models.choose_dtype)."""
+    from sdpo_core.engines import make_engine
     from sdpo_core.loop import solve
-    from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer
+    from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
     from workers.verification import verify_function
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", module="peft")
-    base_model, tokenizer = load_model_and_tokenizer(model)
+    base_model, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
     policy = LoraPolicy(base_model, tokenizer)
-    engine = TransformersEngine(policy)
+    engine = make_engine(policy, resolve_model(model), engine)
     verify = verify_function(problem)
 
     with progress_sink(settings.method, settings.max_attempts, show_progress) as on_event:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", ROOT / ".venv-vllm"))
-VLLM_TESTS = ["tests/test_engine_contract.py"]
-MIN_VLLM_CASES = 13  # 12 engine cases on vLLM and the id helpers
+VLLM_TESTS = ["tests/test_engine_contract.py", "tests/test_engine_factory.py"]
+MIN_VLLM_CASES = 15  # 13 engine cases on vLLM, the factory building it, the id helpers
 
 
 def test_engine_tests_pass_on_real_vllm(tmp_path):

@@ -60,6 +60,8 @@ class Worker:
     :param poll_ms: how long an idle worker blocks waiting for a job
     :param retention_s: how long finished jobs are kept
     :param max_batch_size: generation slots of the engine
+    :param engine: the generation engine, "transformers" or "vllm" (None: sdpo_core.engines.default_engine())
+    :param dtype: the base weights' dtype, "auto", "bfloat16" or "float32" (None: sdpo_core.models.choose_dtype)
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Worker:
         max_jobs: int = 4,
         lease_ms: int = 30_000, max_tries: int = 3, poll_ms: int = 1000, retention_s: int = 7 * 86400,
         events_maxlen: int = 10_000, max_batch_size: int = 32, worker_id: str | None = None,
+        engine: str | None = None, dtype: str | None = None,
     ) -> None:
         if max_jobs < 1 or lease_ms < 1000 or max_tries < 1:
             raise ValueError("max_jobs and max_tries must be >= 1 and lease_ms >= 1000")
@@ -75,6 +78,7 @@ class Worker:
         self.keys = Keys(prefix)
         self.max_jobs, self.lease_ms, self.max_tries, self.poll_ms = max_jobs, lease_ms, max_tries, poll_ms
         self.retention_s, self.events_maxlen, self.max_batch_size = retention_s, events_maxlen, max_batch_size
+        self.engine_name, self.dtype = engine, dtype
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
         self.active: dict[str, ActiveJob] = {}
         self.stopping = asyncio.Event()
@@ -136,16 +140,17 @@ class Worker:
     def _load_model(self) -> None:
         import warnings
 
-        from sdpo_core.hf_engine import TransformersEngine
+        from sdpo_core.engines import make_engine
         from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
         from sdpo_core.policy import LoraPolicy
 
         warnings.filterwarnings("ignore", category=FutureWarning)
-        base, tokenizer = load_model_and_tokenizer(self.model)
+        base, tokenizer = load_model_and_tokenizer(self.model, dtype=self.dtype)
         self.model_name = self.model or DEFAULT_MODEL
         self.resolved_model = resolve_model(self.model)
         self.policy = LoraPolicy(base, tokenizer)
-        self.engine = TransformersEngine(self.policy, max_batch_size=self.max_batch_size)
+        self.engine = make_engine(self.policy, self.resolved_model, self.engine_name,
+                                  max_batch_size=self.max_batch_size, max_adapters=max(16, self.max_jobs))
 
     # ---- heartbeat --------------------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
