@@ -16,9 +16,9 @@ import json
 import time
 import warnings
 
-from sdpo_core.bench_discovery import load_problems
 from sdpo_core.engines import add_engine_arguments, make_engine
 from sdpo_core.loop import ProblemRun, run_step
+from sdpo_core.measure.discovery import load_problems
 from sdpo_core.models import load_model_and_tokenizer, resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.settings import RunSettings

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from sdpo_core.bench_discovery import load_problems
+from sdpo_core.measure.discovery import load_problems
 from sdpo_core.models import load_model_and_tokenizer
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.reprompt import fit_prompt

@@ -168,7 +168,9 @@ class ProblemRun:
         return event
 
     def _step_prompt(self) -> list[int]:
-        if self.settings.method != "multi-turn" or not self.attempts:
+        in_context = self.settings.method == "multi-turn" or (
+            self.settings.method == "sdpo" and self.settings.sdpo.sample_with_feedback)
+        if not in_context or not self.attempts:
             return self.prompt_ids
         latest: dict[str, None] = {}  # distinct feedback, most recent last
         for attempt in self.attempts:
@@ -178,7 +180,8 @@ class ProblemRun:
         return multi_turn_prompt(self.problem, self.policy.chat_ids, list(latest), self.settings.max_prompt_tokens)
 
     def _update(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
-        samples = distill_samples(self.problem, self.policy, self.settings.sdpo, request.prompt_ids, completions, new)
+        samples = distill_samples(self.problem, self.policy, self.settings.sdpo, self.prompt_ids, completions, new,
+                                  sampled_with=request.prompt_ids)
         return sdpo_update(self.policy, self.optimizer, self.name, samples, self.settings.sdpo,
                            self.settings.temperature)
 
@@ -203,17 +206,25 @@ class ProblemRun:
 
 def distill_samples(
     problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
-    completions: Sequence[Completion], attempts: Sequence[Attempt],
+    completions: Sequence[Completion], attempts: Sequence[Attempt], sampled_with: list[int] | None = None,
 ) -> list[DistillSample]:
-    """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss)."""
+    """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss).
+
+    `prompt_ids` is the student's prompt (the plain question); `sampled_with` the prompt the attempts were sampled
+    from, when it differs (the hybrid samples with feedback in context): then their sampling log-probs are not the
+    student's and carry no importance weight."""
     outcomes = [AttemptOutcome(a.text, a.reward, a.feedback) for a in attempts]
+    on_policy = sampled_with is None or sampled_with == prompt_ids
+    control = (fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
+               if settings.teacher_context == "contrastive" else None)
     samples = []
     for completion, sections in zip(completions, teacher_sections(outcomes, settings), strict=True):
         if sections is None or not completion.token_ids:
             continue  # zero loss: the teacher would know nothing more than the student
         solution, feedback = sections
         teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)
-        samples.append(DistillSample(prompt_ids, teacher_prompt, completion.token_ids, completion.logprobs))
+        samples.append(DistillSample(prompt_ids, teacher_prompt, completion.token_ids,
+                                     completion.logprobs if on_policy else None, control))
     return samples
 
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+# (slice of the tokens, the student's detached logits there) -> the teacher's target logits for those tokens
+TargetFn = Callable[[slice, torch.Tensor], torch.Tensor]
 
 
 def bucket_log_probs(
@@ -85,9 +87,20 @@ def token_losses(
     return per_token, sampled_lp
 
 
+def contrastive_target(anchor_lp: torch.Tensor, feedback_lp: torch.Tensor, control_lp: torch.Tensor,
+                       strength: float, clip: float) -> torch.Tensor:
+    """log q* = log anchor + beta * clip(log q_feedback - log q_control), unnormalised (N, V).
+
+    The control reprompt is the feedback reprompt with content-free feedback: whatever any reprompt does to the
+    model (talking about feedback, "Sure, here is", copying what the feedback quotes back) is in both and cancels;
+    what the feedback's content makes more likely survives. The clip keeps rare tokens with a huge ratio in place.
+    """
+    return anchor_lp + strength * (feedback_lp - control_lp).clamp(-clip, clip)
+
+
 def chunked_loss_sum(
     student_hidden: torch.Tensor,
-    teacher_logits_fn: LogitsFn,
+    target_fn: TargetFn,
     head: LogitsFn,
     tokens: torch.Tensor,
     old_logprobs: torch.Tensor | None,
@@ -101,7 +114,7 @@ def chunked_loss_sum(
     """Sum of the per-token SDPO losses over N distilled tokens, logits built one chunk at a time.
 
     student_hidden: (N, H) final hidden states predicting `tokens` (N,); `head` maps hidden states to logits;
-    `teacher_logits_fn(slice)` gives the teacher's logits (no grad) for the tokens in that slice.
+    `target_fn(slice, student_logits)` gives the teacher's target logits (no grad) for the tokens in that slice.
     Divide by the batch's token count for the token mean.
     """
     total = student_hidden.new_zeros((), dtype=torch.float32)
@@ -112,10 +125,11 @@ def chunked_loss_sum(
         def chunk_sum(h: torch.Tensor, piece: slice = piece, old: torch.Tensor | None = old) -> torch.Tensor:
             # The teacher's logits are rebuilt here (and again in the backward recompute) so that no chunk's
             # logits outlive the chunk.
+            s_logits = head(h)
             with torch.no_grad():
-                t_logits = teacher_logits_fn(piece)
+                t_logits = target_fn(piece, s_logits.detach())
             losses, _ = token_losses(
-                head(h), t_logits, tokens[piece], old, alpha=alpha, top_k=top_k, add_tail=add_tail, is_clip=is_clip
+                s_logits, t_logits, tokens[piece], old, alpha=alpha, top_k=top_k, add_tail=add_tail, is_clip=is_clip
             )
             return losses.sum()
 

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["sdpo", "best-of-k", "multi-turn"]
 TeacherKind = Literal["ema", "frozen", "trust-region"]
+TeacherContext = Literal["feedback", "contrastive"]
+ContrastAnchor = Literal["teacher", "student"]
 
 # All attention and MLP projections of Llama/Qwen/Mistral-style decoders.
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -38,6 +40,27 @@ class SDPOSettings(BaseModel):
     lora_rank: int = Field(default=16, ge=1, le=512)
     lora_alpha: float = Field(default=32.0, gt=0)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
+    teacher_context: TeacherContext = Field(
+        default="feedback", description="feedback: the teacher reads the reprompt with the feedback (the paper). "
+        "contrastive: the target is anchor * (q_feedback / q_control)^contrast, the control reprompt identical but "
+        "with content-free feedback, so the style any reprompt induces (and copying) cancels.",
+    )
+    contrast: float = Field(default=1.0, ge=0.0, le=8.0, description="Contrastive: the strength beta of the "
+                            "feedback's log-ratio against the control.")
+    contrast_clip: float = Field(default=5.0, gt=0.0, description="Contrastive: the per-token log-ratio is clipped "
+                                 "to +-this (the paper's test-time 'clip advantages 5.0'), so a rare token whose "
+                                 "ratio is huge cannot take over the target.")
+    contrast_anchor: ContrastAnchor = Field(
+        default="teacher", description="Contrastive: the distribution the log-ratio is added to: the teacher on "
+        "the plain prompt (a fixed point the student converges to) or the current student (moves every update, "
+        "so the target runs away; kept for measurement).",
+    )
+    control_feedback: str = Field(default="Your answer is not correct.", min_length=1, max_length=500,
+                                  description="Contrastive: the content-free feedback of the control reprompt.")
+    sample_with_feedback: bool = Field(
+        default=False, description="Sample each step's attempts with the earlier feedback in the prompt (as "
+        "multi-turn does) while the adapter distils it into the plain prompt (the hybrid).",
+    )
     include_feedback: bool = Field(default=True, description="Put the verifier's feedback in the teacher's context.")
     feedback_only_without_solution: bool = Field(
         default=True, description="Use feedback only for samples that have no successful sibling to imitate."

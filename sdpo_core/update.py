@@ -2,6 +2,7 @@
 
     for each micro-batch of distilled attempts:
         teacher pass (no grad)  : reprompt + attempt tokens -> hidden states at the attempt's positions
+                                  (contrastive: also the control reprompt and the plain prompt, the anchor)
         student pass            : prompt + attempt tokens   -> hidden states at the same positions
                                   (both passes run the micro-batch's common prefix once: LoraPolicy.response_hidden)
         loss += sum_t D_alpha(student_t, teacher_t) * w_t / (distilled tokens in the whole step)
@@ -19,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from sdpo_core.loss import chunked_loss_sum
+from sdpo_core.loss import TargetFn, chunked_loss_sum, contrastive_target
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.records import StepMetrics
 from sdpo_core.settings import SDPOSettings
@@ -29,17 +31,53 @@ from sdpo_core.teacher import teacher_hidden, teacher_logits, update_teacher
 
 @dataclass
 class DistillSample:
-    """One attempt to distil: the student's prompt, the teacher's prompt and the sampled tokens."""
+    """One attempt to distil: the student's prompt, the teacher's prompts and the sampled tokens."""
 
     prompt_ids: list[int]
     teacher_prompt_ids: list[int]
     response_ids: list[int]
-    response_logprobs: list[float]  # under the sampling policy (pi_old)
+    response_logprobs: list[float] | None  # under the sampling policy (pi_old); None: sampled in another context
+    control_prompt_ids: list[int] | None = None  # the contrastive teacher's control reprompt
 
 
 def make_optimizer(policy: LoraPolicy, adapter: str, settings: SDPOSettings) -> torch.optim.AdamW:
     params = list(policy.parameters(adapter).values())
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def target_fn(policy: LoraPolicy, adapter: str, settings: SDPOSettings, mb: list[DistillSample],
+              scale: float) -> TargetFn:
+    """The micro-batch's teacher target, logits per slice of its response tokens (teacher passes run here, once).
+
+    feedback:    log q(. | x, f, y<t)
+    contrastive: log anchor(. | x, y<t) + beta * clip(log q(. | x, f, y<t) - log q(. | x, c, y<t))
+                 anchor = the teacher on the plain prompt, or the current student (detached)
+    """
+    lengths = [len(s.response_ids) for s in mb]
+    contexts = {"feedback": [s.teacher_prompt_ids for s in mb]}
+    contrastive = settings.teacher_context == "contrastive"
+    if contrastive:
+        assert all(s.control_prompt_ids is not None for s in mb), "contrastive teacher needs control reprompts"
+        contexts["control"] = [s.control_prompt_ids for s in mb]
+        if settings.contrast_anchor == "teacher":
+            contexts["anchor"] = [s.prompt_ids for s in mb]
+    hidden = {
+        name: teacher_hidden(policy, adapter, settings, [p + s.response_ids for p, s in zip(prompts, mb)], lengths)
+        for name, prompts in contexts.items()
+    }
+
+    def log_probs(name: str, piece: slice) -> torch.Tensor:
+        return F.log_softmax(teacher_logits(policy, settings, [h[piece] for h in hidden[name]]) * scale, dim=-1)
+
+    def target(piece: slice, student_logits: torch.Tensor) -> torch.Tensor:
+        if not contrastive:
+            return log_probs("feedback", piece)
+        anchor = (log_probs("anchor", piece) if settings.contrast_anchor == "teacher"
+                  else F.log_softmax(student_logits.float(), dim=-1))
+        return contrastive_target(anchor, log_probs("feedback", piece), log_probs("control", piece),
+                                  settings.contrast, settings.contrast_clip)
+
+    return target
 
 
 def distillation_losses(
@@ -58,23 +96,20 @@ def distillation_losses(
         mb = samples[start: start + settings.micro_batch_size]
         mb_lengths = [len(s.response_ids) for s in mb]
         mb_tokens = torch.tensor([t for s in mb for t in s.response_ids], device=device)  # (N,)
-        mb_old_lp = torch.tensor([lp for s in mb for lp in s.response_logprobs], device=device)  # (N,)
+        on_policy = all(s.response_logprobs is not None for s in mb)
+        mb_old_lp = (torch.tensor([lp for s in mb for lp in s.response_logprobs], device=device)  # (N,)
+                     if on_policy else None)  # attempts sampled in another context carry no importance weight
 
-        # ---- teacher: the same attempt tokens after the feedback-informed prompt ----
+        # ---- teacher: the same attempt tokens after the feedback-informed prompt(s) ----
         clock = time.perf_counter()
-        t_hidden = teacher_hidden(policy, adapter, settings, [s.teacher_prompt_ids + s.response_ids for s in mb],
-                                  mb_lengths)
-
-        def mb_teacher_logits(piece: slice, t_hidden: list[torch.Tensor] = t_hidden) -> torch.Tensor:
-            return teacher_logits(policy, settings, [h[piece] for h in t_hidden]) * scale
-
+        mb_target = target_fn(policy, adapter, settings, mb, scale)
         seconds["teacher_forward"] = seconds.get("teacher_forward", 0.0) + time.perf_counter() - clock
 
         # ---- student: the original prompt ----
         clock = time.perf_counter()
         s_hidden = policy.response_hidden([s.prompt_ids + s.response_ids for s in mb], mb_lengths, adapter)  # (N, H)
         yield chunked_loss_sum(
-            s_hidden, mb_teacher_logits, head, mb_tokens, mb_old_lp,
+            s_hidden, mb_target, head, mb_tokens, mb_old_lp,
             alpha=settings.alpha, top_k=settings.top_k, add_tail=settings.add_tail, is_clip=settings.is_clip,
             chunk_tokens=settings.loss_chunk_tokens,
         ) / total_tokens  # token mean over the whole step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 
@@ -16,13 +17,13 @@ from sdpo_core.engines import add_engine_arguments
 def _engine(policy, args):
     from sdpo_core.engines import make_engine
 
-    concurrency = max(int(c) for c in str(args.concurrency).split(","))
+    concurrency = max(int(c) for c in str(getattr(args, "concurrency", 1)).split(","))
     return make_engine(policy, args.model_path, args.engine, max_batch_size=args.max_batch_size,
                        max_adapters=max(16, concurrency), compile=getattr(args, "compile", False))
 
 
 def _policy(args):
-    from sdpo_core.models import load_model_and_tokenizer, resolve_model
+    from sdpo_core.models import choose_dtype, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -30,11 +31,9 @@ def _policy(args):
     if getattr(args, "shape", None):
         import torch
 
-        from sdpo_core.synthetic import shaped_model
+        from sdpo_core.measure.synthetic import shaped_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        from sdpo_core.models import choose_dtype
-
         model, tokenizer = shaped_model(args.shape, device=device, dtype=getattr(torch, choose_dtype(device, args.dtype)))
         args.model_path, label = None, f"random-init {args.shape}"
     else:
@@ -44,7 +43,7 @@ def _policy(args):
 
 
 def cmd_bench_discovery(args: argparse.Namespace) -> int:
-    from sdpo_core.bench_discovery import bench_discovery, load_problems
+    from sdpo_core.measure.discovery import bench_discovery, load_problems
     from sdpo_core.settings import RunSettings
     from workers.verification import verify_function
 
@@ -88,8 +87,92 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_signal(args: argparse.Namespace) -> int:
+    from sdpo_core.measure.discovery import load_problems
+    from sdpo_core.measure.signal import measure_signal
+    from workers.verification import verify_function
+
+    problems = load_problems(args.problems)
+    policy, label = _policy(args)
+    engine = _engine(policy, args)
+    console = Console(width=200)
+    table = Table(title=f"feedback signal: {label}, {args.samples} samples per problem, {args.max_new_tokens} new tokens")
+    for col in ("problem", "base pass@1", "with feedback", "KL fb", "KL contrast", "peak", "shift fb",
+                "shift fb-ctrl"):
+        table.add_column(col, justify="right" if col != "problem" else "left")
+    rows = []
+    with Progress(TextColumn("[bold]signal"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=args.quiet) as progress:
+        task = progress.add_task("problems", total=len(problems))
+        for problem in problems:
+            signal = measure_signal(problem, policy, engine, verify=verify_function(problem), samples=args.samples,
+                                    gap_attempts=args.gap_attempts, max_new_tokens=args.max_new_tokens)
+            rows.append(signal)
+            table.add_row(signal.problem_id, f"{signal.base_solved}/{signal.samples} = {signal.base_rate:.3f}",
+                          f"{signal.feedback_solved}/{signal.samples} = {signal.feedback_rate:.3f}",
+                          f"{signal.gap_feedback:.3f}", f"{signal.gap_contrastive:.3f}",
+                          f"{signal.peak_contrastive:.2f}", f"{signal.shift_feedback:+.3f}",
+                          f"{signal.shift_contrastive:+.3f}")
+            progress.advance(task)
+    console.print(table)
+    console.print("KL: mean per-token KL(teacher || student) on failed base attempts, nats; peak: the largest "
+                  "per-token KL of an attempt, averaged; shift: mean per-token log-prob change of the failed "
+                  "attempt's own tokens (positive: the teacher copies it)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+    return 0
+
+
+DEFAULT_VARIANTS = ("paper=", "fkl-full=alpha:0,top_k:none",
+                    "contrastive=alpha:0,top_k:none,teacher_context:contrastive,teacher:frozen")
+
+
+def cmd_bench_trace(args: argparse.Namespace) -> int:
+    from sdpo_core.measure.discovery import load_problems
+    from sdpo_core.measure.trace import parse_variant, trace
+    from workers.verification import verify_function
+
+    problems = load_problems(args.problems)
+    variants = dict(parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS))
+    policy, label = _policy(args)
+    engine = _engine(policy, args)
+    with Progress(TextColumn("[bold]trace"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
+                  TimeElapsedColumn(), console=Console(stderr=True), disable=args.quiet) as progress:
+        task = progress.add_task("updates", total=args.updates + 2)
+        traces = trace(problems, policy, engine, variants=variants, updates=args.updates, attempts=args.attempts,
+                       eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
+                       verify_for=verify_function, on_progress=lambda: progress.advance(task))
+    console = Console(width=220)
+    steps = range(args.updates + 1)
+    table = Table(title=f"plain-prompt pass@1 after each update ({label}; {args.attempts} attempts per update, "
+                        f"{args.eval_samples} eval samples; meta-talk share / distinct-2 at the last update)")
+    table.add_column("problem")
+    table.add_column("variant")
+    table.add_column("with fb", justify="right")
+    for u in steps:
+        table.add_column(f"u{u}", justify="right")
+    table.add_column("train solved", justify="right")
+    table.add_column("meta", justify="right")
+    table.add_column("distinct2 (base)", justify="right")
+    for t in traces:
+        last = t.steps[-1]
+        table.add_row(t.problem_id, t.variant, f"{t.feedback_rate:.2f}", *(f"{s.eval_rate:.2f}" for s in t.steps),
+                      ",".join(str(s.train_solved) for s in t.steps[1:]), f"{last.meta_talk:.2f}",
+                      f"{last.distinct2:.2f} ({t.base_distinct2:.2f})")
+    for name in variants:
+        mine = [t for t in traces if t.variant == name]
+        mean = [sum(t.steps[u].eval_rate for t in mine) / len(mine) for u in steps]
+        table.add_row("[bold]average", name, f"{sum(t.feedback_rate for t in mine) / len(mine):.2f}",
+                      *(f"{m:.2f}" for m in mean), "", f"{sum(t.steps[-1].meta_talk for t in mine) / len(mine):.2f}",
+                      f"{sum(t.steps[-1].distinct2 for t in mine) / len(mine):.2f}")
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps([t.model_dump() for t in traces], indent=2))
+    return 0
+
+
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
-    from sdpo_core.bench_throughput import bench_throughput
+    from sdpo_core.measure.throughput import bench_throughput
 
     policy, label = _policy(args)
     engine = _engine(policy, args)
@@ -143,6 +226,35 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/bench-discovery", help="folder for discovery.json and the SVGs")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_bench_discovery)
+
+    g = kinds.add_parser("signal", help="per problem: base pass@1, pass@1 with the feedback in the prompt, and the "
+                         "student-teacher gap on base attempts")
+    g.add_argument("--problems", help="a family (informative, binary) or a JSONL of problems (default: informative)",
+                   default="informative")
+    g.add_argument("--samples", type=int, default=64, help="attempts per problem for each pass rate")
+    g.add_argument("--gap-attempts", type=int, default=16, help="failed base attempts the gap is measured on")
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--max-batch-size", type=int, default=64)
+    add_engine_arguments(g)
+    g.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
+    g.add_argument("--json", help="also write the rows as JSON here")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_bench_signal)
+
+    r = kinds.add_parser("trace", help="the student's plain-prompt pass@1 after each SDPO update, per variant")
+    r.add_argument("--problems", default="informative", help="a family (informative, binary) or a JSONL of problems")
+    r.add_argument("--variant", action="append", help="NAME=key:value,... SDPO settings overrides (repeatable; "
+                   "values are JSON, 'none' is None), e.g. fkl=alpha:0,top_k:none")
+    r.add_argument("--updates", type=int, default=6)
+    r.add_argument("--attempts", type=int, default=8, help="training attempts per update")
+    r.add_argument("--eval-samples", type=int, default=16, help="plain-prompt attempts after each update")
+    r.add_argument("--max-new-tokens", type=int, default=48)
+    r.add_argument("--max-batch-size", type=int, default=64)
+    add_engine_arguments(r)
+    r.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
+    r.add_argument("--json", help="also write the traces as JSON here")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_bench_trace)
 
     t = kinds.add_parser("throughput", help="attempts/s, decode vs memory floor, update and swap costs")
     t.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")

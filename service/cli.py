@@ -391,7 +391,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             for job_id in batch.job_ids:
                 _print_job(client.get(job_id))
             if args.curve and batch.curve:
-                from sdpo_core.plot import discovery_svg
+                from sdpo_core.measure.plot import discovery_svg
 
                 Path(args.curve).write_text(discovery_svg(batch.curve.curves, title=f"Batch {batch.id}",
                                                           note=batch.curve.note))

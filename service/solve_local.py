@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
-from sdpo_core.plot import discovery_svg
+from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ProgressEvent, RunResult
 from sdpo_core.settings import RunSettings

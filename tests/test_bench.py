@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdpo_core.bench_discovery import MethodOutcome, load_problems
+from sdpo_core.measure.discovery import MethodOutcome, load_problems
 
 SDPO = str(Path(sys.executable).parent / "sdpo")
 

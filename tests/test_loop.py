@@ -125,6 +125,37 @@ def test_multi_turn_prompts_carry_earlier_feedback(tiny_policy):
     assert tiny_policy.adapters == []
 
 
+def test_contrastive_teacher_reads_feedback_and_control_reprompts_and_updates(tiny_policy):
+    run = ProblemRun(UNSOLVABLE, settings(sdpo={"teacher_context": "contrastive", "teacher": "frozen",
+                                                "alpha": 0.0, "top_k": None}), tiny_policy, name="job")
+    before = snapshot(tiny_policy, "job")
+    event = run_step([run], TransformersEngine(tiny_policy))[0]
+    assert event.metrics.distilled_samples == 4 and event.metrics.loss > 0
+    after = tiny_policy.state("job")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    run.close()
+
+
+def test_hybrid_samples_with_feedback_in_context_and_distils_into_the_plain_prompt(tiny_policy, monkeypatch):
+    import sdpo_core.loop as loop
+
+    captured = []
+    monkeypatch.setattr(loop, "sdpo_update", lambda policy, opt, name, samples, *a: captured.append(samples)
+                        or loop.StepMetrics())
+    run = ProblemRun(UNSOLVABLE, settings(sdpo={"sample_with_feedback": True}), tiny_policy, name="job")
+    engine = TransformersEngine(tiny_policy)
+    first = run.next_request()
+    run_step([run], engine)
+    second = run.next_request()
+    assert "No final answer was found" in tiny_policy.tokenizer.decode(second.prompt_ids)  # sampled in context
+    assert second.adapter == "job"  # ... with the adapter that learns
+    run_step([run], engine)
+    assert all(s.prompt_ids == first.prompt_ids for s in captured[1])  # the student learns on the plain prompt
+    assert all(s.response_logprobs is None for s in captured[1])  # in-context samples carry no importance weight
+    assert all(s.response_logprobs is not None for s in captured[0])  # the first step sampled the plain prompt
+    run.close()
+
+
 def test_interleaved_runs_give_the_same_attempts_as_runs_alone(tiny_policy):
     engine = TransformersEngine(tiny_policy, max_batch_size=5)
     alone = solve(UNSOLVABLE, settings(seed=3), tiny_policy, engine, name="alone").attempts

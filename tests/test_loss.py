@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdpo_core.loss import chunked_loss_sum, token_losses
+from sdpo_core.loss import chunked_loss_sum, contrastive_target, token_losses
 
 V, N = 37, 9
 
@@ -117,7 +117,7 @@ def test_chunked_loss_and_gradient_match_unchunked(chunk):
         return h @ head_w.T
 
     kwargs = dict(alpha=1.0, top_k=5, add_tail=True, is_clip=2.0)
-    total = chunked_loss_sum(hidden, lambda piece: head(t_hidden[piece]), head, tokens, old, chunk_tokens=chunk,
+    total = chunked_loss_sum(hidden, lambda piece, _: head(t_hidden[piece]), head, tokens, old, chunk_tokens=chunk,
                              **kwargs)
     grad = torch.autograd.grad(total, hidden)[0]
     direct, _ = token_losses(head(hidden), head(t_hidden), tokens, old, **kwargs)
@@ -142,10 +142,26 @@ def test_chunking_bounds_the_logits_held_for_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        total = chunked_loss_sum(hidden, lambda piece: head(hidden[piece].detach()), head,
+        total = chunked_loss_sum(hidden, lambda piece, _: head(hidden[piece].detach()), head,
                                  torch.zeros(tokens_n, dtype=torch.long), None, alpha=1.0, top_k=20, add_tail=True,
                                  is_clip=None, chunk_tokens=chunk)
     assert max(rows_seen) == chunk
     assert sum(saved) < tokens_n * vocab / 8, f"{sum(saved)} elements saved for backward"
     total.backward()
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
+def test_contrastive_target_cancels_what_feedback_and_control_share_and_keeps_what_the_feedback_adds():
+    """log q* = log anchor + beta * clip(log q_fb - log q_ctrl): a style shift both reprompts cause cancels."""
+    anchor = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), -1)
+    style = torch.tensor([[0.0, 3.0, 0.0, 0.0]])  # any reprompt makes token 1 ("Sure, ...") likelier
+    content = torch.tensor([[0.0, 0.0, 2.5, 0.0]])  # only the real feedback makes token 2 (the missing word) likelier
+    feedback = torch.log_softmax(anchor + style + content, -1)
+    control = torch.log_softmax(anchor + style, -1)
+    target = torch.log_softmax(contrastive_target(anchor, feedback, control, strength=1.0, clip=5.0), -1)
+    torch.testing.assert_close(target, torch.log_softmax(anchor + content, -1))
+    assert target[0, 1] < feedback[0, 1]  # the style token is not pushed by the target
+    stronger = torch.log_softmax(contrastive_target(anchor, feedback, control, strength=2.0, clip=5.0), -1)
+    assert stronger[0, 2] > target[0, 2]
+    clipped = contrastive_target(anchor, feedback, control, strength=4.0, clip=1.0) - anchor
+    assert clipped.abs().max() <= 4.0 + 1e-6

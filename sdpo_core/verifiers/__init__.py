@@ -1,6 +1,6 @@
 """Verifier specs (a pydantic union tagged by `type`) and the factory that turns a spec into a Verifier.
 
-Answer verifiers (exact, numeric, regex, math, reasoning_gym) run in-process; webhook calls out over HTTP.
+Answer verifiers (exact, numeric, regex, checklist, math, reasoning_gym) run in-process; webhook calls out over HTTP.
 Verifiers that execute code (code_io and code_functional programs written by the model, python verifiers written
 by a user) never run in the process that holds the model: their specs build a verifier from the sandbox that
 `workers/` provides (the `Sandbox` protocol of sandbox.py), passed to `build_verifier(spec, sandbox=...)`.
@@ -17,6 +17,7 @@ from pydantic import Field
 
 from sdpo_core.verifiers.answer import ExactSpec, NumericSpec, RegexSpec
 from sdpo_core.verifiers.base import Verdict, Verifier, VerifierError, clip_feedback
+from sdpo_core.verifiers.checklist import ChecklistSpec
 from sdpo_core.verifiers.code_io import CodeIOSpec, CodeIOVerifier
 from sdpo_core.verifiers.functional import CodeFunctionalSpec, CodeFunctionalVerifier
 from sdpo_core.verifiers.math_answer import MathSpec
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
     from sdpo_core.problem import Problem
 
 VerifierSpec = Annotated[
-    ExactSpec | NumericSpec | RegexSpec | MathSpec | ReasoningGymSpec | CodeIOSpec | CodeFunctionalSpec | PythonSpec
-    | WebhookSpec,
+    ExactSpec | NumericSpec | RegexSpec | ChecklistSpec | MathSpec | ReasoningGymSpec | CodeIOSpec | CodeFunctionalSpec
+    | PythonSpec | WebhookSpec,
     Field(discriminator="type"),
 ]
 
@@ -87,7 +88,7 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
 
 
 __all__ = [
-    "SANDBOXED_TYPES", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec", "NumericSpec", "PythonSpec",
+    "SANDBOXED_TYPES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec", "NumericSpec", "PythonSpec",
     "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "Verdict", "Verifier", "VerifierError",
     "VerifierSpec", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
 ]

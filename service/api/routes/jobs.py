@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
-from sdpo_core.plot import discovery_svg
+from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.records import Attempt
 from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError

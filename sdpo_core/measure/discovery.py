@@ -31,14 +31,16 @@ from sdpo_core.discovery import (
 )
 from sdpo_core.engine import GenerationEngine
 from sdpo_core.loop import ProblemRun, run_step
-from sdpo_core.plot import discovery_svg
+from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
 from sdpo_core.settings import RunSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
-BUILTIN_SET = Path(__file__).parent / "data" / "hard_problems.jsonl"
+DATA = Path(__file__).parent.parent / "data"
+FAMILIES = {"binary": DATA / "hard_problems.jsonl", "informative": DATA / "informative.jsonl"}
+BUILTIN_SET = FAMILIES["binary"]
 BASELINE_SEED = 10_000  # best-of-k samples are independent of the sequential runs (seeds 0..S-1)
 
 
@@ -93,8 +95,8 @@ class DiscoveryReport(BaseModel):
 
 
 def load_problems(path: str | Path | None) -> list[Problem]:
-    """Problems from a JSONL file (one Problem per line), or the built-in hard set."""
-    lines = Path(path or BUILTIN_SET).read_text().splitlines()
+    """Problems from a JSONL file (one Problem per line) or a built-in family by name (default: binary)."""
+    lines = Path(FAMILIES.get(str(path), path) if path else BUILTIN_SET).read_text().splitlines()
     problems = [Problem.model_validate_json(line) for line in lines if line.strip()]
     for i, p in enumerate(problems):
         if p.id is None:
