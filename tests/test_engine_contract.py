@@ -10,13 +10,15 @@ Tolerances against the transformers forward on the same float32 weights: sampled
 greedy attempts token for token equal.
 """
 
+import os
+
 import pytest
 import torch
 
 from sdpo_core.engine import GenerationRequest
 from sdpo_core.hf_engine import TransformersEngine
 from sdpo_core.settings import SDPOSettings
-from sdpo_core.vllm_engine import VLLMEngine, attempt_seed, vllm_max_lora_rank
+from sdpo_core.vllm_engine import VLLMEngine, attempt_seed, cpu_thread_binding, vllm_max_lora_rank
 
 LOGPROB_ATOL = 2e-3
 # A prompt of several KV blocks (vLLM-CPU's are 128 tokens): only full blocks enter vLLM's prefix cache, so only a
@@ -209,3 +211,5 @@ def test_vllm_helpers():
     assert [vllm_max_lora_rank(r) for r in (1, 4, 16, 17, 64)] == [1, 8, 16, 32, 64]
     assert attempt_seed(0, 1) != attempt_seed(0, 2) != attempt_seed(1, 1)
     assert 0 <= attempt_seed(2**62, 10**9) < 2**31
+    cores = sorted(os.sched_getaffinity(0))  # vLLM-CPU takes a range ("0-1") or a list, never "all"
+    assert cpu_thread_binding() in (f"{cores[0]}-{cores[-1]}", ",".join(map(str, cores)))
