@@ -53,7 +53,7 @@ if [ "$1" = 2 ]; then
   timeout 150 python3 benchmarks/pass_rates.py examples/candidates/*.json --samples 256 --max-new-tokens 64 \
     --max-batch-size 256 --hard-out /tmp/hard-all.jsonl 2>&1 | grep -v Loading | tee "$OUT/pass_rates.txt"
   head -6 /tmp/hard-all.jsonl > "$OUT/hard.jsonl"  # at most six problems keep the bench short
-  [ -s "$OUT/hard.jsonl" ] || cp sdpo_core/data/hard_problems.jsonl "$OUT/hard.jsonl"
+  [ -s "$OUT/hard.jsonl" ] || cp sdpo_core/data/binary.jsonl "$OUT/hard.jsonl"
   timeout 270 $SDPO bench discovery --problems "$OUT/hard.jsonl" --seeds 4 --budget 128 --attempts-per-step 16 \
     --max-new-tokens 64 --baseline-samples 256 --concurrency 40 --max-batch-size 512 --out /tmp/discovery \
     --quiet 2>&1 | tail -14

@@ -8,7 +8,9 @@
 - sdpo: attempts from the run's own adapter; after each step one SDPO update (sdpo_core.update).
 - best-of-k: attempts from the frozen base model, i.i.d.; no update.
 - multi-turn: the frozen base model, its prompt extended with the feedback of earlier attempts (oldest dropped
-  when the prompt would exceed max_prompt_tokens); no update. Departure from the paper's baseline, which runs
+  when the prompt would exceed max_prompt_tokens); no update.
+- auto: per step, sample the base model, sample with the feedback in context, and/or distil, by the rule in
+  sdpo_core.auto (a decision event says which and why). Departure from the paper's baseline, which runs
   one attempt per turn: here a turn samples attempts_per_step attempts in parallel from the same prompt
   (attempts_per_step=1 gives the paper's sequential form).
 A run stops at its first verified solution (or runs on, for a full curve) or when the budget is spent.
@@ -27,12 +29,13 @@ from typing import Any
 
 import torch
 
+from sdpo_core.auto import decide, feedback_shift
 from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt, EventSink, ProgressEvent, RunResult, RunStatus, StepMetrics, ignore_events
 from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, teacher_sections
-from sdpo_core.settings import RunSettings, SDPOSettings
+from sdpo_core.settings import LEARNING_METHODS, RunSettings, SDPOSettings
 from sdpo_core.teacher import drop_teacher, init_teacher, teacher_adapter
 from sdpo_core.update import DistillSample, make_optimizer, sdpo_update
 from sdpo_core.verifiers import VerifyFn, verify_attempts
@@ -57,10 +60,14 @@ class ProblemRun:
         self.name, self.verify, self.on_event = name, verify, on_event
         self.attempts: list[Attempt] = []
         self.step = 0
+        self.seconds, self.tokens = 0.0, 0  # what the run has cost so far
         self.status: RunStatus = "running"
         self.optimizer: torch.optim.Optimizer | None = None
         self.prompt_ids = policy.chat_ids(problem.chat())
-        if settings.method == "sdpo":
+        self.in_context = False  # the next step samples with the feedback so far in its prompt
+        self.adapter_trained = settings.method == "sdpo"  # auto samples the base model until it has distilled
+        self.shifts: list[float] = []  # auto: the feedback's shift on each failed attempt scored so far
+        if settings.method in LEARNING_METHODS:
             policy.create_adapter(name, settings.sdpo, seed=settings.seed)
             init_teacher(policy, name, settings.sdpo, seed=settings.seed)
             self.optimizer = make_optimizer(policy, name, settings.sdpo)
@@ -68,7 +75,8 @@ class ProblemRun:
     # ---- state ------------------------------------------------------------------------------------------------
     @property
     def adapter(self) -> str | None:
-        return self.name if self.settings.method == "sdpo" else None
+        """The adapter the next step samples with (None: the base model)."""
+        return self.name if self.settings.method in LEARNING_METHODS and self.adapter_trained else None
 
     @property
     def done(self) -> bool:
@@ -86,9 +94,11 @@ class ProblemRun:
             "settings": self.settings.model_dump(mode="json"),
             "step": self.step,
             "status": self.status,
+            "cost": {"seconds": self.seconds, "tokens": self.tokens},
             "attempts": [a.model_dump() for a in self.attempts],
+            "plan": {"in_context": self.in_context, "adapter_trained": self.adapter_trained, "shifts": self.shifts},
         }
-        if self.settings.method == "sdpo":
+        if self.settings.method in LEARNING_METHODS:
             state["adapter"] = self.policy.state(self.name)
             state["optimizer"] = self.optimizer.state_dict()
             if self.settings.sdpo.teacher == "ema":
@@ -102,8 +112,13 @@ class ProblemRun:
         run = cls(Problem.model_validate(state["problem"]), RunSettings.model_validate(state["settings"]), policy,
                   **kwargs)
         run.step, run.status = state["step"], state["status"]
+        run.seconds, run.tokens = state.get("cost", {}).get("seconds", 0.0), state.get("cost", {}).get("tokens", 0)
         run.attempts = [Attempt.model_validate(a) for a in state["attempts"]]
-        if run.settings.method == "sdpo":
+        plan = state.get("plan", {})
+        run.in_context = plan.get("in_context", run.in_context)
+        run.adapter_trained = plan.get("adapter_trained", run.adapter_trained)
+        run.shifts = list(plan.get("shifts", []))
+        if run.settings.method in LEARNING_METHODS:
             policy.load_state(run.name, state["adapter"])
             run.optimizer.load_state_dict(state["optimizer"])
             if "teacher" in state:
@@ -112,7 +127,7 @@ class ProblemRun:
 
     def close(self) -> None:
         """Free the run's adapters (the policy is shared with other runs)."""
-        if self.settings.method == "sdpo":
+        if self.settings.method in LEARNING_METHODS:
             drop_teacher(self.policy, self.name)
             self.policy.delete_adapter(self.name)
 
@@ -159,18 +174,22 @@ class ProblemRun:
             self.status = "succeeded"
         elif self.settings.method == "sdpo":
             metrics = self._update(request, completions, new)
+        elif self.settings.method == "auto" and not solved_now:
+            metrics = self._auto_step(request, completions, new)
         if not self.done and len(self.attempts) >= self.settings.max_attempts:
             self.status = "succeeded" if self.first_success else "exhausted"
         metrics.seconds = {"generate": generate_seconds, "verify": verify_seconds, **metrics.seconds}
+        metrics.tokens_generated = sum(len(c.token_ids) for c in completions)
+        self.seconds += sum(metrics.seconds.values())
+        self.tokens += metrics.tokens_generated + metrics.tokens_scored
         event = self._emit("step", metrics)
         if self.done:
             self._emit("finished")
         return event
 
     def _step_prompt(self) -> list[int]:
-        in_context = self.settings.method == "multi-turn" or (
-            self.settings.method == "sdpo" and self.settings.sdpo.sample_with_feedback)
-        if not in_context or not self.attempts:
+        in_context = {"multi-turn": True, "sdpo": self.settings.sdpo.sample_with_feedback, "auto": self.in_context}
+        if not in_context.get(self.settings.method, False) or not self.attempts:
             return self.prompt_ids
         latest: dict[str, None] = {}  # distinct feedback, most recent last
         for attempt in self.attempts:
@@ -185,13 +204,30 @@ class ProblemRun:
         return sdpo_update(self.policy, self.optimizer, self.name, samples, self.settings.sdpo,
                            self.settings.temperature)
 
-    def _emit(self, kind: str, metrics: StepMetrics | None = None) -> ProgressEvent:
+    def _auto_step(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]
+                   ) -> StepMetrics:
+        """Score the failed attempts' feedback, decide the next step, distil if the decision says so."""
+        clock = time.perf_counter()
+        shifts, scored = feedback_shift(self.policy, self.problem, new,
+                                        [c.token_ids for c in completions], self.settings.sdpo)
+        self.shifts += shifts
+        signal_seconds = time.perf_counter() - clock
+        decision = decide(self.shifts, step_was_in_context=request.prompt_ids != self.prompt_ids)
+        metrics = self._update(request, completions, new) if decision.distil else StepMetrics()
+        self.adapter_trained |= decision.distil
+        self.in_context = decision.in_context
+        metrics.seconds["signal"] = signal_seconds
+        metrics.tokens_scored += scored
+        self._emit("decision", reason=decision.reason)
+        return metrics
+
+    def _emit(self, kind: str, metrics: StepMetrics | None = None, reason: str | None = None) -> ProgressEvent:
         first = self.first_success
         event = ProgressEvent(
             type=kind, method=self.settings.method, step=self.step, attempts=len(self.attempts),
             max_attempts=self.settings.max_attempts, best_reward=max((a.reward for a in self.attempts), default=0.0),
             solved=first is not None, first_success_attempt=first.index if first else None, status=self.status,
-            metrics=metrics,
+            metrics=metrics, reason=reason,
         )
         self.on_event(event)
         return event
@@ -201,6 +237,7 @@ class ProblemRun:
         return RunResult(
             method=self.settings.method, status=self.status, attempts=list(self.attempts), steps=self.step,
             first_success_attempt=first.index if first else None, solution=first.text if first else None,
+            seconds=self.seconds, tokens=self.tokens,
         )
 
 
@@ -237,9 +274,11 @@ def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[Progr
     clock = time.perf_counter()
     completions = engine.generate([request for _, request in live])
     generate_seconds = time.perf_counter() - clock
+    generated = [sum(len(c.token_ids) for c in run_completions) for run_completions in completions]
     events = []
-    for (run, request), run_completions in zip(live, completions, strict=True):
-        events.append(run.finish_step(request, run_completions, generate_seconds))
+    for (run, request), run_completions, tokens in zip(live, completions, generated, strict=True):
+        share = tokens / sum(generated) if sum(generated) else 1 / len(live)  # each run pays for its own tokens
+        events.append(run.finish_step(request, run_completions, generate_seconds * share))
         if run.adapter is not None:
             engine.publish_adapter(run.adapter)
     return events

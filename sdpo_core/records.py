@@ -35,13 +35,16 @@ class StepMetrics(BaseModel):
     distilled_samples: int = 0
     distilled_tokens: int = 0
     grad_norm: float | None = None
-    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time per phase of the step.")
+    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time per phase of the step; "
+                                      "generation shared with other runs is this run's share by generated tokens.")
+    tokens_generated: int = Field(default=0, description="Tokens sampled in this step.")
+    tokens_scored: int = Field(default=0, description="Tokens the update (and any signal) ran forward passes over.")
 
 
 class ProgressEvent(BaseModel):
     """A run's progress after a step, or its end."""
 
-    type: Literal["step", "finished"]
+    type: Literal["step", "decision", "finished"]
     method: str
     step: int
     attempts: int = Field(description="Attempts made so far.")
@@ -51,6 +54,7 @@ class ProgressEvent(BaseModel):
     first_success_attempt: int | None = None
     status: RunStatus = "running"
     metrics: StepMetrics | None = None
+    reason: str | None = Field(default=None, description="A decision event: what the method does next and why.")
 
 
 EventSink = Callable[[ProgressEvent], None]
@@ -69,6 +73,9 @@ class RunResult(BaseModel):
     steps: int
     first_success_attempt: int | None = Field(description="Index of the first verified solution, if found.")
     solution: str | None = None
+    seconds: float = Field(default=0.0, description="Compute time the run used: its steps' generation share, "
+                           "verification and updates.")
+    tokens: int = Field(default=0, description="Tokens the run processed: generated plus scored by its updates.")
 
     @property
     def solved(self) -> bool:

@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["sdpo", "best-of-k", "multi-turn"]
+Method = Literal["sdpo", "best-of-k", "multi-turn", "auto"]
+LEARNING_METHODS = ("sdpo", "auto")  # methods that own an adapter
 TeacherKind = Literal["ema", "frozen", "trust-region"]
 TeacherContext = Literal["feedback", "contrastive"]
 ContrastAnchor = Literal["teacher", "student"]
@@ -35,6 +36,8 @@ class SDPOSettings(BaseModel):
         default=3e-4, gt=0, description="AdamW learning rate of the LoRA adapter (chosen by benchmarks/lr_sweep.py, "
         "docs/benchmarks.md: the paper's 1e-6 is for full fine-tuning and barely moves a LoRA adapter)."
     )
+    updates_per_step: int = Field(default=1, ge=1, le=16, description="Optimizer steps on each step's attempts "
+                                  "(1: on-policy, as the paper's test-time setting).")
     weight_decay: float = Field(default=0.01, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     lora_rank: int = Field(default=16, ge=1, le=512)

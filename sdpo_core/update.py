@@ -7,7 +7,7 @@
                                   (both passes run the micro-batch's common prefix once: LoraPolicy.response_hidden)
         loss += sum_t D_alpha(student_t, teacher_t) * w_t / (distilled tokens in the whole step)
         loss.backward()
-    clip grad norm, AdamW step, EMA teacher step
+    clip grad norm, AdamW step, EMA teacher step        (updates_per_step times over the same attempts)
 
 Both passes re-score the tokens the student sampled; nothing new is generated. Attempts without a teacher
 context (no feedback, no successful sibling) are skipped: they contribute zero loss.
@@ -80,6 +80,16 @@ def target_fn(policy: LoraPolicy, adapter: str, settings: SDPOSettings, mb: list
     return target
 
 
+def scored_prompts(sample: DistillSample, settings: SDPOSettings) -> list[list[int]]:
+    """The prompts the update runs the sample's response after: the student's and the teacher's contexts."""
+    prompts = [sample.prompt_ids, sample.teacher_prompt_ids]
+    if settings.teacher_context == "contrastive":
+        prompts.append(sample.control_prompt_ids or [])
+        if settings.contrast_anchor == "teacher":
+            prompts.append(sample.prompt_ids)
+    return prompts
+
+
 def distillation_losses(
     policy: LoraPolicy, adapter: str, samples: list[DistillSample], settings: SDPOSettings, temperature: float,
     seconds: dict[str, float],
@@ -138,20 +148,24 @@ def sdpo_update(
     total_tokens = sum(len(s.response_ids) for s in samples)
     if total_tokens == 0:
         return StepMetrics(loss=0.0)  # nothing to learn from this step (the reference's empty-target batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss_total = 0.0
     seconds: dict[str, float] = {}
-    for loss in distillation_losses(policy, adapter, samples, settings, temperature, seconds):
-        loss.backward()  # frees this micro-batch's graph before the next one is built (timed by the generator)
-        loss_total += loss.item()
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-    if torch.isfinite(grad_norm):  # a non-finite step is skipped, teacher included, as the reference does
-        optimizer.step()
-        update_teacher(policy, adapter, settings)
+    first_loss = None
+    for _ in range(settings.updates_per_step):  # later passes reuse the samples; their importance weights move
+        optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for loss in distillation_losses(policy, adapter, samples, settings, temperature, seconds):
+            loss.backward()  # frees this micro-batch's graph before the next one is built (timed by the generator)
+            loss_total += loss.item()
+        first_loss = loss_total if first_loss is None else first_loss
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        if torch.isfinite(grad_norm):  # a non-finite step is skipped, teacher included, as the reference does
+            optimizer.step()
+            update_teacher(policy, adapter, settings)
     optimizer.zero_grad(set_to_none=True)
+    scored = settings.updates_per_step * sum(len(p) + len(s.response_ids) for s in samples
+                                             for p in scored_prompts(s, settings))
     return StepMetrics(
-        loss=loss_total, distilled_samples=len(samples), distilled_tokens=total_tokens, grad_norm=float(grad_norm),
-        seconds=seconds,
+        loss=first_loss, distilled_samples=len(samples), distilled_tokens=total_tokens, grad_norm=float(grad_norm),
+        seconds=seconds, tokens_scored=scored,
     )

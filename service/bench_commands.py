@@ -43,48 +43,70 @@ def _policy(args):
 
 
 def cmd_bench_discovery(args: argparse.Namespace) -> int:
-    from sdpo_core.measure.discovery import bench_discovery, load_problems
+    from sdpo_core.measure.discovery import bench_discovery, family_name, load_problems
+    from sdpo_core.measure.trace import parse_variant
     from sdpo_core.settings import RunSettings
     from workers.verification import verify_function
 
-    problems = load_problems(args.problems)
     methods = args.methods.split(",")
+    variants = dict(parse_variant(v) for v in args.variant or [])
+    methods += [name for name in variants if name not in methods]
     settings = RunSettings(max_attempts=args.budget, attempts_per_step=args.attempts_per_step,
                            max_new_tokens=args.max_new_tokens)
     policy, label = _policy(args)
     engine = _engine(policy, args)
     baseline = args.baseline_samples or args.budget * args.seeds
-    total_runs = sum(1 if m == "best-of-k" else args.seeds for m in methods) * len(problems)
-    with Progress(TextColumn("[bold]discovery bench"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                  TimeElapsedColumn(), console=Console(stderr=True), disable=args.quiet) as progress:
-        task = progress.add_task("steps", total=None)
-        report = bench_discovery(
-            problems, policy, engine, methods=methods, seeds=args.seeds, settings=settings,
-            baseline_samples=baseline, concurrency=args.concurrency,
-            verify_for=verify_function, on_progress=lambda: progress.advance(task),
-        )
-    report.write(Path(args.out))
-    console = Console(width=200)
-    table = Table(title=f"discovery bench: {len(problems)} problems x {args.seeds} seeds, budget {args.budget} "
-                        f"({label}, {total_runs} runs)")
-    table.add_column("problem")
-    for m in methods:
-        table.add_column(f"{m} P@budget", justify="right")
-        table.add_column(f"{m} mean attempts", justify="right")
-    table.add_column("ratio", justify="right")
-    for p in report.problems:
-        cells = []
-        for m in methods:
-            cells += [f"{p.outcomes[m].discovery(args.budget)(args.budget):.2f}", f"{p.mean_attempts[m]:.0f}"]
-        table.add_row(p.problem_id, *cells, f"{p.attempts_ratio:.2f}" if p.attempts_ratio else "-")
-    cells = []
-    for curve in report.average_curves:
-        cells += [f"{curve.mean[-1]:.2f}", f"{report.mean_attempts[curve.label]:.0f}"]
-    table.add_row("[bold]average", *cells, f"{report.attempts_ratio:.2f}" if report.attempts_ratio else "-")
-    console.print(table)
-    console.print(report.note)
-    console.print(f"written: {args.out}/discovery.json, discovery.svg and one SVG per problem")
+    console = Console(width=220)
+    for family in args.problems.split(","):
+        problems = load_problems(family)
+        name = family_name(family)
+        with Progress(TextColumn(f"[bold]discovery bench: {name}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("steps"), TimeElapsedColumn(), console=Console(stderr=True),
+                      disable=args.quiet) as progress:
+            task = progress.add_task("steps", total=None)
+            report = bench_discovery(
+                problems, policy, engine, methods=methods, seeds=args.seeds, settings=settings,
+                baseline_samples=baseline, concurrency=args.concurrency, family=name, variants=variants,
+                verify_for=verify_function, on_progress=lambda task=task: progress.advance(task),
+            )
+        out = Path(args.out) / name if "," in args.problems else Path(args.out)
+        report.write(out)
+        print_discovery_report(console, report, label)
+        console.print(f"written: {out}/discovery.json, discovery.svg and one SVG per problem")
     return 0
+
+
+def print_discovery_report(console: Console, report, label: str) -> None:
+    """Per problem P@budget and mean attempts; averaged: mean costs and matched ratios with their intervals."""
+    budget = report.budget
+    table = Table(title=f"discovery on {report.family}: {len(report.problems)} problems x {report.seeds} seeds, "
+                        f"budget {budget} ({label}); P@{budget} / mean attempts to the first success")
+    table.add_column("problem")
+    for m in report.methods:
+        table.add_column(m, justify="right")
+    for p in report.problems:
+        table.add_row(p.problem_id, *(f"{p.outcomes[m].discovery(budget)(budget):.2f} / "
+                                      f"{p.mean_cost[m]['attempts']:.1f}" for m in report.methods))
+    table.add_row("[bold]average", *(f"{c.mean[-1]:.2f} / {report.mean_cost[c.label]['attempts']:.1f}"
+                                     for c in report.average_curves))
+    console.print(table)
+    ratios = Table(title=f"{report.family}: cost to reach best-of-k's P@{budget}, ratio best-of-k / method "
+                         "(90% bootstrap interval over problems); mean cost to the first success")
+    for col in ("method", "attempts", "seconds", "tokens", "mean attempts", "mean seconds", "mean tokens"):
+        ratios.add_column(col, justify="left" if col == "method" else "right")
+
+    def show(r) -> str:
+        if r.value is None:
+            return "-"
+        return f"{r.value:.2f}x" + (f" [{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else "")
+
+    for m in report.methods:
+        per_axis = report.ratios.get(m)
+        cost = report.mean_cost[m]
+        ratios.add_row(m, *(show(per_axis[a]) if per_axis else "1" for a in ("attempts", "seconds", "tokens")),
+                       f"{cost['attempts']:.1f}", f"{cost['seconds']:.1f}", f"{cost['tokens']:.0f}")
+    console.print(ratios)
+    console.print(report.note)
 
 
 def cmd_bench_signal(args: argparse.Namespace) -> int:
@@ -106,10 +128,13 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
         task = progress.add_task("problems", total=len(problems))
         for problem in problems:
             signal = measure_signal(problem, policy, engine, verify=verify_function(problem), samples=args.samples,
-                                    gap_attempts=args.gap_attempts, max_new_tokens=args.max_new_tokens)
+                                    feedback_samples=args.feedback_samples, gap_attempts=args.gap_attempts,
+                                    max_new_tokens=args.max_new_tokens)
             rows.append(signal)
+            if args.json:  # written as it goes: a long report is readable before it ends
+                Path(args.json).write_text(json.dumps([r.model_dump() for r in rows], indent=2))
             table.add_row(signal.problem_id, f"{signal.base_solved}/{signal.samples} = {signal.base_rate:.3f}",
-                          f"{signal.feedback_solved}/{signal.samples} = {signal.feedback_rate:.3f}",
+                          f"{signal.feedback_solved}/{signal.feedback_samples} = {signal.feedback_rate:.3f}",
                           f"{signal.gap_feedback:.3f}", f"{signal.gap_contrastive:.3f}",
                           f"{signal.peak_contrastive:.2f}", f"{signal.shift_feedback:+.3f}",
                           f"{signal.shift_contrastive:+.3f}")
@@ -211,9 +236,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: discovery against best-of-k, and throughput")
     kinds = bench.add_subparsers(dest="bench", required=True)
 
-    d = kinds.add_parser("discovery", help="SDPO vs best-of-k vs multi-turn on a problem set, several seeds")
-    d.add_argument("--problems", help="JSONL of problems (default: the built-in set, hard for the default model)")
-    d.add_argument("--methods", default="sdpo,best-of-k,multi-turn")
+    d = kinds.add_parser("discovery", help="methods vs best-of-k per attempt, second and token, several seeds")
+    d.add_argument("--problems", default="informative,binary", help="built-in families (informative, binary) or "
+                   "JSONL files, comma-separated; each is reported on its own")
+    d.add_argument("--methods", default="auto,sdpo,best-of-k,multi-turn")
+    d.add_argument("--variant", action="append", help="NAME=key:value,... an SDPO variant as one more method "
+                   "(values JSON; method:auto to vary auto's settings), e.g. fkl=alpha:0,top_k:none")
     d.add_argument("--seeds", type=int, default=3, help="independent runs per sequential method and problem")
     d.add_argument("--budget", type=int, default=64, help="attempt budget per run")
     d.add_argument("--attempts-per-step", type=int, default=8)
@@ -231,7 +259,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                          "student-teacher gap on base attempts")
     g.add_argument("--problems", help="a family (informative, binary) or a JSONL of problems (default: informative)",
                    default="informative")
-    g.add_argument("--samples", type=int, default=64, help="attempts per problem for each pass rate")
+    g.add_argument("--samples", type=int, default=64, help="plain-prompt attempts per problem (base pass@1)")
+    g.add_argument("--feedback-samples", type=int, default=None, help="attempts with the feedback in the prompt "
+                   "(default: --samples)")
     g.add_argument("--gap-attempts", type=int, default=16, help="failed base attempts the gap is measured on")
     g.add_argument("--max-new-tokens", type=int, default=48)
     g.add_argument("--max-batch-size", type=int, default=64)

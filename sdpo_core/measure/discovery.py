@@ -1,31 +1,38 @@
-"""`sdpo bench discovery`: SDPO against best-of-k and multi-turn on a problem set, under one attempt budget.
+"""`sdpo bench discovery`: every method against best-of-k on a problem family, per attempt, per second, per token.
 
 For every problem:
-- sdpo and multi-turn: `seeds` independent runs each (stop at the first solution): discovery@k over runs;
+- sequential methods (sdpo, auto, multi-turn, named SDPO variants): `seeds` independent runs each, stopped at the
+  first solution; discovery over runs;
 - best-of-k: `baseline_samples` i.i.d. samples of the frozen model: the unbiased pass@k estimator.
-All runs of all problems go through one worker-style scheduler, `concurrency` runs at a time, their attempts
-sharing generation batches. Reported, per problem and averaged over problems (as the paper does): the curves
-with bootstrap confidence bands, the mean attempts to first success (unsolved runs counted at the budget, as
-the paper's Table 10), and the attempts ratio at matched discovery probability with a bootstrap interval over
-problems.
+All runs of all problems share one engine and its generation batches, `concurrency` runs at a time. Each run pays
+for what it used (loop.run_step: its share of a shared batch by generated tokens, its verification, its updates
+and signals), so the three cost axes are measured in the same process:
+- attempts: discovery@k;
+- seconds: a sequential run's compute time to its first solution; best-of-k's seconds per sample times k;
+- tokens: generated plus scored by updates (and auto's signal), the same way.
+Reported per problem and averaged over problems (as the paper does): curves with 90% bootstrap bands (attempts),
+mean cost to the first success (unsolved runs counted at their whole cost, the paper's Table 10 convention), and
+per method and axis the ratio at matched discovery probability: the cost best-of-k needs to reach its own
+P@budget divided by the cost the method needs to reach the same P, with a bootstrap interval over problems.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from sdpo_core.discovery import (
     DiscoveryCurve,
-    attempts_ratio,
     average_curve,
     best_of_k_curve,
     curve_grid,
-    discovery_at_k,
     pass_at_k,
     sequential_curve,
 )
@@ -35,61 +42,107 @@ from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
-from sdpo_core.settings import RunSettings
+from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
 DATA = Path(__file__).parent.parent / "data"
-FAMILIES = {"binary": DATA / "hard_problems.jsonl", "informative": DATA / "informative.jsonl"}
+FAMILIES = {"binary": DATA / "binary.jsonl", "informative": DATA / "informative.jsonl"}
 BUILTIN_SET = FAMILIES["binary"]
 BASELINE_SEED = 10_000  # best-of-k samples are independent of the sequential runs (seeds 0..S-1)
+BASELINE = "best-of-k"
+Axis = Literal["attempts", "seconds", "tokens"]
+AXES: tuple[Axis, ...] = ("attempts", "seconds", "tokens")
 
 
 class MethodOutcome(BaseModel):
-    """One method on one problem: first-success attempt per seed (sequential) or sample outcomes (best-of-k)."""
+    """One method on one problem: per run its first success and costs (sequential), or sample outcomes (best-of-k)."""
 
     first_success: list[int | None] = []
+    run_seconds: list[float] = []  # sequential: each run's whole cost (to its first success, or the budget)
+    run_tokens: list[int] = []
     sample_solved: list[bool] = []
+    seconds_per_sample: float = 0.0  # best-of-k
+    tokens_per_sample: float = 0.0
 
-    def discovery(self, budget: int) -> Callable[[int], float]:
-        if self.sample_solved:
-            n, c = len(self.sample_solved), sum(self.sample_solved)
-            return lambda k: pass_at_k(n, c, min(k, budget))
-        return lambda k: discovery_at_k(self.first_success, min(k, budget))
+    @property
+    def is_baseline(self) -> bool:
+        return bool(self.sample_solved)
+
+    def _per_sample(self, axis: Axis) -> float:
+        return {"attempts": 1.0, "seconds": self.seconds_per_sample, "tokens": self.tokens_per_sample}[axis]
+
+    def _run_costs(self, axis: Axis) -> list[float]:
+        if axis == "attempts":
+            return [float(t) if t is not None else math.inf for t in self.first_success]
+        costs = self.run_seconds if axis == "seconds" else self.run_tokens
+        return [float(c) if t is not None else math.inf for t, c in zip(self.first_success, costs, strict=True)]
+
+    def discovery(self, budget: int, axis: Axis = "attempts") -> Callable[[float], float]:
+        """P(solved within cost c) on `axis`, best-of-k capped at `budget` samples."""
+        if self.is_baseline:
+            n, c, unit = len(self.sample_solved), sum(self.sample_solved), self._per_sample(axis)
+
+            def baseline(cost: float) -> float:
+                k = min(math.floor(cost / unit + 1e-9), budget) if unit > 0 else budget
+                return pass_at_k(n, c, k) if k >= 1 else 0.0
+
+            return baseline
+        costs = sorted(self._run_costs(axis))
+        return lambda cost: bisect.bisect_right(costs, cost) / len(costs)
+
+    def breakpoints(self, budget: int, axis: Axis) -> list[float]:
+        """The costs at which the discovery function can step up."""
+        if self.is_baseline:
+            unit = self._per_sample(axis)
+            return [k * unit for k in range(1, budget + 1)]
+        return sorted(c for c in self._run_costs(axis) if math.isfinite(c))
+
+    def mean_cost_to_success(self, budget: int, axis: Axis = "attempts") -> float:
+        """Expected cost to the first solution, truncated at the budget (Table 10's convention)."""
+        if self.is_baseline:  # geometric with p = c/n, truncated: sum_{k=0}^{budget-1} P(T > k)
+            p = sum(self.sample_solved) / len(self.sample_solved)
+            return self._per_sample(axis) * sum((1 - p) ** k for k in range(budget))
+        if axis == "attempts":
+            return statistics.mean(t if t is not None else budget for t in self.first_success)
+        return statistics.mean(self.run_seconds if axis == "seconds" else self.run_tokens)
 
     def mean_attempts_to_success(self, budget: int) -> float:
-        """Expected attempts to the first solution, truncated at the budget (Table 10's convention)."""
-        if self.sample_solved:  # geometric with p = c/n, truncated: sum_{k=0}^{budget-1} P(T > k)
-            p = sum(self.sample_solved) / len(self.sample_solved)
-            return sum((1 - p) ** k for k in range(budget))
-        return statistics.mean(t if t is not None else budget for t in self.first_success)
+        return self.mean_cost_to_success(budget, "attempts")
+
+
+class Ratio(BaseModel):
+    """Cost best-of-k needs for its P@budget over the cost the method needs for the same P."""
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+    defined: float = 1.0  # share of bootstrap replicates in which the ratio exists
 
 
 class ProblemReport(BaseModel):
     problem_id: str
     outcomes: dict[str, MethodOutcome]
     curves: list[DiscoveryCurve]
-    mean_attempts: dict[str, float]
-    attempts_ratio: float | None
+    mean_cost: dict[str, dict[str, float]]  # method -> axis -> mean cost to the first success
+    ratios: dict[str, dict[str, float | None]]  # method -> axis -> ratio against best-of-k
 
 
 class DiscoveryReport(BaseModel):
+    family: str
     budget: int
     seeds: int
     baseline_samples: int
     methods: list[str]
     problems: list[ProblemReport]
     average_curves: list[DiscoveryCurve]
-    mean_attempts: dict[str, float]
-    attempts_ratio: float | None
-    attempts_ratio_ci: tuple[float, float] | None
-    attempts_ratio_defined: float  # share of bootstrap replicates in which the ratio exists
+    mean_cost: dict[str, dict[str, float]]
+    ratios: dict[str, dict[str, Ratio]]
     note: str
 
     def write(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "discovery.json").write_text(self.model_dump_json(indent=2))
-        (out_dir / "discovery.svg").write_text(discovery_svg(self.average_curves, "Discovery, averaged over problems",
-                                                             self.note))
+        (out_dir / "discovery.svg").write_text(discovery_svg(
+            self.average_curves, f"Discovery on {self.family}, averaged over {len(self.problems)} problems", self.note))
         for p in self.problems:
             (out_dir / f"discovery-{p.problem_id}.svg").write_text(discovery_svg(p.curves, f"Discovery: {p.problem_id}"))
 
@@ -102,6 +155,10 @@ def load_problems(path: str | Path | None) -> list[Problem]:
         if p.id is None:
             problems[i] = p.model_copy(update={"id": f"problem-{i + 1}"})
     return problems
+
+
+def family_name(path: str | Path | None) -> str:
+    return str(path) if str(path) in FAMILIES else Path(path).stem if path else "binary"
 
 
 def run_all(runs: list[ProblemRun], engine: GenerationEngine, concurrency: int, on_progress: Callable[[], None]) -> None:
@@ -117,19 +174,30 @@ def run_all(runs: list[ProblemRun], engine: GenerationEngine, concurrency: int, 
             active.remove(run)
 
 
+def method_settings(settings: RunSettings, method: str, variants: dict[str, dict[str, Any]]) -> RunSettings:
+    """A method by name: a built-in one, or a named variant {'method': ..., SDPO overrides} (default method sdpo)."""
+    if method not in variants:
+        return settings.model_copy(update={"method": method})
+    overrides = dict(variants[method])
+    base = overrides.pop("method", "sdpo")
+    return settings.model_copy(update={"method": base, "sdpo": SDPOSettings(**{**settings.sdpo.model_dump(),
+                                                                                **overrides})})
+
+
 def bench_discovery(
     problems: Sequence[Problem], policy: LoraPolicy, engine: GenerationEngine, *, methods: Sequence[str],
-    seeds: int, settings: RunSettings, baseline_samples: int, concurrency: int = 8,
+    seeds: int, settings: RunSettings, baseline_samples: int, concurrency: int = 8, family: str = "problems",
+    variants: dict[str, dict[str, Any]] | None = None,
     verify_for: Callable[[Problem], VerifyFn] = lambda problem: verify_attempts,
     on_progress: Callable[[], None] = lambda: None,
     on_event: EventSink = ignore_events,
 ) -> DiscoveryReport:
-    budget = settings.max_attempts
+    budget, variants = settings.max_attempts, variants or {}
     runs: dict[tuple[str, str], list[ProblemRun]] = {}
     for p in problems:
         verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
         for method in methods:
-            if method == "best-of-k":  # i.i.d. samples: big steps finish sooner, the estimate is the same
+            if method == BASELINE:  # i.i.d. samples: big steps finish sooner, the estimate is the same
                 cfg = settings.model_copy(update={
                     "method": method, "max_attempts": baseline_samples, "stop_at_first_success": False,
                     "seed": BASELINE_SEED, "attempts_per_step": min(baseline_samples, max(settings.attempts_per_step, 64)),
@@ -137,68 +205,113 @@ def bench_discovery(
                 runs[(p.id, method)] = [ProblemRun(p, cfg, policy, name=f"{p.id}-bok", verify=verify,
                                                    on_event=on_event)]
             else:
+                cfg = method_settings(settings, method, variants)
                 runs[(p.id, method)] = [
-                    ProblemRun(p, settings.model_copy(update={"method": method, "seed": seed}), policy,
-                               name=f"{p.id}-{method}-{seed}", verify=verify, on_event=on_event)
+                    ProblemRun(p, cfg.model_copy(update={"seed": seed}), policy, name=f"{p.id}-{method}-{seed}",
+                               verify=verify, on_event=on_event)
                     for seed in range(seeds)
                 ]
     run_all([r for group in runs.values() for r in group], engine, concurrency, on_progress)
 
-    ks = curve_grid(budget)
     reports = []
     for p in problems:
         outcomes = {}
         for method in methods:
             results = [r.result() for r in runs[(p.id, method)]]
-            outcomes[method] = (MethodOutcome(sample_solved=[a.solved for a in results[0].attempts])
-                                if method == "best-of-k" else
-                                MethodOutcome(first_success=[r.first_success_attempt for r in results]))
-        curves = [
-            best_of_k_curve(o.sample_solved, ks) if m == "best-of-k" else sequential_curve(o.first_success, ks, label=m)
-            for m, o in outcomes.items()
-        ]
-        ratio = (attempts_ratio(outcomes["sdpo"].discovery(budget), outcomes["best-of-k"].discovery(budget), budget)
-                 if {"sdpo", "best-of-k"} <= outcomes.keys() else None)
-        reports.append(ProblemReport(problem_id=p.id, outcomes=outcomes, curves=curves, attempts_ratio=ratio,
-                                     mean_attempts={m: o.mean_attempts_to_success(budget) for m, o in outcomes.items()}))
-    return summarize(reports, list(methods), budget, seeds, baseline_samples)
+            if method == BASELINE:
+                samples = results[0]
+                outcomes[method] = MethodOutcome(
+                    sample_solved=[a.solved for a in samples.attempts],
+                    seconds_per_sample=samples.seconds / len(samples.attempts),
+                    tokens_per_sample=samples.tokens / len(samples.attempts))
+            else:
+                outcomes[method] = MethodOutcome(first_success=[r.first_success_attempt for r in results],
+                                                 run_seconds=[r.seconds for r in results],
+                                                 run_tokens=[r.tokens for r in results])
+        reports.append(problem_report(p.id, outcomes, budget))
+    return summarize(reports, list(methods), budget, seeds, baseline_samples, family)
 
 
-def summarize(reports: list[ProblemReport], methods: list[str], budget: int, seeds: int,
-              baseline_samples: int, n_boot: int = 1000) -> DiscoveryReport:
-    """Average curves over problems, and the attempts ratio with a bootstrap interval over problems."""
+def problem_report(problem_id: str, outcomes: dict[str, MethodOutcome], budget: int) -> ProblemReport:
+    ks = curve_grid(budget)
+    curves = [best_of_k_curve(o.sample_solved, ks) if o.is_baseline else sequential_curve(o.first_success, ks, label=m)
+              for m, o in outcomes.items()]
+    ratios = {m: {axis: matched_ratio([o], [outcomes[BASELINE]], budget, axis) for axis in AXES}
+              for m, o in outcomes.items() if not o.is_baseline and BASELINE in outcomes}
+    return ProblemReport(problem_id=problem_id, outcomes=outcomes, curves=curves, ratios=ratios,
+                         mean_cost={m: {axis: o.mean_cost_to_success(budget, axis) for axis in AXES}
+                                    for m, o in outcomes.items()})
+
+
+def cost_to_reach(per_problem: Sequence[Callable[[float], float]], breakpoints: Sequence[float],
+                  target: float) -> float | None:
+    """The least cost at which the average of the problems' discovery functions reaches `target`."""
+    points = sorted(set(breakpoints))
+
+    def average(cost: float) -> float:
+        return sum(f(cost) for f in per_problem) / len(per_problem)
+
+    lo, hi = 0, len(points)  # binary search: the average is non-decreasing in the cost
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if average(points[mid]) >= target - 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return points[lo] if lo < len(points) else None
+
+
+def matched_ratio(method: Sequence[MethodOutcome], baseline: Sequence[MethodOutcome], budget: int,
+                  axis: Axis) -> float | None:
+    """Best-of-k's cost for its (averaged) P@budget over the method's cost for the same P; None if undefined."""
+    target = sum(b.discovery(budget)(budget) for b in baseline) / len(baseline)
+    if target <= 0:
+        return None
+    base_cost = cost_to_reach([b.discovery(budget, axis) for b in baseline],
+                              [c for b in baseline for c in b.breakpoints(budget, axis)], target)
+    method_cost = cost_to_reach([m.discovery(budget, axis) for m in method],
+                                [c for m in method for c in m.breakpoints(budget, axis)], target)
+    return base_cost / method_cost if base_cost and method_cost else None
+
+
+def summarize(reports: list[ProblemReport], methods: list[str], budget: int, seeds: int, baseline_samples: int,
+              family: str = "problems", n_boot: int = 1000) -> DiscoveryReport:
+    """Average curves over problems, the matched ratios with a bootstrap interval over problems, a note."""
     ks = curve_grid(budget)
     average = [average_curve([r.outcomes[m].discovery(budget) for r in reports], ks, label=m) for m in methods]
-
-    def ratio_of(sample: Sequence[ProblemReport]) -> float | None:
-        if not {"sdpo", "best-of-k"} <= set(methods):
-            return None
-        sdpo = [r.outcomes["sdpo"].discovery(budget) for r in sample]
-        bok = [r.outcomes["best-of-k"].discovery(budget) for r in sample]
-        return attempts_ratio(lambda k: sum(f(k) for f in sdpo) / len(sdpo),
-                              lambda k: sum(f(k) for f in bok) / len(bok), budget)
-
-    ratio = ratio_of(reports)
     rng = random.Random(0)
-    replicates = [ratio_of([reports[rng.randrange(len(reports))] for _ in reports]) for _ in range(n_boot)]
-    defined = sorted(r for r in replicates if r is not None)
-    ci = (defined[int(0.05 * (len(defined) - 1))], defined[int(0.95 * (len(defined) - 1))]) if defined else None
-    mean_attempts = {m: statistics.mean(r.mean_attempts[m] for r in reports) for m in methods}
-    by_label = {c.label: c for c in average}
-    if ratio is None and {"sdpo", "best-of-k"} <= set(methods):
-        target, reached = by_label["best-of-k"].mean[-1], by_label["sdpo"].mean[-1]
-        note = ("attempts ratio undefined: best-of-k found no solution" if target == 0 else
-                f"attempts ratio undefined: SDPO reached P={reached:.2f} at {budget} attempts, short of "
-                f"best-of-k's P={target:.2f}")
-    elif ratio is None:
-        note = "attempts ratio needs both sdpo and best-of-k"
-    else:
-        note = f"SDPO needs {ratio:.2f}x fewer attempts than best-of-k for its P at {budget}"
-        if ci:
-            note += f" (90% CI {ci[0]:.2f}-{ci[1]:.2f} over problems)"
-    return DiscoveryReport(
-        budget=budget, seeds=seeds, baseline_samples=baseline_samples, methods=methods, problems=reports,
-        average_curves=average, mean_attempts=mean_attempts, attempts_ratio=ratio, attempts_ratio_ci=ci,
-        attempts_ratio_defined=len(defined) / n_boot, note=note,
-    )
+    samples = [[reports[rng.randrange(len(reports))] for _ in reports] for _ in range(n_boot)]
+    ratios: dict[str, dict[str, Ratio]] = {}
+    for m in (m for m in methods if m != BASELINE and BASELINE in methods):
+        ratios[m] = {}
+        for axis in AXES:
+            def ratio_of(sample: Sequence[ProblemReport], m: str = m, axis: Axis = axis) -> float | None:
+                return matched_ratio([r.outcomes[m] for r in sample], [r.outcomes[BASELINE] for r in sample],
+                                     budget, axis)
 
+            defined = sorted(r for r in (ratio_of(s) for s in samples) if r is not None)
+            ci = (defined[int(0.05 * (len(defined) - 1))], defined[math.ceil(0.95 * (len(defined) - 1))]) \
+                if defined else None
+            ratios[m][axis] = Ratio(value=ratio_of(reports), ci=ci, defined=len(defined) / n_boot)
+    mean_cost = {m: {axis: statistics.mean(r.mean_cost[m][axis] for r in reports) for axis in AXES} for m in methods}
+    return DiscoveryReport(family=family, budget=budget, seeds=seeds, baseline_samples=baseline_samples,
+                           methods=methods, problems=reports, average_curves=average, mean_cost=mean_cost,
+                           ratios=ratios, note=_note(ratios, average, budget))
+
+
+def _note(ratios: dict[str, dict[str, Ratio]], average: list[DiscoveryCurve], budget: int) -> str:
+    by_label = {c.label: c for c in average}
+    if BASELINE not in by_label:
+        return "ratios need best-of-k among the methods"
+    target = by_label[BASELINE].mean[-1]
+    if target == 0:
+        return "ratios undefined: best-of-k found no solution"
+    parts = []
+    for m, per_axis in ratios.items():
+        r = per_axis["attempts"]
+        if r.value is None:
+            parts.append(f"{m} did not reach best-of-k's P={target:.2f} (it reached {by_label[m].mean[-1]:.2f})")
+        else:
+            s = per_axis["seconds"].value
+            parts.append(f"{m} {r.value:.2f}x fewer attempts" + (f", {s:.2f}x fewer seconds" if s else ""))
+    return f"to reach best-of-k's P={target:.2f}@{budget}: " + "; ".join(parts)

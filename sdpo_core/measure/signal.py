@@ -37,6 +37,7 @@ class ProblemSignal(BaseModel):
     problem_id: str
     samples: int
     base_solved: int
+    feedback_samples: int
     feedback_solved: int
     gap_attempts: int
     gap_feedback: float  # mean per-token KL(q_feedback || student), nats
@@ -52,7 +53,7 @@ class ProblemSignal(BaseModel):
 
     @property
     def feedback_rate(self) -> float:
-        return self.feedback_solved / self.samples
+        return self.feedback_solved / self.feedback_samples
 
 
 def _sample(engine: GenerationEngine, prompts: Sequence[list[int]], seed: int, max_new_tokens: int,
@@ -85,10 +86,12 @@ def _kl(p_lp: torch.Tensor, q_lp: torch.Tensor) -> torch.Tensor:
 
 def measure_signal(
     problem: Problem, policy: LoraPolicy, engine: GenerationEngine, *, settings: SDPOSettings | None = None,
-    verify: VerifyFn = verify_attempts, samples: int = 64, gap_attempts: int = 16, max_new_tokens: int = 64,
+    verify: VerifyFn = verify_attempts, samples: int = 64, feedback_samples: int | None = None,
+    gap_attempts: int = 16, max_new_tokens: int = 64,
     temperature: float = 1.0, max_prompt_tokens: int = 4096,
 ) -> ProblemSignal:
     settings = settings or SDPOSettings(teacher_context="contrastive")
+    feedback_samples = feedback_samples or samples
     plain = policy.chat_ids(problem.chat())
     base = _sample(engine, [plain] * samples, SIGNAL_SEED, max_new_tokens, temperature)
     verdicts = verify(problem, [c.text for c in base])
@@ -97,7 +100,7 @@ def measure_signal(
         failed = [(c, "") for c in base]
 
     in_context = [multi_turn_prompt(problem, policy.chat_ids, [fb] if fb else [], max_prompt_tokens)
-                  for _, fb in (failed[i % len(failed)] for i in range(samples))]
+                  for _, fb in (failed[i % len(failed)] for i in range(feedback_samples))]
     with_feedback = _sample(engine, in_context, SIGNAL_SEED + 1, max_new_tokens, temperature)
     feedback_solved = sum(v.solved for v in verify(problem, [c.text for c in with_feedback]))
 
@@ -123,7 +126,7 @@ def measure_signal(
 
     return ProblemSignal(
         problem_id=problem.id or "problem", samples=samples, base_solved=sum(v.solved for v in verdicts),
-        feedback_solved=feedback_solved, gap_attempts=len(gaps["fb"]), gap_feedback=mean(gaps["fb"]),
+        feedback_samples=feedback_samples, feedback_solved=feedback_solved, gap_attempts=len(gaps["fb"]), gap_feedback=mean(gaps["fb"]),
         gap_contrastive=mean(gaps["cst"]), peak_contrastive=mean(gaps["peak"]), shift_feedback=mean(gaps["shift"]),
         shift_contrastive=mean(gaps["shift_c"]),
         feedback_examples=sorted({fb for _, fb in failed if fb})[:3],

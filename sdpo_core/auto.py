@@ -1,0 +1,76 @@
+"""The `auto` method: per problem, decide from measured signals how to spend the next step.
+
+A step can sample the plain prompt from the base model (best-of-k), sample with the feedback so far in the
+prompt (multi-turn), and distil that feedback into the problem's adapter (SDPO); auto mixes them by one rule:
+
+    step 1                     the plain prompt, base model: no feedback exists yet
+    after a step that failed:
+      shift = mean per-token [log q(y | x, f) - log q(y | x, c)] over the failed attempts so far,
+              the base model reading each attempt's feedback f against a content-free control c
+      shift < 0   the feedback's content makes the failed attempts less likely: the model can use it
+                  -> sample with the feedback in context (with the adapter once it has learned);
+                     distil when a step sampled that way also failed (the context alone did not get there,
+                     and the adapter keeps what it learns when the context fills)
+      shift >= 0  reading the feedback makes the model likelier to repeat its failures (it copies the wrong
+                  answer the feedback quotes): the feedback cannot help this model
+                  -> sample the plain prompt from the base model, no update
+
+The shift is the sign of the student-teacher gap on the attempts the run already paid for: no attempts are spent
+on measuring, only two forward passes per failed attempt (capped). It is a running mean, so one odd step does not
+flip the decision. Each decision and its reason is a progress event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sdpo_core.policy import LoraPolicy
+from sdpo_core.problem import Problem
+from sdpo_core.records import Attempt
+from sdpo_core.reprompt import fit_prompt
+from sdpo_core.settings import SDPOSettings
+
+SIGNAL_ATTEMPTS_PER_STEP = 8  # failed attempts of a step scored for the shift
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What auto does after a failed step: distil that step now, and how the next step samples."""
+
+    distil: bool  # update the adapter from the step that just failed
+    in_context: bool  # the next step samples with the feedback so far in its prompt
+    reason: str
+
+
+@torch.no_grad()
+def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt],
+                   token_ids: list[list[int]], settings: SDPOSettings) -> tuple[list[float], int]:
+    """Per failed attempt, mean per-token log q(y|x,f) - log q(y|x,c) under the base model; and tokens scored."""
+    control = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
+    shifts, scored = [], 0
+    picked = [(a, ids) for a, ids in zip(attempts, token_ids, strict=True) if not a.solved and a.feedback and ids]
+    for attempt, ids in picked[:SIGNAL_ATTEMPTS_PER_STEP]:
+        teacher = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, attempt.feedback)
+        hidden = policy.response_hidden([teacher + ids, control + ids], [len(ids), len(ids)], None)  # (2T, H)
+        log_probs = F.log_softmax(policy.head(hidden).float(), dim=-1)
+        chosen = log_probs.gather(-1, torch.tensor(ids + ids, device=log_probs.device)[:, None])[:, 0]
+        shifts.append((chosen[: len(ids)] - chosen[len(ids):]).mean().item())
+        scored += len(teacher) + len(control) + 2 * len(ids)
+    return shifts, scored
+
+
+def decide(shifts: list[float], step_was_in_context: bool) -> Decision:
+    """Auto's rule, from all shifts measured so far and how the step that just failed was sampled."""
+    if not shifts:
+        return Decision(False, False, "no feedback to read: sample the base model")
+    shift = sum(shifts) / len(shifts)
+    if shift >= 0:
+        return Decision(False, False, f"the feedback makes failed attempts likelier (shift {shift:+.3f} nats/token):"
+                        " this model cannot use it, sample the base model")
+    return Decision(step_was_in_context, True,
+                    f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token): "
+                    + ("the context alone did not find it, distil it and " if step_was_in_context else "")
+                    + "sample with it in context")
