@@ -17,7 +17,7 @@ import time
 import warnings
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.engines import make_engine
 from sdpo_core.loop import distill_samples
 from sdpo_core.models import cpu_has_bfloat16, load_model_and_tokenizer
 from sdpo_core.policy import LoraPolicy
@@ -49,7 +49,8 @@ def main() -> None:
         policy = LoraPolicy(model, tokenizer)
         policy.create_adapter("run", settings, seed=0)
         init_teacher(policy, "run", settings, seed=0)
-        runs[dtype] = (policy, TransformersEngine(policy), make_optimizer(policy, "run", settings))
+        engine = make_engine(policy, None, "transformers")  # the engine whose dtype is measured
+        runs[dtype] = (policy, engine, make_optimizer(policy, "run", settings))
     prompt = runs["float32"][0].chat_ids(PROBLEM.chat())
     totals = {dtype: {"generate": 0.0, "tokens": 0, "update": 0.0} for dtype in runs}
 
