@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.engines import add_engine_arguments, make_engine
 from sdpo_core.models import load_model_and_tokenizer
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
@@ -43,13 +43,14 @@ def plain_generate(policy: LoraPolicy, prompt_ids: list[int], attempts: int, bat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
     parser.add_argument("--attempts", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     policy = LoraPolicy(model, tokenizer)
     problem = Problem.model_validate_json(Path(args.problem).read_text())
     prompt = policy.chat_ids(problem.chat())
@@ -59,7 +60,7 @@ def main() -> None:
     useful, slots = plain_generate(policy, prompt, args.attempts, args.batch, args.max_new_tokens)
     plain_s = time.perf_counter() - clock
 
-    engine = TransformersEngine(policy, max_batch_size=args.batch)
+    engine = make_engine(policy, None, "transformers", max_batch_size=args.batch)  # this loop is the subject
     request = GenerationRequest(prompt, None, 0, list(range(1, args.attempts + 1)), args.max_new_tokens)
     clock = time.perf_counter()
     completions = engine.generate([request])[0]

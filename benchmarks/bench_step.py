@@ -16,9 +16,9 @@ import time
 import warnings
 from pathlib import Path
 
-from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.engines import add_engine_arguments, make_engine
 from sdpo_core.loop import ProblemRun, run_step
-from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.models import load_model_and_tokenizer, resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings
@@ -57,6 +57,7 @@ def measure(problem: Problem, policy: LoraPolicy, engine, args) -> dict[str, dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--attempts-per-step", type=int, default=16)
@@ -65,9 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     policy = LoraPolicy(model, tokenizer)
-    engine = TransformersEngine(policy)
+    engine = make_engine(policy, resolve_model(args.model), args.engine)
     problem = Problem.model_validate_json(Path(args.problem).read_text())
     means = measure(problem, policy, engine, args)
     bok, sdpo = means["best-of-k"], means["sdpo"]

@@ -18,9 +18,9 @@ import warnings
 from pathlib import Path
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.engines import add_engine_arguments, make_engine
 from sdpo_core.loop import distill_samples
-from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.models import load_model_and_tokenizer, resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
@@ -44,6 +44,7 @@ def attempts_batch(policy, engine, problem, seed, n, max_new_tokens):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--attempts", type=int, default=16)
@@ -52,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     policy = LoraPolicy(model, tokenizer)
-    engine = TransformersEngine(policy)
+    engine = make_engine(policy, resolve_model(args.model), args.engine)
     problem = Problem.model_validate_json(Path(args.problem).read_text())
     train = attempts_batch(policy, engine, problem, seed=0, n=args.attempts, max_new_tokens=args.max_new_tokens)
     held = attempts_batch(policy, engine, problem, seed=1, n=args.attempts, max_new_tokens=args.max_new_tokens)

@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.hf_engine import TransformersEngine
-from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.engines import add_engine_arguments, make_engine
+from sdpo_core.models import load_model_and_tokenizer, resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.verifiers import verify_attempts
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("problems", nargs="+")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--model", default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -41,9 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     hard = []
     warnings.filterwarnings("ignore")
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     policy = LoraPolicy(model, tokenizer)
-    engine = TransformersEngine(policy, max_batch_size=args.max_batch_size)
+    engine = make_engine(policy, resolve_model(args.model), args.engine, max_batch_size=args.max_batch_size)
     print(f"{'problem':<28} {'solved':>7} {'pass@1':>7} {'90% CI':>15} {'mean tokens':>11}")
     for path in args.problems:
         problem = Problem.model_validate_json(Path(path).read_text())

@@ -16,10 +16,10 @@ import json
 import time
 import warnings
 
-from sdpo_core.hf_engine import TransformersEngine
+from sdpo_core.engines import add_engine_arguments, make_engine
 from sdpo_core.loop import ProblemRun, run_step
 from sdpo_core.measure.discovery import load_problems
-from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.models import load_model_and_tokenizer, resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.settings import RunSettings
 
@@ -29,6 +29,7 @@ METHODS = ("best-of-k", "sdpo", "multi-turn")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--problem", default="square-15", help="an id from the built-in hard set")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
@@ -40,9 +41,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     problem = {p.id: p for p in load_problems(None)}[args.problem]
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     policy = LoraPolicy(model, tokenizer)
-    engine = TransformersEngine(policy, max_batch_size=64)
+    engine = make_engine(policy, resolve_model(args.model), args.engine, max_batch_size=64)
 
     sdpo = {"learning_rate": args.learning_rate} if args.learning_rate else {}
     runs = {

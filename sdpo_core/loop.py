@@ -310,7 +310,7 @@ def solve(
     on_event: EventSink = ignore_events,
     name: str = "run",
 ) -> RunResult:
-    """Run one problem to its end and free its adapter."""
+    """Run one problem to its end and free its adapter (in the policy and in the engine)."""
     run = ProblemRun(problem, settings, policy, name=name, verify=verify, on_event=on_event)
     try:
         while not run.done:
@@ -318,3 +318,5 @@ def solve(
         return run.result()
     finally:
         run.close()
+        if run.adapter is not None:
+            engine.drop_adapter(run.adapter)

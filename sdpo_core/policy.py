@@ -107,6 +107,11 @@ class LoraPolicy:
         return next(self.base.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The frozen base weights' dtype (the adapters train in float32 whatever it is)."""
+        return next(self.base.parameters()).dtype
+
+    @property
     def adapters(self) -> list[str]:
         return [key.removeprefix(_PREFIX) for key in self.peft.peft_config] if self.peft is not None else []
 

@@ -11,19 +11,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sdpo_core.engines import add_engine_arguments
+
 
 def _engine(policy, args):
-    if getattr(args, "engine", "transformers") == "vllm":
-        from sdpo_core.vllm_engine import VLLMEngine
+    from sdpo_core.engines import make_engine
 
-        return VLLMEngine(policy, args.model_path)
-    from sdpo_core.hf_engine import TransformersEngine
-
-    return TransformersEngine(policy, max_batch_size=args.max_batch_size, compile=getattr(args, "compile", False))
+    concurrency = max(int(c) for c in str(getattr(args, "concurrency", 1)).split(","))
+    return make_engine(policy, args.model_path, args.engine, max_batch_size=args.max_batch_size,
+                       max_adapters=max(16, concurrency), compile=getattr(args, "compile", False))
 
 
 def _policy(args):
-    from sdpo_core.models import load_model_and_tokenizer, resolve_model
+    from sdpo_core.models import choose_dtype, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -34,11 +34,10 @@ def _policy(args):
         from sdpo_core.measure.synthetic import shaped_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = shaped_model(args.shape, device=device,
-                                        dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+        model, tokenizer = shaped_model(args.shape, device=device, dtype=getattr(torch, choose_dtype(device, args.dtype)))
         args.model_path, label = None, f"random-init {args.shape}"
     else:
-        model, tokenizer = load_model_and_tokenizer(args.model)
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
         args.model_path, label = resolve_model(args.model), args.model or "smollm2-135m-instruct"
     return LoraPolicy(model, tokenizer), label
 
@@ -251,6 +250,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--concurrency", type=int, default=8, help="runs sharing generation batches")
     d.add_argument("--max-batch-size", type=int, default=64)
     d.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
+    add_engine_arguments(d)
     d.add_argument("--out", default="runs/bench-discovery", help="folder for discovery.json and the SVGs")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_bench_discovery)
@@ -265,7 +265,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gap-attempts", type=int, default=16, help="failed base attempts the gap is measured on")
     g.add_argument("--max-new-tokens", type=int, default=48)
     g.add_argument("--max-batch-size", type=int, default=64)
-    g.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    add_engine_arguments(g)
     g.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
     g.add_argument("--json", help="also write the rows as JSON here")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -280,7 +280,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--eval-samples", type=int, default=16, help="plain-prompt attempts after each update")
     r.add_argument("--max-new-tokens", type=int, default=48)
     r.add_argument("--max-batch-size", type=int, default=64)
-    r.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    add_engine_arguments(r)
     r.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
     r.add_argument("--json", help="also write the traces as JSON here")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -289,7 +289,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     t = kinds.add_parser("throughput", help="attempts/s, decode vs memory floor, update and swap costs")
     t.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
     t.add_argument("--shape", choices=["smollm2-135m", "qwen3-0.6b", "qwen3-8b"], help="random-init model of a shape")
-    t.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    add_engine_arguments(t)
     t.add_argument("--concurrency", default="1,4,16", help="concurrent problems, comma-separated")
     t.add_argument("--attempts-per-step", type=int, default=16)
     t.add_argument("--max-new-tokens", type=int, default=128)

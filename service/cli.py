@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sdpo_core.engines import add_engine_arguments
+
 
 class CLIError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
@@ -92,6 +94,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     report = solve_with_baseline(
         problem, settings, model=args.model, baseline_attempts=args.baseline_attempts, show_progress=not args.json,
+        engine=args.engine, dtype=args.dtype,
     )
     if args.curve:
         Path(args.curve).parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,7 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settings", help="JSON file with RunSettings fields; flags override it")
     p.add_argument("--full-curve", action="store_true", help="keep going after the first solution")
     p.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
+    add_engine_arguments(p)
     p.add_argument("--baseline-attempts", type=int, default=None,
                    help="best-of-k samples for the comparison (default: twice the attempt budget; 0 = none)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
@@ -446,11 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         print("sdpo: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a known failure (the server said no, the model is missing) gets one line
-        from sdpo_core.models import ModelNotAvailable
+        from sdpo_core.engines import EngineNotAvailable
+        from sdpo_core.models import ModelNotAvailable, UnknownDtype
         from service.client import SDPOError
         from workers.isolation import SandboxUnavailable
 
-        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable):
+        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable | EngineNotAvailable | UnknownDtype):
             print(f"sdpo: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, ValidationError):  # job options (--settings, flags) the client could not accept

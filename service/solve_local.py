@@ -82,20 +82,21 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
 
 def solve_with_baseline(
     problem: Problem, settings: RunSettings, *, model: str | None, baseline_attempts: int | None,
-    show_progress: bool = True,
+    show_progress: bool = True, engine: str | None = None, dtype: str | None = None,
 ) -> SolveReport:
-    """Run the method and its best-of-k baseline together (their attempts share generation batches); compare them."""
-    from sdpo_core.hf_engine import TransformersEngine
-    from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer
+    """Run the method and its best-of-k baseline together (their attempts share generation batches) on `engine`
+    (sdpo_core.engines; weights in `dtype`, sdpo_core.models.choose_dtype), and compare them."""
+    from sdpo_core.engines import make_engine
+    from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
     from sdpo_core.runs import METHOD, DiscoveryRuns, baseline_of, comparison_runs
     from workers.verification import verify_function
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", module="peft")
-    base_model, tokenizer = load_model_and_tokenizer(model)
+    base_model, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
     policy = LoraPolicy(base_model, tokenizer)
-    engine = TransformersEngine(policy)
+    engine = make_engine(policy, resolve_model(model), engine)
     samples = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
 
     with progress_bars(show_progress) as bar:

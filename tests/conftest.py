@@ -3,6 +3,7 @@ redis-server on a free loopback port (service tests), the sandbox and verifier p
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -40,6 +41,54 @@ def tiny_policy(tiny_model_dir):
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device=TEST_DEVICE, dtype="float32")
     return LoraPolicy(model, tokenizer)
+
+
+# ---- engines: a tiny model both engines run (vLLM's CPU attention needs a head size of 32 or more), real vLLM -------
+HAS_VLLM = importlib.util.find_spec("vllm") is not None  # true in .venv-vllm (scripts/setup.sh), see test_vllm_environment
+
+
+def contract_policy(model_dir: Path):
+    """A fresh float32 LoraPolicy on `model_dir`."""
+    from sdpo_core.models import load_model_and_tokenizer
+    from sdpo_core.policy import LoraPolicy
+
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), device=TEST_DEVICE, dtype="float32")
+    return LoraPolicy(model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def contract_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-llama-128", hidden_size=128)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(contract_model_dir):
+    """One real vLLM for the session, on its own policy; its users drop the adapters they publish."""
+    from sdpo_core.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(contract_policy(contract_model_dir), str(contract_model_dir), max_model_len=512)
+    yield engine
+    engine.close()
+
+
+ENGINES = ["transformers"] + (["vllm"] if HAS_VLLM else [])
+
+
+@pytest.fixture(params=ENGINES)
+def engine_and_policy(request, contract_model_dir):
+    """Each engine on a float32 policy of the contract model: a fresh transformers engine, or the session's vLLM
+    (the adapters a test made are dropped from it and from its policy afterwards)."""
+    from sdpo_core.hf_engine import TransformersEngine
+
+    if request.param == "transformers":
+        policy = contract_policy(contract_model_dir)
+        yield TransformersEngine(policy), policy
+        return
+    engine = request.getfixturevalue("vllm_engine")
+    yield engine, engine.policy
+    for name in list(engine.policy.adapters):
+        engine.drop_adapter(name)
+        engine.policy.delete_adapter(name)
 
 
 @pytest.fixture(scope="session")

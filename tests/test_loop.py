@@ -185,7 +185,7 @@ def test_resume_from_state_dict_continues_exactly(tiny_policy, tiny_model_dir):
     first_half.close()
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
 
-    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu", dtype="float32")  # as tiny_policy
     fresh_policy = LoraPolicy(model, tokenizer)  # as if on another worker
     resumed = ProblemRun.restore(state, fresh_policy, name="resumed")
     assert len(resumed.attempts) == 8 and resumed.step == 2

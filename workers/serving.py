@@ -15,14 +15,16 @@ class Serving:
     engine: Any  # sdpo_core.engine.GenerationEngine
 
 
-def load_serving(model: str | None, *, max_batch_size: int) -> Serving:
+def load_serving(model: str | None, *, max_batch_size: int, engine: str | None = None,
+                 dtype: str | None = None) -> Serving:
     """Load the model (slow: run it in a thread) and build the engine that generates for every job."""
-    from sdpo_core.hf_engine import TransformersEngine
+    from sdpo_core.engines import make_engine
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    base, tokenizer = load_model_and_tokenizer(model)
+    base, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
     policy = LoraPolicy(base, tokenizer)
-    return Serving(model_name=model or DEFAULT_MODEL, resolved_model=str(resolve_model(model)), policy=policy,
-                   engine=TransformersEngine(policy, max_batch_size=max_batch_size))
+    resolved = str(resolve_model(model))
+    return Serving(model_name=model or DEFAULT_MODEL, resolved_model=resolved, policy=policy,
+                   engine=make_engine(policy, resolved, engine, max_batch_size=max_batch_size))

@@ -61,6 +61,12 @@ class WorkerSettings(StoreSettings):
                               "offline smollm2-135m-instruct).")
     max_jobs: int = Field(default=4, ge=1, description="Jobs run at once; their attempts share generation batches.")
     max_batch_size: int = Field(default=32, ge=1, description="Generation slots of the engine.")
+    engine: Literal["transformers", "vllm"] | None = Field(default=None, description="Generation engine (default: "
+                                                           "sdpo_core.engines.default_engine(), transformers); the "
+                                                           "update always runs on transformers + peft.")
+    dtype: Literal["auto", "bfloat16", "float32"] | None = Field(default=None, description="Base weights' dtype "
+                                                                  "(default auto: bfloat16 on a GPU and on CPUs with "
+                                                                  "bfloat16 instructions, else float32).")
     lease_ms: int = Field(default=30_000, ge=1000, description="A job whose worker has not renewed its lease for "
                           "this long is reclaimed by another.")
     max_tries: int = Field(default=3, ge=1, description="Starts a job gets (crashes and errors included) before it "

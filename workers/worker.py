@@ -56,7 +56,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, self.stop)
         s = self.settings
-        self.serving = await asyncio.to_thread(load_serving, s.model, max_batch_size=s.max_batch_size)
+        self.serving = await asyncio.to_thread(load_serving, s.model, max_batch_size=s.max_batch_size,
+                                               engine=s.engine, dtype=s.dtype)
         self.runs = DiscoveryRuns(self.serving.engine)
         self.store = open_store(s.redis_url, s.redis_prefix, max_connections=s.redis_max_connections,
                                 events_maxlen=s.events_maxlen, retention_s=s.retention_s)
