@@ -204,9 +204,12 @@ class Comparison(BaseModel):
 
 def compare_to_best_of_k(
     method: str, first_success: Sequence[int | None], baseline_outcomes: Sequence[bool], budget: int,
-    *, n_boot: int = 1000, confidence: float = 0.9, seed: int = 0,
+    *, first_step: int | None = None, n_boot: int = 1000, confidence: float = 0.9, seed: int = 0,
 ) -> Comparison:
-    """discovery@k of `method` (independent runs) against pass@k of best-of-k from base-model samples."""
+    """discovery@k of `method` (independent runs) against pass@k of best-of-k from base-model samples.
+
+    `first_step`: the attempts of a run's first step, sampled before any feedback or update exists. A run that
+    solved there shows the base model's luck, not the method: if every solved run did, no ratio is claimed."""
     ks = curve_grid(budget)
     curves = [sequential_curve(first_success, ks, label=method, n_boot=n_boot, confidence=confidence, seed=seed)]
     method_at = discovery_at_k(first_success, budget)
@@ -218,12 +221,21 @@ def compare_to_best_of_k(
     baseline_at = pass_at_k(n, c, budget)
     ratio = attempts_ratio(lambda k: discovery_at_k(first_success, k), lambda k: pass_at_k(n, c, k), budget)
     runs = f"{len(first_success)} run" + ("s" if len(first_success) > 1 else "")
-    if c == 0:
+    solved = [t for t in first_success if t is not None]
+    lucky = [t for t in solved if first_step is not None and t <= first_step]
+    if solved and len(lucky) == len(solved):
+        ratio = None
+        at = ", ".join(str(t) for t in lucky)
+        note = (f"{method} ({runs}) solved only in the first step (attempt {at}), before any feedback or update: "
+                f"that is the base model sampling, as best-of-k does; no ratio is claimed")
+    elif c == 0:
         note = f"best-of-k found no solution in {n} samples: the ratio is undefined"
     elif ratio is None:
         note = f"{method} ({runs}) did not reach best-of-k's {baseline_at:.2f} at {budget} attempts"
     else:
         note = f"{method} ({runs}) reaches best-of-k's P={baseline_at:.2f}@{budget} with {ratio:.2f}x fewer attempts"
+    if lucky and len(lucky) < len(solved):
+        note += f"; {len(lucky)} of {len(first_success)} runs solved in their first step, before any update"
     if len(first_success) == 1:
         note += "; one run is a step curve, not an estimate: run several seeds (sdpo bench discovery)"
     if budget > n:

@@ -94,7 +94,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     report = solve_with_baseline(
         problem, settings, model=args.model, baseline_attempts=args.baseline_attempts, show_progress=not args.json,
-        engine=args.engine, dtype=args.dtype,
+        engine=args.engine, dtype=args.dtype, seeds=args.seeds,
     )
     if args.curve:
         Path(args.curve).parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,8 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attempts-per-step", type=int, help="attempts sampled per step (default 16)")
     p.add_argument("--max-new-tokens", type=int, help="longest attempt in tokens (default 256)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed, seed+1, ...: several "
+                   "make the discovery curve an estimate (default 1)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
     p.add_argument("--lr", type=float, help="LoRA learning rate for sdpo")
     p.add_argument("--teacher", choices=["ema", "frozen", "trust-region"], help="self-teacher for sdpo")

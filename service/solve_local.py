@@ -25,6 +25,7 @@ class SolveReport(BaseModel):
     model: str
     settings: RunSettings
     result: RunResult
+    more_seeds: list[RunResult] = []  # independent runs of the same method with seeds seed+1, seed+2, ...
     baseline: RunResult | None
     comparison: Comparison
 
@@ -35,8 +36,11 @@ class SolveReport(BaseModel):
     def print_summary(self, curve_path: str | None = None, console: Console | None = None) -> None:
         console = console or Console()
         r = self.result
-        verdict = f"[green]solved at attempt {r.first_success_attempt}[/]" if r.solved else f"[red]{r.status}[/]"
-        console.print(f"[bold]{r.method}[/]: {verdict} after {len(r.attempts)} attempts in {r.steps} steps")
+        for seed, run in enumerate([r, *self.more_seeds], start=self.settings.seed):
+            verdict = (f"[green]solved at attempt {run.first_success_attempt}[/]" if run.solved
+                       else f"[red]{run.status}[/]")
+            console.print(f"[bold]{run.method}[/] (seed {seed}): {verdict} after {len(run.attempts)} attempts in "
+                          f"{run.steps} steps, {run.seconds:.1f} s")
         if r.solution is not None:
             console.print("[bold]solution:[/]")
             console.print(r.solution, markup=False, highlight=False)
@@ -82,11 +86,13 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
 
 def solve_with_baseline(
     problem: Problem, settings: RunSettings, *, model: str | None, baseline_attempts: int | None,
-    show_progress: bool = True, engine: str | None = None, dtype: str | None = None,
+    show_progress: bool = True, engine: str | None = None, dtype: str | None = None, seeds: int = 1,
 ) -> SolveReport:
-    """Run the method and its best-of-k baseline together (their attempts share generation batches) on `engine`
-    (sdpo_core.engines; weights in `dtype`, sdpo_core.models.choose_dtype), and compare them."""
+    """Run the method (`seeds` independent runs) and its best-of-k baseline together, their attempts sharing
+    generation batches, on `engine` (sdpo_core.engines; weights in `dtype`, sdpo_core.models.choose_dtype), and
+    compare them: one run is a step curve, several make an estimate."""
     from sdpo_core.engines import make_engine
+    from sdpo_core.loop import ProblemRun
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
     from sdpo_core.runs import METHOD, DiscoveryRuns, baseline_of, comparison_runs
@@ -100,24 +106,32 @@ def solve_with_baseline(
     samples = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
 
     with progress_bars(show_progress) as bar:
+        verify = verify_function(problem)
         runs = comparison_runs(
-            problem, settings, policy, baseline_samples=samples, name="run", verify=verify_function(problem),
+            problem, settings, policy, baseline_samples=samples, name="run", verify=verify,
             sink_for=lambda key: bar(settings.method, settings.max_attempts) if key == METHOD
             else bar("best-of-k baseline", max(samples, settings.attempts_per_step)))
         scheduler = DiscoveryRuns(engine)
         scheduler.add("solve", runs)
+        extra = [f"seed-{settings.seed + i}" for i in range(1, seeds)]
+        for i, group in enumerate(extra, start=1):
+            seeded = settings.model_copy(update={"seed": settings.seed + i})
+            scheduler.add(group, ProblemRun(problem, seeded, policy, name=f"run-{group}", verify=verify,
+                                            on_event=bar(f"{settings.method} seed {seeded.seed}",
+                                                         settings.max_attempts)))
         try:
             while scheduler.active:
-                failure = scheduler.step().get("solve")
-                if failure is not None:
-                    raise failure
+                failures = scheduler.step()
+                if failures:
+                    raise next(iter(failures.values()))
             result = runs[METHOD].result()
+            more = [scheduler.runs(group)["run"].result() for group in extra]
             baseline = baseline_of(runs)
             baseline_result = baseline.result() if baseline is not None else None
         finally:
-            scheduler.close("solve")
+            scheduler.close_all()
     outcomes = [a.solved for a in baseline_result.attempts] if baseline_result else []
-    comparison = compare_to_best_of_k(settings.method, [result.first_success_attempt], outcomes,
-                                      settings.max_attempts)
+    comparison = compare_to_best_of_k(settings.method, [r.first_success_attempt for r in [result, *more]],
+                                      outcomes, settings.max_attempts, first_step=settings.attempts_per_step)
     return SolveReport(problem_id=problem.id, model=model or DEFAULT_MODEL, settings=settings, result=result,
-                       baseline=baseline_result, comparison=comparison)
+                       more_seeds=more, baseline=baseline_result, comparison=comparison)

@@ -53,7 +53,8 @@ def baseline_outcomes(job: Job | JobSummary) -> list[bool]:
 
 
 def job_comparison(job: Job) -> Comparison:
-    return compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget)
+    return compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget,
+                                first_step=job.settings.attempts_per_step)
 
 
 def batch_curve(jobs: list[JobSummary], budget: int, method: str) -> BatchCurve | None:

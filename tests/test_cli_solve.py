@@ -44,8 +44,22 @@ def test_solve_prints_a_summary_and_progress(problem_file, tiny_model_dir):
     proc = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--method", "multi-turn", "--max-attempts", 4,
                     "--attempts-per-step", 2, "--max-new-tokens", 6, "--baseline-attempts", 0)
     assert proc.returncode == 0, proc.stderr
-    assert "multi-turn: exhausted after 4 attempts in 2 steps" in proc.stdout
+    assert "multi-turn (seed 0): exhausted after 4 attempts in 2 steps" in proc.stdout
     assert "attempts" in proc.stderr  # the progress bar
+
+
+def test_solve_with_several_seeds_curves_every_run(tmp_path, tiny_model_dir):
+    anything = write(tmp_path / "anything.json", {"id": "any", "prompt": "Say anything.", "verifier": {
+        "type": "regex", "pattern": "(?s).*", "target": "completion"}})
+    proc = run_sdpo("solve", anything, "--model", tiny_model_dir, "--method", "auto", "--seeds", 3,
+                    "--max-attempts", 4, "--attempts-per-step", 2, "--max-new-tokens", 4, "--baseline-attempts", 8,
+                    "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["more_seeds"]) == 2 and report["comparison"]["curves"][0]["runs"] == 3
+    # every run solved at its first attempt, before any feedback or update: no ratio is claimed
+    assert report["comparison"]["attempts_ratio"] is None
+    assert "before any feedback or update" in report["comparison"]["note"]
 
 
 @pytest.mark.parametrize("content,expected", [

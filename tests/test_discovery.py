@@ -97,3 +97,14 @@ def test_curve_grid_is_increasing_and_ends_at_budget():
     assert grid[0] == 1 and grid[-1] == 5000 and grid == sorted(set(grid)) and len(grid) <= 201
     assert curve_grid(7) == list(range(1, 8))
     assert math.isclose(len(curve_grid(200)), 200)
+
+
+def test_no_ratio_is_claimed_from_runs_that_solved_before_any_update():
+    outcomes = [True] + [False] * 63
+    lucky = compare_to_best_of_k("auto", [1, 3], outcomes, 32, first_step=8)
+    assert lucky.attempts_ratio is None
+    assert "solved only in the first step (attempt 1, 3), before any feedback or update" in lucky.note
+    mixed = compare_to_best_of_k("auto", [2, 12, None], outcomes, 32, first_step=8)
+    assert "1 of 3 runs solved in their first step, before any update" in mixed.note
+    learned = compare_to_best_of_k("auto", [12], outcomes, 32, first_step=8)
+    assert learned.attempts_ratio is not None and "first step" not in learned.note
