@@ -37,11 +37,12 @@ from sdpo_core.discovery import (
     sequential_curve,
 )
 from sdpo_core.engine import GenerationEngine
-from sdpo_core.loop import ProblemRun, run_step
+from sdpo_core.loop import ProblemRun
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
+from sdpo_core.runs import DiscoveryRuns, baseline_settings
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
@@ -162,16 +163,19 @@ def family_name(path: str | Path | None) -> str:
 
 
 def run_all(runs: list[ProblemRun], engine: GenerationEngine, concurrency: int, on_progress: Callable[[], None]) -> None:
-    """Advance runs `concurrency` at a time, their attempts sharing generation batches; free each when done."""
-    waiting, active = list(runs), []
-    while waiting or active:
-        while waiting and len(active) < concurrency:
-            active.append(waiting.pop(0))
-        run_step(active, engine)
+    """Advance runs `concurrency` at a time through the one scheduler (sdpo_core.runs), their attempts sharing
+    generation batches; free each (policy and engine) when done. A run that raises fails the benchmark."""
+    scheduler, waiting = DiscoveryRuns(engine), list(runs)
+    while waiting or scheduler.active:
+        while waiting and len(scheduler.active) < concurrency:
+            run = waiting.pop(0)
+            scheduler.add(run.name, run)
+        failures = scheduler.step()
+        if failures:
+            raise next(iter(failures.values()))
         on_progress()
-        for run in [r for r in active if r.done]:
-            run.close()
-            active.remove(run)
+        for group in scheduler.finished:
+            scheduler.close(group)
 
 
 def method_settings(settings: RunSettings, method: str, variants: dict[str, dict[str, Any]]) -> RunSettings:
@@ -198,10 +202,8 @@ def bench_discovery(
         verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
         for method in methods:
             if method == BASELINE:  # i.i.d. samples: big steps finish sooner, the estimate is the same
-                cfg = settings.model_copy(update={
-                    "method": method, "max_attempts": baseline_samples, "stop_at_first_success": False,
-                    "seed": BASELINE_SEED, "attempts_per_step": min(baseline_samples, max(settings.attempts_per_step, 64)),
-                })
+                cfg = baseline_settings(settings, baseline_samples, seed=BASELINE_SEED, attempts_per_step=min(
+                    baseline_samples, max(settings.attempts_per_step, 64)))
                 runs[(p.id, method)] = [ProblemRun(p, cfg, policy, name=f"{p.id}-bok", verify=verify,
                                                    on_event=on_event)]
             else:

@@ -19,11 +19,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from sdpo_core.engine import GenerationEngine, GenerationRequest
-from sdpo_core.loop import ProblemRun, run_step
+from sdpo_core.loop import ProblemRun
 from sdpo_core.measure.quality import distinct_ratio, meta_talk
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
+from sdpo_core.records import ProgressEvent
 from sdpo_core.reprompt import multi_turn_prompt
+from sdpo_core.runs import DiscoveryRuns
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
@@ -83,13 +85,22 @@ def trace(
 ) -> list[VariantTrace]:
     verifiers = {p.id: verify_for(p) for p in problems}
     keys = [(p, name) for p in problems for name in variants]
+    last_step: dict[str, ProgressEvent] = {}  # run name -> its latest step event
+
+    def keep_step(name: str) -> Callable[[ProgressEvent], None]:
+        return lambda event: last_step.__setitem__(name, event) if event.type == "step" else None
+
     runs = [
         ProblemRun(p, RunSettings(method="sdpo", max_attempts=attempts * updates, attempts_per_step=attempts,
                                   max_new_tokens=max_new_tokens, stop_at_first_success=False,
                                   sdpo=SDPOSettings(**variants[name])),
-                   policy, name=f"trace-{p.id}-{name}", verify=verifiers[p.id])
+                   policy, name=f"trace-{p.id}-{name}", verify=verifiers[p.id],
+                   on_event=keep_step(f"trace-{p.id}-{name}"))
         for p, name in keys
     ]
+    scheduler = DiscoveryRuns(engine)
+    for run in runs:
+        scheduler.add(run.name, run)
     # ---- the headroom: the frozen model with the feedback of its own failed attempts in the prompt ----
     base = engine.generate(_eval_requests(runs[:: len(variants)], 0, eval_samples, max_new_tokens))
     feedback_rate, base_distinct = {}, {}
@@ -107,17 +118,17 @@ def trace(
     traces = [VariantTrace(variant=name, problem_id=p.id, feedback_rate=feedback_rate[p.id],
                            base_distinct2=base_distinct[p.id], steps=[]) for p, name in keys]
     for update in range(updates + 1):
-        events = {}
         if update > 0:
-            for run, event in zip(runs, run_step(runs, engine), strict=True):
-                events[run.name] = event
+            failures = scheduler.step()
+            if failures:
+                raise next(iter(failures.values()))
         evals = engine.generate(_eval_requests(runs, update, eval_samples, max_new_tokens))
         for run, record, completions in zip(runs, traces, evals, strict=True):
             texts = [c.text for c in completions]
             verdicts = run.verify(run.problem, texts)
             feedbacks = {a.feedback for a in run.attempts if a.feedback} | {v.feedback for v in verdicts if v.feedback}
             new = [a for a in run.attempts if a.step == update] if update else []
-            metrics = events[run.name].metrics if update else None
+            metrics = last_step[run.name].metrics if update else None
             record.steps.append(TraceStep(
                 update=update, train_solved=sum(a.solved for a in new) if update else None,
                 train_samples=len(new) if update else None, eval_solved=sum(v.solved for v in verdicts),
@@ -127,6 +138,5 @@ def trace(
                 seconds=sum(metrics.seconds.values()) if metrics else 0.0, examples=texts[:2],
             ))
         on_progress()
-    for run in runs:
-        run.close()
+    scheduler.close_all()
     return traces
