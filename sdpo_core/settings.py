@@ -75,7 +75,9 @@ class SDPOSettings(BaseModel):
     success_threshold: float = Field(default=1.0, ge=0, le=1, description="Reward at which a sibling demonstrates.")
     remove_thinking: bool = Field(default=True, description="Strip <think>...</think> from demonstrations.")
     max_reprompt_tokens: int = Field(default=4096, ge=64, description="Longest teacher prompt; feedback shortened.")
-    micro_batch_size: int = Field(default=4, ge=1, description="Attempts per forward/backward pass.")
+    micro_batch_size: int = Field(default=16, ge=1, description="Most attempts in one forward/backward pass.")
+    micro_batch_tokens: int = Field(default=4096, ge=1, description="Most prompt + attempt tokens in one "
+                                    "forward/backward pass (activation memory); a longer attempt gets a pass alone.")
     loss_chunk_tokens: int = Field(default=512, ge=1, description="Tokens whose logits are materialised at once.")
 
     @field_validator("target_modules")

@@ -90,6 +90,23 @@ def scored_prompts(sample: DistillSample, settings: SDPOSettings) -> list[list[i
     return prompts
 
 
+def micro_batches(samples: list[DistillSample], settings: SDPOSettings) -> Iterator[list[DistillSample]]:
+    """Consecutive samples packed up to micro_batch_size rows and micro_batch_tokens tokens (the longest context
+    the passes run, teacher reprompt included): few large passes for short attempts, bounded memory for long ones."""
+    batch: list[DistillSample] = []
+    width = 0  # the batch's longest row: padded rows cost that much each
+    for sample in samples:
+        tokens = max(len(sample.prompt_ids), len(sample.teacher_prompt_ids)) + len(sample.response_ids)
+        if batch and (len(batch) == settings.micro_batch_size
+                      or (len(batch) + 1) * max(tokens, width) > settings.micro_batch_tokens):
+            yield batch
+            batch, width = [], 0
+        width = max(width, tokens)
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
 def distillation_losses(
     policy: LoraPolicy, adapter: str, samples: list[DistillSample], settings: SDPOSettings, temperature: float,
     seconds: dict[str, float],
@@ -102,8 +119,7 @@ def distillation_losses(
     def head(h: torch.Tensor) -> torch.Tensor:
         return policy.head(h) * scale
 
-    for start in range(0, len(samples), settings.micro_batch_size):
-        mb = samples[start: start + settings.micro_batch_size]
+    for mb in micro_batches(samples, settings):
         mb_lengths = [len(s.response_ids) for s in mb]
         mb_tokens = torch.tensor([t for s in mb for t in s.response_ids], device=device)  # (N,)
         on_policy = all(s.response_logprobs is not None for s in mb)

@@ -165,3 +165,20 @@ def test_contrastive_target_cancels_what_feedback_and_control_share_and_keeps_wh
     assert stronger[0, 2] > target[0, 2]
     clipped = contrastive_target(anchor, feedback, control, strength=4.0, clip=1.0) - anchor
     assert clipped.abs().max() <= 4.0 + 1e-6
+
+
+def test_micro_batches_pack_rows_up_to_the_row_and_token_limits():
+    from sdpo_core.settings import SDPOSettings
+    from sdpo_core.update import DistillSample, micro_batches
+
+    def sample(prompt: int, response: int) -> DistillSample:
+        return DistillSample([1] * prompt, [1] * (prompt + 5), [2] * response, None)
+
+    short = [sample(10, 20) for _ in range(10)]  # 35 tokens each
+    assert [len(b) for b in micro_batches(short, SDPOSettings(micro_batch_size=4, micro_batch_tokens=10_000))] \
+        == [4, 4, 2]
+    assert [len(b) for b in micro_batches(short, SDPOSettings(micro_batch_size=16, micro_batch_tokens=140))] \
+        == [4, 4, 2]
+    mixed = [sample(10, 20), sample(10, 500), sample(10, 20)]  # one long attempt widens its batch
+    assert [len(b) for b in micro_batches(mixed, SDPOSettings(micro_batch_tokens=600))] == [1, 1, 1]
+    assert [len(b) for b in micro_batches(mixed, SDPOSettings(micro_batch_tokens=2000))] == [3]
