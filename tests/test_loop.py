@@ -51,15 +51,17 @@ def test_sdpo_run_records_attempts_and_changes_the_adapter(tiny_policy):
     assert tiny_policy.adapters == []
 
 
-def test_repeated_updates_on_a_fixed_batch_reduce_the_divergence(tiny_policy):
-    sdpo = SDPOSettings(learning_rate=3e-3, teacher="frozen")
+@pytest.mark.parametrize("context", ["feedback", "contrastive"])
+def test_repeated_updates_on_a_fixed_batch_reduce_the_divergence(tiny_policy, context):
+    sdpo = SDPOSettings(learning_rate=3e-3, teacher="frozen", teacher_context=context)
     tiny_policy.create_adapter("student", sdpo, seed=0)
     optimizer = make_optimizer(tiny_policy, "student", sdpo)
     tok = tiny_policy.tokenizer
     prompt = tiny_policy.chat_ids([{"role": "user", "content": "What is 2+2?"}])
     teacher_prompt = tiny_policy.chat_ids([{"role": "user", "content": "What is 2+2? Feedback: 5 is wrong."}])
     responses = [tok.encode("It is 5.", add_special_tokens=False), tok.encode("Four!", add_special_tokens=False)]
-    samples = [DistillSample(prompt, teacher_prompt, r, [0.0] * len(r)) for r in responses]
+    control = tiny_policy.chat_ids([{"role": "user", "content": "What is 2+2? Feedback: not correct."}])
+    samples = [DistillSample(prompt, teacher_prompt, r, [0.0] * len(r), control) for r in responses]
     losses = [sdpo_update(tiny_policy, optimizer, "student", samples, sdpo.model_copy(update={"is_clip": None})).loss
               for _ in range(15)]
     assert losses[0] > 0
@@ -67,8 +69,9 @@ def test_repeated_updates_on_a_fixed_batch_reduce_the_divergence(tiny_policy):
 
 
 def test_ema_teacher_follows_the_student_at_rate_r(tiny_policy):
-    sdpo = SDPOSettings(teacher_update_rate=0.25)
-    run = ProblemRun(UNSOLVABLE, settings(sdpo={"teacher_update_rate": 0.25}), tiny_policy, name="job")
+    sdpo = SDPOSettings(teacher="ema", teacher_update_rate=0.25)
+    run = ProblemRun(UNSOLVABLE, settings(sdpo={"teacher": "ema", "teacher_update_rate": 0.25}), tiny_policy,
+                     name="job")
     teacher, student = teacher_adapter("job"), "job"
     assert all(torch.equal(a, b) for a, b in zip(tiny_policy.state(teacher).values(),
                                                    tiny_policy.state(student).values()))

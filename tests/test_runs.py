@@ -8,7 +8,6 @@ from sdpo_core.hf_engine import TransformersEngine
 from sdpo_core.problem import Problem
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, baseline_settings, comparison_runs
 from sdpo_core.settings import RunSettings
-from sdpo_core.teacher import teacher_adapter
 
 PROBLEM = Problem.model_validate({"prompt": "Say the word.", "verifier": {"type": "exact", "answer": "zebra"}})
 SETTINGS = RunSettings(max_attempts=8, attempts_per_step=4, max_new_tokens=6, seed=3)
@@ -48,7 +47,7 @@ def test_groups_share_generation_batches_and_closing_frees_adapters(tiny_policy)
     own = comparison_runs(PROBLEM, full_curve, tiny_policy, baseline_samples=8, name="job-2")
     assert set(own) == {METHOD} and baseline_of(own) is own[METHOD]  # a full best-of-k run is its own baseline
     runs.add("job-2", own)
-    assert set(tiny_policy.adapters) == {"job-1", teacher_adapter("job-1")}  # only sdpo trains an adapter
+    assert set(tiny_policy.adapters) == {"job-1"}  # only sdpo trains an adapter (the default teacher is the base)
 
     while runs.active:
         assert runs.step() == {}
