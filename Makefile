@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 setup:
 	./scripts/setup.sh
 
+# An informative problem (the verifier names the missing word): the default method against best-of-k, 4 seeds.
 demo: setup
-	$(VENV)/bin/sdpo solve examples/arithmetic.json --max-attempts 48 --attempts-per-step 8 --max-new-tokens 48 --curve runs/demo-curve.svg
+	$(VENV)/bin/sdpo solve examples/ocean-lighthouse.json --seeds 4 --max-attempts 32 --attempts-per-step 8 --max-new-tokens 48 --baseline-attempts 128 --curve runs/demo-curve.svg
 
 test: setup
 	$(PY) -m pytest -q

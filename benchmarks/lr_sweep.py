@@ -59,7 +59,7 @@ def main() -> None:
     problem = Problem.model_validate_json(Path(args.problem).read_text())
     train = attempts_batch(policy, engine, problem, seed=0, n=args.attempts, max_new_tokens=args.max_new_tokens)
     held = attempts_batch(policy, engine, problem, seed=1, n=args.attempts, max_new_tokens=args.max_new_tokens)
-    drift_settings = SDPOSettings(teacher="frozen", top_k=None, is_clip=None)
+    drift_settings = SDPOSettings(teacher="frozen", teacher_context="feedback", alpha=1.0, top_k=None, is_clip=None)
     drift_samples = [DistillSample(held[0], held[0], c.token_ids, c.logprobs) for c in held[1] if c.token_ids]
 
     print(f"model={args.model or 'smollm2-135m-instruct'} problem={problem.id} steps={args.steps} "

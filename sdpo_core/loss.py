@@ -11,8 +11,9 @@
   rest of the mass, for student and teacher alike; without the tail both are renormalised over the top-K.
 - w_t = min(pi(y_t) / pi_old(y_t), is_clip), detached: the rollout importance weight (truncated, one-sided).
 - Logits never exist for all tokens at once: hidden states are projected to the vocabulary in chunks of
-  `chunk_tokens`, and each chunk is recomputed in the backward pass (activation checkpointing), so peak memory
-  holds one chunk of float32 logits, not 16 x 8k x 150k of them.
+  `chunk_tokens`, each chunk's loss is pushed back to the hidden states before the next chunk is built, and one
+  backward then runs through the model: peak memory holds one chunk of float32 logits, not 16 x 8k x 150k of
+  them, and no logit is computed twice.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 # (slice of the tokens, the student's detached logits there) -> the teacher's target logits for those tokens
@@ -98,7 +98,7 @@ def contrastive_target(anchor_lp: torch.Tensor, feedback_lp: torch.Tensor, contr
     return anchor_lp + strength * (feedback_lp - control_lp).clamp(-clip, clip)
 
 
-def chunked_loss_sum(
+def chunked_loss(
     student_hidden: torch.Tensor,
     target_fn: TargetFn,
     head: LogitsFn,
@@ -109,32 +109,32 @@ def chunked_loss_sum(
     top_k: int | None,
     add_tail: bool,
     is_clip: float | None,
+    scale: float = 1.0,
     chunk_tokens: int = 512,
-) -> torch.Tensor:
-    """Sum of the per-token SDPO losses over N distilled tokens, logits built one chunk at a time.
+) -> float:
+    """`scale` x the sum of the per-token SDPO losses over N distilled tokens, logits built one chunk at a time;
+    when `student_hidden` carries a graph, the loss's gradient is pushed back through it here.
 
     student_hidden: (N, H) final hidden states predicting `tokens` (N,); `head` maps hidden states to logits;
     `target_fn(slice, student_logits)` gives the teacher's target logits (no grad) for the tokens in that slice.
-    Divide by the batch's token count for the token mean.
+    Each chunk runs forward and backward to the hidden states at once (its logits are freed before the next chunk
+    is built), then one backward runs through the model: every logit is computed once, never recomputed.
     """
-    total = student_hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, student_hidden.shape[0], chunk_tokens):
+    backward = torch.is_grad_enabled() and student_hidden.requires_grad
+    hidden = student_hidden.detach().requires_grad_(backward)  # (N, H): collects the chunks' gradients
+    total = 0.0
+    for start in range(0, hidden.shape[0], chunk_tokens):
         piece = slice(start, start + chunk_tokens)
+        s_logits = head(hidden[piece])  # (n, V)
+        with torch.no_grad():
+            t_logits = target_fn(piece, s_logits.detach())
         old = old_logprobs[piece] if old_logprobs is not None else None
-
-        def chunk_sum(h: torch.Tensor, piece: slice = piece, old: torch.Tensor | None = old) -> torch.Tensor:
-            # The teacher's logits are rebuilt here (and again in the backward recompute) so that no chunk's
-            # logits outlive the chunk.
-            s_logits = head(h)
-            with torch.no_grad():
-                t_logits = target_fn(piece, s_logits.detach())
-            losses, _ = token_losses(
-                s_logits, t_logits, tokens[piece], old, alpha=alpha, top_k=top_k, add_tail=add_tail, is_clip=is_clip
-            )
-            return losses.sum()
-
-        if torch.is_grad_enabled() and student_hidden.requires_grad:
-            total = total + checkpoint(chunk_sum, student_hidden[piece], use_reentrant=False)
-        else:
-            total = total + chunk_sum(student_hidden[piece])
+        losses, _ = token_losses(s_logits, t_logits, tokens[piece], old, alpha=alpha, top_k=top_k,
+                                 add_tail=add_tail, is_clip=is_clip)
+        loss = losses.sum() * scale
+        if backward:
+            loss.backward()
+        total += loss.item()
+    if backward:
+        student_hidden.backward(hidden.grad)
     return total

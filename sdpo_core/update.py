@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdpo_core.loss import TargetFn, chunked_loss_sum, contrastive_target
+from sdpo_core.loss import TargetFn, chunked_loss, contrastive_target
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.records import StepMetrics
 from sdpo_core.settings import SDPOSettings
@@ -107,14 +107,15 @@ def micro_batches(samples: list[DistillSample], settings: SDPOSettings) -> Itera
         yield batch
 
 
-def distillation_losses(
+def distil(
     policy: LoraPolicy, adapter: str, samples: list[DistillSample], settings: SDPOSettings, temperature: float,
     seconds: dict[str, float],
-) -> Iterator[torch.Tensor]:
-    """The token-mean SDPO loss of `samples`, one micro-batch's share at a time (grads flow if enabled)."""
+) -> float:
+    """The token-mean SDPO loss of `samples`; with grad enabled its gradient is accumulated into the adapter."""
     total_tokens = sum(len(s.response_ids) for s in samples)
     device = policy.device
     scale = 1.0 / (temperature if temperature > 0 else 1.0)  # logits at the sampling temperature
+    loss = 0.0
 
     def head(h: torch.Tensor) -> torch.Tensor:
         return policy.head(h) * scale
@@ -131,15 +132,16 @@ def distillation_losses(
         mb_target = target_fn(policy, adapter, settings, mb, scale)
         seconds["teacher_forward"] = seconds.get("teacher_forward", 0.0) + time.perf_counter() - clock
 
-        # ---- student: the original prompt ----
+        # ---- student: the original prompt; forward, then backward through this micro-batch's graph ----
         clock = time.perf_counter()
         s_hidden = policy.response_hidden([s.prompt_ids + s.response_ids for s in mb], mb_lengths, adapter)  # (N, H)
-        yield chunked_loss_sum(
-            s_hidden, mb_target, head, mb_tokens, mb_old_lp,
+        loss += chunked_loss(
+            s_hidden, mb_target, head, mb_tokens, mb_old_lp, scale=1.0 / total_tokens,  # token mean over the step
             alpha=settings.alpha, top_k=settings.top_k, add_tail=settings.add_tail, is_clip=settings.is_clip,
             chunk_tokens=settings.loss_chunk_tokens,
-        ) / total_tokens  # token mean over the whole step
+        )
         seconds["student_forward_backward"] = seconds.get("student_forward_backward", 0.0) + time.perf_counter() - clock
+    return loss
 
 
 @torch.no_grad()
@@ -149,7 +151,7 @@ def distillation_loss(
     """The SDPO loss of `samples` at the current weights, without an update (for measurements)."""
     if not any(s.response_ids for s in samples):
         return 0.0
-    return sum(loss.item() for loss in distillation_losses(policy, adapter, samples, settings, temperature, {}))
+    return distil(policy, adapter, samples, settings, temperature, {})
 
 
 def sdpo_update(
@@ -169,10 +171,7 @@ def sdpo_update(
     first_loss = None
     for _ in range(settings.updates_per_step):  # later passes reuse the samples; their importance weights move
         optimizer.zero_grad(set_to_none=True)
-        loss_total = 0.0
-        for loss in distillation_losses(policy, adapter, samples, settings, temperature, seconds):
-            loss.backward()  # frees this micro-batch's graph before the next one is built (timed by the generator)
-            loss_total += loss.item()
+        loss_total = distil(policy, adapter, samples, settings, temperature, seconds)
         first_loss = loss_total if first_loss is None else first_loss
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         if torch.isfinite(grad_norm):  # a non-finite step is skipped, teacher included, as the reference does

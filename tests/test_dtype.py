@@ -14,7 +14,7 @@ from sdpo_core.models import UnknownDtype, choose_dtype, cpu_has_bfloat16, load_
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.settings import SDPOSettings
 from sdpo_core.teacher import init_teacher
-from sdpo_core.update import DistillSample, distillation_losses, make_optimizer, sdpo_update
+from sdpo_core.update import DistillSample, distil, make_optimizer, sdpo_update
 
 
 def test_dtype_choice(monkeypatch):
@@ -60,7 +60,8 @@ def test_bf16_base_keeps_adapters_and_optimizer_in_float32(contract_model_dir):
     assert {p.dtype for p in policy.parameters("a").values()} == {torch.float32}
     prompt = policy.chat_ids([{"role": "user", "content": "Say something."}])
     out = TransformersEngine(policy).generate([GenerationRequest(prompt, "a", 0, [1, 2], 8)])[0]
-    samples = [DistillSample(prompt, prompt, c.token_ids, c.logprobs) for c in out]
+    teacher = policy.chat_ids([{"role": "user", "content": "Say something. Feedback: use the word 'zebra'."}])
+    samples = [DistillSample(prompt, teacher, c.token_ids, c.logprobs, prompt) for c in out]
     optimizer = make_optimizer(policy, "a", settings)
     metrics = sdpo_update(policy, optimizer, "a", samples, settings)
     assert torch.isfinite(torch.tensor(metrics.loss)) and metrics.grad_norm > 0
@@ -75,11 +76,11 @@ def test_bf16_loss_gradient_and_logprobs_agree_with_float32(contract_model_dir):
     teacher = p32.chat_ids([{"role": "user", "content": "What is 17 * 23? Wrong: it is 391. Answer again."}])
     request = GenerationRequest(prompt, "a", 0, list(range(1, 7)), 24)
     completions = TransformersEngine(p32).generate([request])[0]
-    samples = [DistillSample(prompt, teacher, c.token_ids, c.logprobs) for c in completions]
+    control = p32.chat_ids([{"role": "user", "content": "What is 17 * 23? Not correct. Answer again."}])
+    samples = [DistillSample(prompt, teacher, c.token_ids, c.logprobs, control) for c in completions]
     loss, grad = {}, {}
     for dtype, policy in pols.items():
-        loss[dtype] = sum(piece.backward() or piece.item()
-                          for piece in distillation_losses(policy, "a", samples, settings, 1.0, {}))
+        loss[dtype] = distil(policy, "a", samples, settings, 1.0, {})  # backward included
         grad[dtype] = torch.cat([p.grad.flatten() for p in policy.parameters("a").values()])
     assert abs(loss["bfloat16"] - loss["float32"]) <= 0.02 * abs(loss["float32"])
     assert torch.nn.functional.cosine_similarity(grad["float32"], grad["bfloat16"], 0) >= 0.999

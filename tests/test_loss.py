@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdpo_core.loss import chunked_loss_sum, contrastive_target, token_losses
+from sdpo_core.loss import chunked_loss, contrastive_target, token_losses
 
 V, N = 37, 9
 
@@ -107,7 +107,8 @@ def test_reverse_kl_gradient_is_policy_gradient_with_logratio_advantage():
 @pytest.mark.parametrize("chunk", [1, 4, 1000])
 def test_chunked_loss_and_gradient_match_unchunked(chunk):
     g = torch.Generator().manual_seed(2)
-    hidden = torch.randn(N, 8, generator=g, requires_grad=True)
+    weights = torch.randn(N, 8, generator=g, requires_grad=True)
+    hidden = weights * 2.0  # a graph behind the hidden states, as the model's
     head_w = torch.randn(V, 8, generator=g)
     t_hidden = torch.randn(N, 8, generator=g)
     tokens = torch.randint(0, V, (N,), generator=g)
@@ -117,38 +118,42 @@ def test_chunked_loss_and_gradient_match_unchunked(chunk):
         return h @ head_w.T
 
     kwargs = dict(alpha=1.0, top_k=5, add_tail=True, is_clip=2.0)
-    total = chunked_loss_sum(hidden, lambda piece, _: head(t_hidden[piece]), head, tokens, old, chunk_tokens=chunk,
-                             **kwargs)
-    grad = torch.autograd.grad(total, hidden)[0]
-    direct, _ = token_losses(head(hidden), head(t_hidden), tokens, old, **kwargs)
-    grad_direct = torch.autograd.grad(direct.sum(), hidden)[0]
-    torch.testing.assert_close(total, direct.sum())
-    torch.testing.assert_close(grad, grad_direct)
+    total = chunked_loss(hidden, lambda piece, _: head(t_hidden[piece]), head, tokens, old, chunk_tokens=chunk,
+                         scale=0.5, **kwargs)  # pushes its gradient into `weights`
+    direct, _ = token_losses(head(weights.detach() * 2.0), head(t_hidden), tokens, old, **kwargs)
+    w = weights.detach().requires_grad_(True)
+    direct, _ = token_losses(head(w * 2.0), head(t_hidden), tokens, old, **kwargs)
+    grad_direct = torch.autograd.grad(0.5 * direct.sum(), w)[0]
+    assert total == pytest.approx(0.5 * direct.sum().item(), rel=1e-5)
+    torch.testing.assert_close(weights.grad, grad_direct)
+    with torch.no_grad():  # a measurement: the same value, no gradient
+        again = chunked_loss(weights * 2.0, lambda piece, _: head(t_hidden[piece]), head, tokens, old,
+                             chunk_tokens=chunk, scale=0.5, **kwargs)
+    assert again == pytest.approx(total, rel=1e-5)
 
 
-def test_chunking_bounds_the_logits_held_for_backward():
-    """Logits exist for one chunk at a time, and the autograd graph keeps none of them for the backward pass."""
+def test_chunking_bounds_the_logits_and_computes_each_once():
+    """Logits exist for one chunk at a time (freed after its backward), and no chunk's logits are recomputed."""
     vocab, tokens_n, h, chunk = 4096, 512, 16, 64
-    hidden = torch.randn(tokens_n, h, requires_grad=True)
+    weights = torch.randn(tokens_n, h, requires_grad=True)
     head_w = torch.randn(vocab, h)
-    rows_seen, saved = [], []
+    rows_seen, alive = [], []
 
     def head(x):
         rows_seen.append(x.shape[0])
         return x @ head_w.T
 
     def pack(t):
-        saved.append(t.numel())
+        alive.append(t.numel())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        total = chunked_loss_sum(hidden, lambda piece, _: head(hidden[piece].detach()), head,
-                                 torch.zeros(tokens_n, dtype=torch.long), None, alpha=1.0, top_k=20, add_tail=True,
-                                 is_clip=None, chunk_tokens=chunk)
-    assert max(rows_seen) == chunk
-    assert sum(saved) < tokens_n * vocab / 8, f"{sum(saved)} elements saved for backward"
-    total.backward()
-    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+        chunked_loss(weights * 1.0, lambda piece, s_logits: s_logits.roll(1, -1), head,
+                     torch.zeros(tokens_n, dtype=torch.long), None, alpha=0.0, top_k=None, add_tail=False,
+                     is_clip=None, chunk_tokens=chunk)
+    assert rows_seen == [chunk] * (tokens_n // chunk)  # each chunk's logits built once: no recompute
+    assert max(alive) <= chunk * vocab  # nothing larger than one chunk's logits is kept for a backward
+    assert weights.grad is not None and weights.grad.abs().sum() > 0
 
 
 def test_contrastive_target_cancels_what_feedback_and_control_share_and_keeps_what_the_feedback_adds():
