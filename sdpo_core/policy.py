@@ -96,6 +96,9 @@ class LoraPolicy:
         self.base = model  # the transformers CausalLM; LoRA layers are injected into it in place
         self.tokenizer = tokenizer
         self.peft: PeftModel | None = None
+        self._lora_layers: list[LoraLayer] = []  # the layers peft wrapped, found once per adapter change
+        self._params: dict[str, dict[str, torch.nn.Parameter]] = {}  # per adapter, found once
+        self._frozen: set[str] = set()  # adapters that never train (EMA teachers)
         self.base.requires_grad_(False)
         # transformers 5 renamed the forward's `past_key_values` to `cache`; use whichever this version has.
         params = inspect.signature(type(self.base).forward).parameters
@@ -115,7 +118,7 @@ class LoraPolicy:
     def adapters(self) -> list[str]:
         return [key.removeprefix(_PREFIX) for key in self.peft.peft_config] if self.peft is not None else []
 
-    def create_adapter(self, name: str, settings: SDPOSettings, seed: int) -> None:
+    def create_adapter(self, name: str, settings: SDPOSettings, seed: int, trainable: bool = True) -> None:
         """A fresh adapter: A random (seeded), B zero, so it starts exactly at the base model."""
         config = LoraConfig(
             r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules=list(settings.target_modules),
@@ -129,13 +132,25 @@ class LoraPolicy:
                 self.peft.add_adapter(_key(name), config)
         self._keep_active_adapter_valid()
         self.peft.eval()  # no dropout anywhere; eval mode is also what mixed-adapter batches require
-        for param in self.parameters(name).values():
-            param.requires_grad_(True)
+        self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer) and hasattr(m, "base_layer")]
+        if not trainable:
+            self._frozen.add(name)
+        self._set_requires_grad()
 
     def delete_adapter(self, name: str) -> None:
         if self.peft is not None and _key(name) in self.peft.peft_config:
             self.peft.delete_adapter(_key(name))
+            self._params.pop(name, None)
+            self._frozen.discard(name)
             self._keep_active_adapter_valid()
+            self._set_requires_grad()
+
+    def _set_requires_grad(self) -> None:
+        """Every adapter's tensors require grad unless it is frozen, for good (peft's adapter switches toggle the
+        flags; ours do not): a pass builds a graph only through the adapter it runs."""
+        for name in self.adapters:
+            for param in self.parameters(name).values():
+                param.requires_grad_(name not in self._frozen)
 
     def _keep_active_adapter_valid(self) -> None:
         """peft keeps pointing its active adapter at a deleted one, and its forward then fails: repoint it."""
@@ -145,8 +160,11 @@ class LoraPolicy:
     def parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
         """The adapter's LoRA tensors keyed by module path (the adapter's name left out)."""
         assert self.peft is not None and _key(name) in self.peft.peft_config, f"no adapter named {name!r}"
-        suffix = f".{_key(name)}.weight"
-        return {key.removesuffix(suffix): p for key, p in self.peft.named_parameters() if key.endswith(suffix)}
+        if name not in self._params:
+            suffix = f".{_key(name)}.weight"
+            self._params[name] = {key.removesuffix(suffix): p for key, p in self.peft.named_parameters()
+                                  if key.endswith(suffix)}
+        return dict(self._params[name])
 
     def lora_settings(self, name: str) -> SDPOSettings:
         """The LoRA shape the adapter was created with (rank, alpha, target modules), as SDPOSettings fields."""
@@ -172,16 +190,18 @@ class LoraPolicy:
     # ---- forward passes ---------------------------------------------------------------------------------------
     @contextmanager
     def _active(self, adapter: str | None) -> Iterator[None]:
-        """Run the model with one adapter active, or with none (the base model)."""
-        if adapter is None:
-            if self.peft is None or not self.adapters:
-                yield
-            else:
-                with self.peft.disable_adapter():
-                    yield
-            return
-        assert self.peft is not None, f"no adapter named {adapter!r}"
-        self.peft.set_adapter(_key(adapter))
+        """Run the model with one adapter active, or with none (the base model).
+
+        Only the LoRA layers' list of active adapters is switched. peft's own switches (`set_adapter`,
+        `disable_adapter`) walk every module of the model and toggle every adapter's `requires_grad` on each call:
+        a cost that grows with the jobs on a worker and was most of an update's time with 16 runs (py-spy).
+        Gradients need no toggling: each adapter's tensors keep `requires_grad` from creation, and a pass builds a
+        graph only through the adapter it runs."""
+        assert adapter is None or (self.peft is not None and _key(adapter) in self.peft.peft_config), \
+            f"no adapter named {adapter!r}"
+        active = [] if adapter is None else [_key(adapter)]
+        for layer in self._lora_layers:
+            layer._active_adapter = active  # what peft's LoraLayer.set_adapter sets, without its requires_grad loop
         yield
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None) -> torch.Tensor:
@@ -255,11 +275,10 @@ class LoraPolicy:
         rows = RowAdapters()
         patched = []
         if self.peft is not None:
-            for module in self.peft.modules():
-                if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
-                    stacks = _concat_adapters(module, [_key(n) for n in names]) if names else (None, None, None)
-                    module.forward = _row_lora_forward(module.base_layer, rows, *stacks)  # instance attribute
-                    patched.append(module)
+            for module in self._lora_layers:
+                stacks = _concat_adapters(module, [_key(n) for n in names]) if names else (None, None, None)
+                module.forward = _row_lora_forward(module.base_layer, rows, *stacks)  # instance attribute
+                patched.append(module)
         try:
             yield rows
         finally:

@@ -1,10 +1,11 @@
 """The self-teacher on LoRA: which weights re-score the student's attempt in the feedback-informed context.
 
-- `ema` (default): a second adapter that trails the student, theta' <- (1 - r) theta' + r theta, r = 0.01. It is
+- `ema` (the paper's default): a second adapter that trails the student, theta' <- (1 - r) theta' + r theta, r = 0.01. It is
   the paper's test-time setting (Table 12) and its reference code's default; the teacher improves with the
   student, yet slowly enough that the student cannot chase its own moving target (the paper's unregularised
   teacher, r = 1, diverges). The EMA runs on the LoRA factors A and B separately, as a parameter-space EMA does.
-- `frozen`: the base model (the adapter disabled): the initial teacher, never updated. Cheapest, no extra adapter.
+- `frozen` (default here): the base model (the adapter disabled): the initial teacher, never updated. Cheapest, no
+  extra adapter; with the contrastive target anchored on it, the target is a fixed point the student converges to.
 - `trust-region`: teacher logits = lerp(base logits, current student logits, r), both on the reprompted input
   (paper Eq. 10): a geometric mixture that stays within reach of the initial teacher.
 The teacher never receives gradients: its forward passes run under no_grad.
@@ -25,10 +26,8 @@ def teacher_adapter(student: str) -> str:
 def init_teacher(policy: LoraPolicy, student: str, settings: SDPOSettings, seed: int) -> None:
     """Create the EMA teacher as an exact copy of the freshly initialised student (no-op for the others)."""
     if settings.teacher == "ema":
-        policy.create_adapter(teacher_adapter(student), settings, seed)
+        policy.create_adapter(teacher_adapter(student), settings, seed, trainable=False)
         policy.copy_adapter(student, teacher_adapter(student))
-        for param in policy.parameters(teacher_adapter(student)).values():
-            param.requires_grad_(False)
 
 
 def drop_teacher(policy: LoraPolicy, student: str) -> None:

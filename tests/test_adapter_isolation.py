@@ -93,3 +93,31 @@ def test_sdpo_solve_refuses_the_same_target_modules_as_the_api(tmp_path):
     proc = run_sdpo("solve", problem, "--settings", settings, "--model", "unused")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "sdpo.target_modules" in proc.stderr and "'lm_head' cannot carry an adapter" in proc.stderr
+
+
+def test_every_student_adapter_stays_trainable_and_teachers_stay_frozen(tiny_policy):
+    """Adapter switches leave requires_grad alone: a student created before another still trains, a teacher never."""
+    from sdpo_core.teacher import init_teacher, teacher_adapter
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    mask = torch.ones_like(ids)
+    before = tiny_policy.hidden_states(ids, mask, None)
+    ema = SDPOSettings(teacher="ema")
+    tiny_policy.create_adapter("first", ema, seed=1)
+    init_teacher(tiny_policy, "first", ema, seed=1)
+    tiny_policy.create_adapter("second", Q_ONLY, seed=2)
+    perturb(tiny_policy, "first", seed=1)
+    for name in ("first", "second"):
+        assert all(p.requires_grad for p in tiny_policy.parameters(name).values())
+    assert not any(p.requires_grad for p in tiny_policy.parameters(teacher_adapter("first")).values())
+
+    tiny_policy.hidden_states(ids, mask, "first").sum().backward()  # after "second" was created and run
+    tiny_policy.hidden_states(ids, mask, "second")
+    assert all(p.grad is not None for p in tiny_policy.parameters("first").values())
+    assert all(p.grad is None for p in tiny_policy.parameters("second").values())
+    assert torch.equal(tiny_policy.hidden_states(ids, mask, None), before)  # the base pass runs no adapter
+    assert not torch.equal(tiny_policy.hidden_states(ids, mask, "first"), before)
+
+    tiny_policy.delete_adapter("second")
+    assert all(p.requires_grad for p in tiny_policy.parameters("first").values())
+    assert not any(p.requires_grad for p in tiny_policy.parameters(teacher_adapter("first")).values())
