@@ -23,6 +23,7 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,20 +163,24 @@ def family_name(path: str | Path | None) -> str:
     return str(path) if str(path) in FAMILIES else Path(path).stem if path else "binary"
 
 
-def run_all(runs: list[ProblemRun], engine: GenerationEngine, concurrency: int, on_progress: Callable[[], None]) -> None:
-    """Advance runs `concurrency` at a time through the one scheduler (sdpo_core.runs), their attempts sharing
-    generation batches; free each (policy and engine) when done. A run that raises fails the benchmark."""
-    scheduler, waiting = DiscoveryRuns(engine), list(runs)
+def run_all(pending: list[Callable[[], ProblemRun]], engine: GenerationEngine, concurrency: int,
+            on_progress: Callable[[], None]) -> list[ProblemRun]:
+    """Start runs `concurrency` at a time (each made only when admitted: a run owns an adapter from its start, and
+    every adapter loaded slows adding the next) and advance them through the one scheduler (sdpo_core.runs),
+    their attempts sharing generation batches; free each (policy and engine) when done. Returns the runs in the
+    order given. A run that raises fails the benchmark."""
+    scheduler, waiting, started = DiscoveryRuns(engine), list(pending), []
     while waiting or scheduler.active:
         while waiting and len(scheduler.active) < concurrency:
-            run = waiting.pop(0)
-            scheduler.add(run.name, run)
+            started.append(waiting.pop(0)())
+            scheduler.add(started[-1].name, started[-1])
         failures = scheduler.step()
         if failures:
             raise next(iter(failures.values()))
         on_progress()
         for group in scheduler.finished:
             scheduler.close(group)
+    return started
 
 
 def method_settings(settings: RunSettings, method: str, variants: dict[str, dict[str, Any]]) -> RunSettings:
@@ -197,23 +202,27 @@ def bench_discovery(
     on_event: EventSink = ignore_events,
 ) -> DiscoveryReport:
     budget, variants = settings.max_attempts, variants or {}
-    runs: dict[tuple[str, str], list[ProblemRun]] = {}
+    pending: dict[tuple[str, str], list[Callable[[], ProblemRun]]] = {}
     for p in problems:
         verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
         for method in methods:
             if method == BASELINE:  # i.i.d. samples: big steps finish sooner, the estimate is the same
                 cfg = baseline_settings(settings, baseline_samples, seed=BASELINE_SEED, attempts_per_step=min(
                     baseline_samples, max(settings.attempts_per_step, 64)))
-                runs[(p.id, method)] = [ProblemRun(p, cfg, policy, name=f"{p.id}-bok", verify=verify,
+                pending[(p.id, method)] = [partial(ProblemRun, p, cfg, policy, name=f"{p.id}-bok", verify=verify,
                                                    on_event=on_event)]
             else:
                 cfg = method_settings(settings, method, variants)
-                runs[(p.id, method)] = [
-                    ProblemRun(p, cfg.model_copy(update={"seed": seed}), policy, name=f"{p.id}-{method}-{seed}",
-                               verify=verify, on_event=on_event)
+                pending[(p.id, method)] = [
+                    partial(ProblemRun, p, cfg.model_copy(update={"seed": seed}), policy,
+                            name=f"{p.id}-{method}-{seed}", verify=verify, on_event=on_event)
                     for seed in range(seeds)
                 ]
-    run_all([r for group in runs.values() for r in group], engine, concurrency, on_progress)
+    order = [(key, i) for key, group in pending.items() for i in range(len(group))]
+    finished = run_all([pending[key][i] for key, i in order], engine, concurrency, on_progress)
+    runs: dict[tuple[str, str], list[ProblemRun]] = {key: [] for key in pending}
+    for (key, _), run in zip(order, finished, strict=True):
+        runs[key].append(run)
 
     reports = []
     for p in problems:
