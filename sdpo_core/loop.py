@@ -163,7 +163,7 @@ class ProblemRun:
                     generate_seconds: float = 0.0, verified: tuple[list[Verdict], float] | None = None
                     ) -> ProgressEvent:
         """Verify the step's attempts (unless `verified` brings verify_step's answer), record them, update the
-        adapter (sdpo), report progress."""
+        adapter (sdpo; not after the budget's last step, whose update no attempt would use), report progress."""
         assert not self.done, "finish_step on a finished run"
         self.step += 1
         verdicts, verify_seconds = verified or self.verify_step(completions)
@@ -178,11 +178,12 @@ class ProblemRun:
 
         metrics = StepMetrics()
         solved_now = any(a.solved for a in new)
+        spent = len(self.attempts) >= self.settings.max_attempts  # no step follows: an update would go unused
         if solved_now and self.settings.stop_at_first_success:
             self.status = "succeeded"
-        elif self.settings.method == "sdpo":
+        elif self.settings.method == "sdpo" and not spent:
             metrics = self._update(request, completions, new)
-        elif self.settings.method == "auto" and not solved_now:
+        elif self.settings.method == "auto" and not solved_now and not spent:
             metrics = self._auto_step(request, completions, new)
         if not self.done and len(self.attempts) >= self.settings.max_attempts:
             self.status = "succeeded" if self.first_success else "exhausted"

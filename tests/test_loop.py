@@ -145,7 +145,8 @@ def test_hybrid_samples_with_feedback_in_context_and_distils_into_the_plain_prom
     captured = []
     monkeypatch.setattr(loop, "sdpo_update", lambda policy, opt, name, samples, *a: captured.append(samples)
                         or loop.StepMetrics())
-    run = ProblemRun(UNSOLVABLE, settings(sdpo={"sample_with_feedback": True}), tiny_policy, name="job")
+    run = ProblemRun(UNSOLVABLE, settings(max_attempts=12, sdpo={"sample_with_feedback": True}), tiny_policy,
+                     name="job")
     engine = TransformersEngine(tiny_policy)
     first = run.next_request()
     run_step([run], engine)
@@ -207,3 +208,17 @@ def test_cancel_ends_the_run_between_steps(tiny_policy):
     run.cancel()
     assert run.done and run.next_request() is None and run.result().status == "cancelled"
     assert events[-1].type == "finished" and events[-1].status == "cancelled"
+
+
+def test_no_update_after_the_budgets_last_step(tiny_policy, monkeypatch):
+    """The last step's update would train an adapter no attempt samples: SDPO and auto skip it."""
+    import sdpo_core.loop as loop
+
+    updates = []
+    monkeypatch.setattr(loop, "sdpo_update", lambda *a: updates.append(1) or loop.StepMetrics())
+    engine = TransformersEngine(tiny_policy)
+    run = ProblemRun(UNSOLVABLE, settings(max_attempts=12), tiny_policy, name="job")
+    while not run.done:
+        run_step([run], engine)
+    assert run.step == 3 and len(updates) == 2 and run.status == "exhausted"
+    run.close()

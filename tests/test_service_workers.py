@@ -71,6 +71,20 @@ def test_solve_reports_attempts_curve_and_adapter(service, tmp_path, tiny_model_
     assert "sdpo_attempts_total" in metrics and 'sdpo_jobs_finished_total{status="succeeded"}' in metrics
 
 
+def test_an_auto_job_reports_each_decision_and_its_reason_as_an_event(service, tmp_path):
+    """The API's auto method: every step's decision (what it samples next, whether it distils, why) is a job
+    event; its adapter is kept like SDPO's."""
+    _, client, workers = service
+    job = client.submit(NEVER, method="auto", budget=12, settings=SMALL, baselines=[])
+    final = client.wait(job.id, timeout=120, poll_s=0.2)
+    assert final.status == "exhausted" and final.method == "auto", workers.logs()
+    progress = [e.data for e in client.event_page(job.id, limit=1000).data if e.type == "progress"]
+    decisions = [d for d in progress if d["type"] == "decision"]
+    assert [d["step"] for d in decisions] == [1, 2] and all(d["method"] == "auto" for d in decisions)
+    assert all(d["reason"] for d in decisions)
+    assert client.download_adapter(job.id, tmp_path / "auto.tar.gz").stat().st_size > 0
+
+
 def test_sse_resumes_after_reconnect_with_last_event_id(service):
     api, client, _ = service
     job = client.submit(NEVER, budget=24, settings=SMALL, baselines=[])
