@@ -9,18 +9,14 @@ cap; "useful" tokens are the attempts' own tokens up to their end-of-sequence to
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
-from pathlib import Path
 
 import torch
+from scaffold import load, script_parser
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import add_engine_arguments, make_engine
-from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.engines import make_engine
 from sdpo_core.policy import LoraPolicy
-from sdpo_core.problem import Problem
 
 
 def plain_generate(policy: LoraPolicy, prompt_ids: list[int], attempts: int, batch: int, max_new: int) -> tuple[int, int]:
@@ -41,18 +37,12 @@ def plain_generate(policy: LoraPolicy, prompt_ids: list[int], attempts: int, bat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    add_engine_arguments(parser)
-    parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
+    parser = script_parser(__doc__)
     parser.add_argument("--attempts", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    policy = LoraPolicy(model, tokenizer)
-    problem = Problem.model_validate_json(Path(args.problem).read_text())
+    policy, problem = load(args)
     prompt = policy.chat_ids(problem.chat())
 
     torch.manual_seed(0)

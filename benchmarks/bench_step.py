@@ -11,14 +11,13 @@ per generated token (SDPO's attempts change length as it learns, so per-token co
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
-from pathlib import Path
 
-from sdpo_core.engines import add_engine_arguments, make_engine
+from scaffold import load, script_parser
+
+from sdpo_core.engines import make_engine
 from sdpo_core.loop import ProblemRun, run_step
-from sdpo_core.models import load_model_and_tokenizer, resolve_model
+from sdpo_core.models import resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings
@@ -55,21 +54,14 @@ def measure(problem: Problem, policy: LoraPolicy, engine, args) -> dict[str, dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    add_engine_arguments(parser)
-    parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--attempts-per-step", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    policy = LoraPolicy(model, tokenizer)
+    policy, problem = load(args)
     engine = make_engine(policy, resolve_model(args.model), args.engine)
-    problem = Problem.model_validate_json(Path(args.problem).read_text())
     means = measure(problem, policy, engine, args)
     bok, sdpo = means["best-of-k"], means["sdpo"]
 

@@ -12,17 +12,14 @@ one fixed batch of base-model attempts with their verifier feedback. We print
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
-from pathlib import Path
+
+from scaffold import load, script_parser
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import add_engine_arguments, make_engine
+from sdpo_core.engines import make_engine
 from sdpo_core.loop import distill_samples
-from sdpo_core.models import load_model_and_tokenizer, resolve_model
-from sdpo_core.policy import LoraPolicy
-from sdpo_core.problem import Problem
+from sdpo_core.models import resolve_model
 from sdpo_core.records import Attempt
 from sdpo_core.settings import SDPOSettings
 from sdpo_core.teacher import drop_teacher, init_teacher
@@ -42,21 +39,14 @@ def attempts_batch(policy, engine, problem, seed, n, max_new_tokens):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    add_engine_arguments(parser)
-    parser.add_argument("--problem", default=str(Path(__file__).parent.parent / "examples" / "arithmetic.json"))
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--attempts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lrs", default="1e-6,1e-5,3e-5,1e-4,3e-4,1e-3")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    policy = LoraPolicy(model, tokenizer)
+    policy, problem = load(args)
     engine = make_engine(policy, resolve_model(args.model), args.engine)
-    problem = Problem.model_validate_json(Path(args.problem).read_text())
     train = attempts_batch(policy, engine, problem, seed=0, n=args.attempts, max_new_tokens=args.max_new_tokens)
     held = attempts_batch(policy, engine, problem, seed=1, n=args.attempts, max_new_tokens=args.max_new_tokens)
     drift_settings = SDPOSettings(teacher="frozen", teacher_context="feedback", alpha=1.0, top_k=None, is_clip=None)
