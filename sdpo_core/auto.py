@@ -4,20 +4,24 @@ A step can sample the plain prompt from the base model (best-of-k), sample with 
 prompt (multi-turn), and distil that feedback into the problem's adapter (SDPO); auto mixes them by one rule:
 
     step 1                     the plain prompt, base model: no feedback exists yet
-    after a step that failed:
-      shift = mean per-token [log q(y | x, f) - log q(y | x, c)] over the failed attempts so far,
+    after the first failed step that left feedback:
+                               try the feedback in context for one step: it costs nothing to measure, and where
+                               the model can use the feedback this is the fastest way to a solution
+    after a step in context that failed, and every later failed step:
+      shift = mean per-token [log q(y | x, f) - log q(y | x, c)] over the failed attempts so far (up to 16),
               the base model reading each attempt's feedback f against a content-free control c
       shift < 0   the feedback's content makes the failed attempts less likely: the model can use it
-                  -> sample with the feedback in context (with the adapter once it has learned);
-                     distil when a step sampled that way also failed (the context alone did not get there,
-                     and the adapter keeps what it learns when the context fills)
+                  -> keep sampling with the feedback in context (with the adapter once it has learned), and
+                     distil each step sampled that way that failed (the context alone did not get there, and the
+                     adapter keeps what it learns when the context fills)
       shift >= 0  reading the feedback makes the model likelier to repeat its failures (it copies the wrong
                   answer the feedback quotes): the feedback cannot help this model
                   -> sample the plain prompt from the base model, no update
 
 The shift is the sign of the student-teacher gap on the attempts the run already paid for: no attempts are spent
-on measuring, only two forward passes per failed attempt (capped). It is a running mean, so one odd step does not
-flip the decision. Each decision and its reason is a progress event.
+on measuring, only one batched forward pass over two reprompts per failed attempt, and only once the cheap bet
+(in context) has failed. It is a running mean, so one odd step does not flip the decision. Each decision and its
+reason is a progress event.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sdpo_core.reprompt import fit_prompt
 from sdpo_core.settings import SDPOSettings
 
 SIGNAL_ATTEMPTS_PER_STEP = 8  # failed attempts of a step scored for the shift
+SIGNAL_ATTEMPTS = 16  # failed attempts scored over a run: the mean is settled by then
 
 
 @dataclass(frozen=True)
@@ -47,24 +52,34 @@ class Decision:
 
 @torch.no_grad()
 def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt],
-                   token_ids: list[list[int]], settings: SDPOSettings) -> tuple[list[float], int]:
-    """Per failed attempt, mean per-token log q(y|x,f) - log q(y|x,c) under the base model; and tokens scored."""
+                   token_ids: list[list[int]], settings: SDPOSettings, limit: int = SIGNAL_ATTEMPTS_PER_STEP
+                   ) -> tuple[list[float], int]:
+    """Per failed attempt (at most `limit`), mean per-token log q(y|x,f) - log q(y|x,c) under the base model; and
+    the tokens scored. All reprompts go through one forward pass (their common prefix once)."""
     control = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
-    shifts, scored = [], 0
     picked = [(a, ids) for a, ids in zip(attempts, token_ids, strict=True)
-              if not a.solved and a.judged and a.feedback and ids]  # a verifier failure says nothing
-    for attempt, ids in picked[:SIGNAL_ATTEMPTS_PER_STEP]:
+              if not a.solved and a.judged and a.feedback and ids][:limit]  # a verifier failure says nothing
+    if not picked:
+        return [], 0
+    sequences, lengths = [], []
+    for attempt, ids in picked:
         teacher = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, attempt.feedback)
-        hidden = policy.response_hidden([teacher + ids, control + ids], [len(ids), len(ids)], None)  # (2T, H)
-        log_probs = F.log_softmax(policy.head(hidden).float(), dim=-1)
-        chosen = log_probs.gather(-1, torch.tensor(ids + ids, device=log_probs.device)[:, None])[:, 0]
-        shifts.append((chosen[: len(ids)] - chosen[len(ids):]).mean().item())
-        scored += len(teacher) + len(control) + 2 * len(ids)
-    return shifts, scored
+        sequences += [teacher + ids, control + ids]
+        lengths += [len(ids), len(ids)]
+    hidden = policy.response_hidden(sequences, lengths, None)  # (sum of lengths, H), in sequence order
+    log_probs = F.log_softmax(policy.head(hidden).float(), dim=-1)
+    targets = torch.tensor([t for (_, ids) in picked for t in ids + ids], device=log_probs.device)
+    chosen = log_probs.gather(-1, targets[:, None])[:, 0].split(lengths)
+    shifts = [(chosen[2 * i] - chosen[2 * i + 1]).mean().item() for i in range(len(picked))]
+    return shifts, sum(len(seq) for seq in sequences)
 
 
-def decide(shifts: list[float], step_was_in_context: bool) -> Decision:
-    """Auto's rule, from all shifts measured so far and how the step that just failed was sampled."""
+def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: bool) -> Decision:
+    """Auto's rule, from the shifts measured so far, how the step that just failed was sampled, and whether any
+    step has been sampled with feedback in context yet."""
+    if not tried_in_context:
+        return Decision(False, True, "new feedback: try it in context for a step (nothing to measure yet; the "
+                        "signal decides if that fails too)")
     if not shifts:
         return Decision(False, False, "no feedback to read: sample the base model")
     shift = sum(shifts) / len(shifts)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sdpo_core.auto import decide, feedback_shift
+from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift
 from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
@@ -69,6 +69,7 @@ class ProblemRun:
         self.in_context = False  # the next step samples with the feedback so far in its prompt
         self.adapter_trained = settings.method == "sdpo"  # auto samples the base model until it has distilled
         self.shifts: list[float] = []  # auto: the feedback's shift on each failed attempt scored so far
+        self.tried_in_context = False  # auto: a step has been sampled with feedback in its prompt
         if settings.method in LEARNING_METHODS:
             policy.create_adapter(name, settings.sdpo, seed=settings.seed)
             init_teacher(policy, name, settings.sdpo, seed=settings.seed)
@@ -98,7 +99,8 @@ class ProblemRun:
             "status": self.status,
             "cost": {"seconds": self.seconds, "tokens": self.tokens},
             "attempts": [a.model_dump() for a in self.attempts],
-            "plan": {"in_context": self.in_context, "adapter_trained": self.adapter_trained, "shifts": self.shifts},
+            "plan": {"in_context": self.in_context, "adapter_trained": self.adapter_trained, "shifts": self.shifts,
+                     "tried_in_context": self.tried_in_context},
         }
         if self.settings.method in LEARNING_METHODS:
             state["adapter"] = self.policy.state(self.name)
@@ -120,6 +122,7 @@ class ProblemRun:
         run.in_context = plan.get("in_context", run.in_context)
         run.adapter_trained = plan.get("adapter_trained", run.adapter_trained)
         run.shifts = list(plan.get("shifts", []))
+        run.tried_in_context = plan.get("tried_in_context", run.tried_in_context)
         if run.settings.method in LEARNING_METHODS:
             policy.load_state(run.name, state["adapter"])
             run.optimizer.load_state_dict(state["optimizer"])
@@ -216,13 +219,18 @@ class ProblemRun:
 
     def _auto_step(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]
                    ) -> StepMetrics:
-        """Score the failed attempts' feedback, decide the next step, distil if the decision says so."""
+        """Decide the next step (scoring the failed attempts' feedback once the in-context bet has failed), distil
+        if the decision says so."""
         clock = time.perf_counter()
-        shifts, scored = feedback_shift(self.policy, self.problem, new,
-                                        [c.token_ids for c in completions], self.settings.sdpo)
+        in_context = request.prompt_ids != self.prompt_ids
+        self.tried_in_context |= in_context
+        shifts, scored = [], 0
+        if self.tried_in_context and len(self.shifts) < SIGNAL_ATTEMPTS:
+            shifts, scored = feedback_shift(self.policy, self.problem, new, [c.token_ids for c in completions],
+                                            self.settings.sdpo, limit=SIGNAL_ATTEMPTS - len(self.shifts))
         self.shifts += shifts
         signal_seconds = time.perf_counter() - clock
-        decision = decide(self.shifts, step_was_in_context=request.prompt_ids != self.prompt_ids)
+        decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context)
         metrics = self._update(request, completions, new) if decision.distil else StepMetrics()
         self.adapter_trained |= decision.distil
         self.in_context = decision.in_context

@@ -13,38 +13,56 @@ UNSOLVABLE = Problem.model_validate({"prompt": "Say the word.", "verifier": {"ty
                                                                            "extract": "answer_tag"}})
 
 
-def test_rule_reads_the_sign_of_the_mean_shift():
-    assert not decide([], step_was_in_context=False).in_context
-    copy = decide([0.4, -0.1], step_was_in_context=False)
+def test_rule_tries_the_feedback_in_context_first_then_reads_the_sign_of_the_mean_shift():
+    first = decide([], step_was_in_context=False, tried_in_context=False)
+    assert first.in_context and not first.distil and "try it in context" in first.reason
+    assert not decide([], step_was_in_context=True, tried_in_context=True).in_context
+    copy = decide([0.4, -0.1], step_was_in_context=True, tried_in_context=True)
     assert not copy.in_context and not copy.distil and "cannot use it" in copy.reason
-    usable = decide([-0.2, 0.1], step_was_in_context=False)
+    usable = decide([-0.2, 0.1], step_was_in_context=False, tried_in_context=True)
     assert usable.in_context and not usable.distil and "in context" in usable.reason
-    again = decide([-0.2, -0.3], step_was_in_context=True)
+    again = decide([-0.2, -0.3], step_was_in_context=True, tried_in_context=True)
     assert again.in_context and again.distil and "distil" in again.reason
+
+
+def test_the_shift_of_a_batch_equals_each_attempt_scored_alone(tiny_policy):
+    """feedback_shift scores every attempt's two reprompts in one pass: the same numbers as one at a time."""
+    from sdpo_core.auto import feedback_shift
+    from sdpo_core.records import Attempt
+    from sdpo_core.settings import SDPOSettings
+
+    attempts = [Attempt(index=i, step=1, text="x", token_count=3, truncated=False, reward=0.0, solved=False,
+                        feedback=f"Use the word number {i}.") for i in range(3)]
+    ids = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    together, scored = feedback_shift(tiny_policy, UNSOLVABLE, attempts, ids, SDPOSettings())
+    alone = [feedback_shift(tiny_policy, UNSOLVABLE, [a], [i], SDPOSettings())[0][0] for a, i in zip(attempts, ids)]
+    assert together == pytest.approx(alone, abs=1e-4) and len(set(together)) == 3 and scored > 2 * sum(map(len, ids))
 
 
 @pytest.mark.parametrize("shift,in_context", [(-0.5, True), (0.5, False)])
 def test_auto_run_follows_its_decisions_and_reports_them(tiny_policy, monkeypatch, shift, in_context):
-    monkeypatch.setattr(loop, "feedback_shift", lambda policy, problem, attempts, ids, settings:
+    monkeypatch.setattr(loop, "feedback_shift", lambda policy, problem, attempts, ids, settings, limit:
                         ([shift] * len(attempts), 10 * len(attempts)))
     events = []
-    settings = RunSettings(method="auto", max_attempts=12, attempts_per_step=4, max_new_tokens=8)
+    settings = RunSettings(method="auto", max_attempts=16, attempts_per_step=4, max_new_tokens=8)
     run = ProblemRun(UNSOLVABLE, settings, tiny_policy, name="job", on_event=events.append)
     engine = TransformersEngine(tiny_policy)
     plain = run.next_request()
     assert plain.adapter is None  # the first step samples the base model
     run_step([run], engine)
     second = run.next_request()
-    assert (second.prompt_ids != plain.prompt_ids) == in_context
-    decisions = [e for e in events if e.type == "decision"]
-    assert len(decisions) == 1 and decisions[0].reason
-    step_events = [e for e in events if e.type == "step"]
-    assert step_events[0].metrics.tokens_scored == 40 and "signal" in step_events[0].metrics.seconds
-    run_step([run], engine)  # the second step failed too: in context, auto now distils it
+    assert second.prompt_ids != plain.prompt_ids and second.adapter is None  # the feedback is tried in context
+    step1 = [e for e in events if e.type == "step"][0]
+    assert step1.metrics.tokens_scored == 0  # nothing measured for that bet
+    run_step([run], engine)  # the in-context step failed: now the signal decides
     third = run.next_request()
-    assert (third.adapter == "job") == in_context
+    assert (third.prompt_ids != plain.prompt_ids) == in_context and (third.adapter == "job") == in_context
     step2 = [e for e in events if e.type == "step"][1]
+    assert "signal" in step2.metrics.seconds  # 40 tokens for the signal, plus the update's when it distils
+    assert step2.metrics.tokens_scored == 40 if not in_context else step2.metrics.tokens_scored > 40
     assert (step2.metrics.distilled_samples > 0) == in_context
+    decisions = [e for e in events if e.type == "decision"]
+    assert len(decisions) == 2 and all(d.reason for d in decisions)
     assert run.result().seconds > 0 and run.result().tokens > 0
     run.close()
     assert tiny_policy.adapters == []
