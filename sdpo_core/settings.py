@@ -10,6 +10,9 @@ departure is said on its field:
    is one the student almost never samples, so neither the reverse KL nor the student's top 20 carry it;
 3. the frozen base is the teacher (the anchored target is already a fixed point: no EMA needed);
 4. learning rate 1e-3 for the LoRA adapter (the paper's 1e-6 is for full fine-tuning).
+The default method is `auto` (sdpo_core/auto.py), not plain SDPO: on the informative family it matched multi-turn
+(7.11x best-of-k in attempts, 4.88x in seconds) where SDPO alone reached 3.56x and 0.95x, and on the binary family
+it stayed near best-of-k where SDPO fell far below (P@32 0.38 and 0.15 against 0.44; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ class RunSettings(BaseModel):
     """One discovery run: which method, how many attempts, how they are sampled."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Method = "sdpo"
+    method: Method = Field(default="auto", description="auto (default: per problem, feedback in context, "
+                           "distillation or the base model, by measurement), sdpo, multi-turn or best-of-k.")
     max_attempts: int = Field(default=256, ge=1, le=1_000_000, description="The attempt budget.")
     attempts_per_step: int = Field(default=16, ge=1, le=1024, description="Attempts sampled per step (N).")
     max_new_tokens: int = Field(default=256, ge=1, le=65_536, description="Longest attempt in tokens.")

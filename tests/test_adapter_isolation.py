@@ -72,9 +72,9 @@ def test_a_finished_run_leaves_no_adapter_in_any_layer(tiny_policy):
 
     problem = Problem.model_validate({"prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}})
     ema = SDPOSettings(teacher="ema")  # an EMA teacher is a second adapter per run: both must go
-    keep = ProblemRun(problem, RunSettings(max_attempts=16, attempts_per_step=4, sdpo=ema), tiny_policy, name="keep")
+    keep = ProblemRun(problem, RunSettings(method="sdpo", max_attempts=16, attempts_per_step=4, sdpo=ema), tiny_policy, name="keep")
     narrow = Q_ONLY.model_copy(update={"teacher": "ema"})
-    done = ProblemRun(problem, RunSettings(max_attempts=16, attempts_per_step=4, sdpo=narrow), tiny_policy,
+    done = ProblemRun(problem, RunSettings(method="sdpo", max_attempts=16, attempts_per_step=4, sdpo=narrow), tiny_policy,
                       name="done")
     assert {"sdpo_done", "sdpo_done-teacher"} <= adapter_keys_left(tiny_policy)
     done.close()

@@ -86,7 +86,7 @@ def test_listings_carry_no_problems_and_never_read_them(http, redis_client):
     listed = next(j for j in page.json()["data"] if j["id"] == job.json()["id"])
     assert "problem" not in listed and "settings" not in listed
     assert listed["problem_id"] == "big-one" and listed["question"] == "Q" * 200 and listed["verifier"] == "numeric"
-    assert (listed["method"], listed["budget"], listed["status"]) == ("sdpo", 32, "queued")
+    assert (listed["method"], listed["budget"], listed["status"]) == ("auto", 32, "queued")  # the default method
     assert http.get(f"/v1/jobs/{job.json()['id']}").json()["problem"]["prompt"] == big["prompt"]  # one job: whole
     cancel_all(http)
 

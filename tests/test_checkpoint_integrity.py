@@ -20,7 +20,7 @@ from workers.lifecycle import check_restored
 
 KEY = b"test-checkpoint-key-0123456789"
 PROBLEM = Problem.model_validate({"id": "p", "prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}})
-SETTINGS = RunSettings(max_attempts=8, attempts_per_step=4, max_new_tokens=6)
+SETTINGS = RunSettings(method="sdpo", max_attempts=8, attempts_per_step=4, max_new_tokens=6)
 
 
 class RunsCode:

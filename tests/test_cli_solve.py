@@ -35,7 +35,7 @@ def test_solve_json_and_curve_on_a_local_model(tmp_path, problem_file, tiny_mode
     report = json.loads(proc.stdout)
     assert report["result"]["status"] == "exhausted" and len(report["result"]["attempts"]) == 6
     assert report["baseline"]["method"] == "best-of-k" and len(report["baseline"]["attempts"]) == 6
-    assert [c["label"] for c in report["comparison"]["curves"]] == ["sdpo", "best-of-k"]
+    assert [c["label"] for c in report["comparison"]["curves"]] == ["auto", "best-of-k"]  # the default method
     svg = curve.read_text()
     assert svg.startswith("<svg") and "best-of-k" in svg and "</svg>" in svg
 

@@ -62,7 +62,7 @@ def test_vllm_engine_is_built_where_installed_and_explained_where_not(contract_m
 
 def test_a_finished_run_frees_its_adapter_in_the_engine(engine_and_policy):
     engine, policy = engine_and_policy
-    settings = RunSettings(max_attempts=4, attempts_per_step=2, max_new_tokens=4)
+    settings = RunSettings(method="sdpo", max_attempts=4, attempts_per_step=2, max_new_tokens=4)
     for name in ("first", "first", "second"):  # a name used again after its run ended
         result = solve(UNSOLVABLE, settings, policy, engine, name=name)
         assert len(result.attempts) == 4

@@ -21,7 +21,7 @@ ANYTHING = Problem.model_validate({"prompt": "Say anything.", "verifier": {"type
 
 def settings(**overrides) -> RunSettings:
     sdpo = overrides.pop("sdpo", {})
-    base = dict(max_attempts=8, attempts_per_step=4, max_new_tokens=12, seed=0)
+    base = dict(method="sdpo", max_attempts=8, attempts_per_step=4, max_new_tokens=12, seed=0)
     return RunSettings(**{**base, **overrides}, sdpo=SDPOSettings(**{"learning_rate": 1e-2, **sdpo}))
 
 

@@ -10,7 +10,7 @@ from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, baselin
 from sdpo_core.settings import RunSettings
 
 PROBLEM = Problem.model_validate({"prompt": "Say the word.", "verifier": {"type": "exact", "answer": "zebra"}})
-SETTINGS = RunSettings(max_attempts=8, attempts_per_step=4, max_new_tokens=6, seed=3)
+SETTINGS = RunSettings(method="sdpo", max_attempts=8, attempts_per_step=4, max_new_tokens=6, seed=3)
 
 
 class RecordingEngine(TransformersEngine):

@@ -54,7 +54,7 @@ def test_solve_reports_attempts_curve_and_adapter(service, tmp_path, tiny_model_
     assert not any(a.solved for a in attempts[:job.first_success_attempt - 1])
     assert job.baseline and job.baseline.samples == 32  # the best-of-k baseline: twice the budget by default
     labels = [c.label for c in result.comparison.curves]
-    assert labels == ["sdpo", "best-of-k"] and result.comparison.curves[0].mean[-1] == 1.0
+    assert labels == ["auto", "best-of-k"] and result.comparison.curves[0].mean[-1] == 1.0  # the default method
     assert client.curve_svg(job.id).startswith("<svg")
 
     archive = client.download_adapter(job.id, tmp_path / "adapter.tar.gz")
@@ -144,7 +144,7 @@ def test_batch_results_in_order_with_the_average_curve(service):
     assert [r.job.problem.id for r in result.results] == ["easy", "never", "easy-2"]
     assert [r.job.status for r in result.results] == ["succeeded", "exhausted", "succeeded"]
     assert result.batch.status == "completed" and result.batch.counts == {"succeeded": 2, "exhausted": 1}
-    assert [c.label for c in result.curve.curves] == ["sdpo", "best-of-k"]
+    assert [c.label for c in result.curve.curves] == ["auto", "best-of-k"]
     assert result.curve.curves[0].mean[-1] == pytest.approx(2 / 3)
     assert client.list_batches().data[0].id == result.batch.id
 

@@ -19,7 +19,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 def test_short_sdpo_loop_on_smollm2(smollm2_policy):
     problem = Problem.model_validate_json((EXAMPLES / "arithmetic.json").read_text())
-    settings = RunSettings(max_attempts=6, attempts_per_step=3, max_new_tokens=32, seed=1,
+    settings = RunSettings(method="sdpo", max_attempts=6, attempts_per_step=3, max_new_tokens=32, seed=1,
                            stop_at_first_success=False)
     events = []
     run = ProblemRun(problem, settings, smollm2_policy, name="e2e", on_event=events.append)
@@ -52,6 +52,6 @@ def test_sdpo_solve_command_on_smollm2(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["model"] == "smollm2-135m-instruct"
-    assert report["result"]["method"] == "sdpo" and len(report["baseline"]["attempts"]) == 4
+    assert report["result"]["method"] == "auto" and len(report["baseline"]["attempts"]) == 4
     assert 1 <= len(report["result"]["attempts"]) <= 4
     assert curve.read_text().startswith("<svg")
