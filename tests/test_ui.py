@@ -97,7 +97,7 @@ def test_submit_from_the_page_and_watch_the_job_finish_live(browser, redis_url, 
         assert "Verified at attempt" in page.text_content("#solution")
         assert page.text_content("#solution .solution-text").strip()
         labels = page.locator("#job-curve svg text").all_text_contents()
-        assert "sdpo" in labels and "best-of-k" in labels
+        assert "auto" in labels and "best-of-k" in labels  # the form's default method
         assert page.locator("#job-curve svg polyline.curve-line").count() == 2
         assert page.text_content("#job-curve-note")
         expect(page.locator(f"#jobs tr[data-id='{job_id}'] .status")).to_have_text("succeeded")  # list refreshed

@@ -268,6 +268,7 @@ function addEventLine(event) {
   const d = event.data || {};
   let text = event.type;
   if (event.type === "status") text += `: ${d.status}${d.reason ? ` (${d.reason})` : ""}`;
+  else if (event.type === "progress" && d.type === "decision") text += `: ${d.run} decision after step ${d.step}: ${d.reason}`;
   else if (event.type === "progress") text += `: ${d.run} ${d.type} ${d.step}, ${d.attempts}/${d.max_attempts} attempts`;
   else if (event.type === "resumed") text += `: ${d.attempts} attempts from the checkpoint`;
   const at = d.at ? new Date(d.at * 1000).toLocaleTimeString() : "";
