@@ -59,8 +59,8 @@ class SolveReport(BaseModel):
 
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
-    """Rich progress bars (attempts, step, best reward, solved), one per run, fed by the loop's events:
-    `bar(label, total)` adds a bar and returns the event sink that moves it."""
+    """Rich progress bars (attempts, step, best reward, solved), one per run, fed by the loop's events, and auto's
+    decisions printed above them: `bar(label, total)` adds a bar and returns the event sink that moves it."""
     if not enabled:
         yield lambda label, total: ignore_events
         return
@@ -75,6 +75,9 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
             task = progress.add_task(label, total=total, step=0, best=0.0, solved="")
 
             def on_event(event: ProgressEvent) -> None:
+                if event.type == "decision":  # auto says what it does next and why
+                    progress.console.print(f"{label} after step {event.step}: {event.reason}", markup=False,
+                                           highlight=False)
                 solved = f"[green]solved @ {event.first_success_attempt}[/]" if event.solved else ""
                 progress.update(task, completed=event.attempts, step=event.step, best=event.best_reward,
                                 solved=solved)

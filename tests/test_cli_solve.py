@@ -48,6 +48,15 @@ def test_solve_prints_a_summary_and_progress(problem_file, tiny_model_dir):
     assert "attempts" in proc.stderr  # the progress bar
 
 
+def test_solve_prints_autos_decisions_with_their_reasons(problem_file, tiny_model_dir):
+    proc = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--max-attempts", 6, "--attempts-per-step", 2,
+                    "--max-new-tokens", 6, "--baseline-attempts", 0)  # the default method: auto
+    assert proc.returncode == 0, proc.stderr
+    assert "auto (seed 0): exhausted after 6 attempts in 3 steps" in proc.stdout
+    assert "auto after step 1: new feedback: try it in context" in " ".join(proc.stderr.split())
+    assert "auto after step 2: " in proc.stderr
+
+
 def test_solve_with_several_seeds_curves_every_run(tmp_path, tiny_model_dir):
     anything = write(tmp_path / "anything.json", {"id": "any", "prompt": "Say anything.", "verifier": {
         "type": "regex", "pattern": "(?s).*", "target": "completion"}})
