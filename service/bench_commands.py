@@ -148,8 +148,10 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_VARIANTS = ("paper=", "fkl-full=alpha:0,top_k:none",
-                    "contrastive=alpha:0,top_k:none,teacher_context:contrastive,teacher:frozen")
+# The shipped settings against the paper's test-time loss and teacher (at the LoRA learning rate) and the plain
+# feedback teacher with our forward KL: what `sdpo bench trace` compares when no --variant is given.
+DEFAULT_VARIANTS = ("default=", "paper=alpha:1,top_k:20,teacher:ema,teacher_context:feedback",
+                    "fkl-full=teacher_context:feedback")
 
 
 def cmd_bench_trace(args: argparse.Namespace) -> int:

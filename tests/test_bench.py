@@ -125,13 +125,13 @@ def test_trace_bench_evaluates_the_plain_prompt_after_every_update(tmp_path, tin
     out = tmp_path / "trace.json"
     proc = subprocess.run([SDPO, "bench", "trace", "--problems", str(_two_problems(tmp_path)), "--model",
                            str(tiny_model_dir), "--updates", "2", "--attempts", "3", "--eval-samples", "4",
-                           "--max-new-tokens", "6", "--variant", "paper=", "--variant",
+                           "--max-new-tokens", "6", "--variant", "default=", "--variant",
                            "contrast=alpha:0,top_k:none,teacher_context:contrastive,teacher:frozen,learning_rate:0.01",
                            "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     traces = json.loads(out.read_text())
     assert sorted((t["problem_id"], t["variant"]) for t in traces) == [
-        ("anything", "contrast"), ("anything", "paper"), ("needs-word", "contrast"), ("needs-word", "paper")]
+        ("anything", "contrast"), ("anything", "default"), ("needs-word", "contrast"), ("needs-word", "default")]
     for t in traces:
         assert [s["update"] for s in t["steps"]] == [0, 1, 2]
         assert all(s["eval_samples"] == 4 and 0 <= s["meta_talk"] <= 1 and 0 < s["distinct2"] <= 1
