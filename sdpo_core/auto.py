@@ -37,7 +37,6 @@ from sdpo_core.records import Attempt
 from sdpo_core.reprompt import fit_prompt
 from sdpo_core.settings import SDPOSettings
 
-SIGNAL_ATTEMPTS_PER_STEP = 8  # failed attempts of a step scored for the shift
 SIGNAL_ATTEMPTS = 16  # failed attempts scored over a run: the mean is settled by then
 
 
@@ -52,8 +51,7 @@ class Decision:
 
 @torch.no_grad()
 def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt],
-                   token_ids: list[list[int]], settings: SDPOSettings, limit: int = SIGNAL_ATTEMPTS_PER_STEP
-                   ) -> tuple[list[float], int]:
+                   token_ids: list[list[int]], settings: SDPOSettings, limit: int) -> tuple[list[float], int]:
     """Per failed attempt (at most `limit`), mean per-token log q(y|x,f) - log q(y|x,c) under the base model; and
     the tokens scored. All reprompts go through one forward pass (their common prefix once)."""
     control = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)

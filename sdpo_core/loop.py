@@ -188,7 +188,7 @@ class ProblemRun:
             metrics = self._update(request, completions, new)
         elif self.settings.method == "auto" and not solved_now and not spent:
             metrics = self._auto_step(request, completions, new)
-        if not self.done and len(self.attempts) >= self.settings.max_attempts:
+        if not self.done and spent:
             self.status = "succeeded" if self.first_success else "exhausted"
         metrics.seconds = {"generate": generate_seconds, "verify": verify_seconds, **metrics.seconds}
         metrics.tokens_generated = sum(len(c.token_ids) for c in completions)

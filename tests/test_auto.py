@@ -34,8 +34,8 @@ def test_the_shift_of_a_batch_equals_each_attempt_scored_alone(tiny_policy):
     attempts = [Attempt(index=i, step=1, text="x", token_count=3, truncated=False, reward=0.0, solved=False,
                         feedback=f"Use the word number {i}.") for i in range(3)]
     ids = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
-    together, scored = feedback_shift(tiny_policy, UNSOLVABLE, attempts, ids, SDPOSettings())
-    alone = [feedback_shift(tiny_policy, UNSOLVABLE, [a], [i], SDPOSettings())[0][0] for a, i in zip(attempts, ids)]
+    together, scored = feedback_shift(tiny_policy, UNSOLVABLE, attempts, ids, SDPOSettings(), limit=8)
+    alone = [feedback_shift(tiny_policy, UNSOLVABLE, [a], [i], SDPOSettings(), limit=1)[0][0] for a, i in zip(attempts, ids)]
     assert together == pytest.approx(alone, abs=1e-4) and len(set(together)) == 3 and scored > 2 * sum(map(len, ids))
 
 

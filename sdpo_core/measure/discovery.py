@@ -202,26 +202,24 @@ def bench_discovery(
     on_event: EventSink = ignore_events,
 ) -> DiscoveryReport:
     budget, variants = settings.max_attempts, variants or {}
-    pending: dict[tuple[str, str], list[Callable[[], ProblemRun]]] = {}
+    pending: list[tuple[tuple[str, str], Callable[[], ProblemRun]]] = []  # (problem, method) -> a run to start
     for p in problems:
         verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
         for method in methods:
             if method == BASELINE:  # i.i.d. samples: big steps finish sooner, the estimate is the same
                 cfg = baseline_settings(settings, baseline_samples, seed=BASELINE_SEED, attempts_per_step=min(
                     baseline_samples, max(settings.attempts_per_step, 64)))
-                pending[(p.id, method)] = [partial(ProblemRun, p, cfg, policy, name=f"{p.id}-bok", verify=verify,
-                                                   on_event=on_event)]
+                pending.append(((p.id, method), partial(ProblemRun, p, cfg, policy, name=f"{p.id}-bok",
+                                                        verify=verify, on_event=on_event)))
             else:
                 cfg = method_settings(settings, method, variants)
-                pending[(p.id, method)] = [
-                    partial(ProblemRun, p, cfg.model_copy(update={"seed": seed}), policy,
-                            name=f"{p.id}-{method}-{seed}", verify=verify, on_event=on_event)
-                    for seed in range(seeds)
-                ]
-    order = [(key, i) for key, group in pending.items() for i in range(len(group))]
-    finished = run_all([pending[key][i] for key, i in order], engine, concurrency, on_progress)
-    runs: dict[tuple[str, str], list[ProblemRun]] = {key: [] for key in pending}
-    for (key, _), run in zip(order, finished, strict=True):
+                pending += [((p.id, method), partial(ProblemRun, p, cfg.model_copy(update={"seed": seed}), policy,
+                                                     name=f"{p.id}-{method}-{seed}", verify=verify,
+                                                     on_event=on_event))
+                            for seed in range(seeds)]
+    finished = run_all([start for _, start in pending], engine, concurrency, on_progress)
+    runs: dict[tuple[str, str], list[ProblemRun]] = {key: [] for key, _ in pending}
+    for (key, _), run in zip(pending, finished, strict=True):
         runs[key].append(run)
 
     reports = []
