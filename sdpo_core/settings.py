@@ -37,28 +37,28 @@ ALLOWED_TARGET_MODULES = frozenset(DEFAULT_TARGET_MODULES)
 class SDPOSettings(BaseModel):
     """Hyperparameters of the SDPO update (ignored by the baselines)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     alpha: float = Field(default=0.0, ge=0.0, le=1.0, description="0 forward KL (default; the paper's test-time "
                          "setting uses 1), 1 reverse KL, between: JSD.")
-    top_k: int | None = Field(default=None, ge=1, description="Distil over the student's top-K tokens; None = full "
+    top_k: int | None = Field(default=None, ge=1, le=4096, description="Distil over the student's top-K tokens; None = full "
                               "vocab (default; the paper uses 20).")
     add_tail: bool = Field(default=True, description="Add one bucket for the probability mass outside the top-K.")
-    is_clip: float | None = Field(default=2.0, gt=0, description="Cap of the detached importance weight pi/pi_old.")
+    is_clip: float | None = Field(default=2.0, gt=0, le=100, description="Cap of the detached importance weight pi/pi_old.")
     teacher: TeacherKind = Field(default="frozen", description="Which self-teacher regularisation to use (the "
                                  "paper's default is ema).")
     teacher_update_rate: float = Field(
         default=0.01, ge=0.0, le=1.0, description="EMA rate r, or the trust-region interpolation weight."
     )
     learning_rate: float = Field(
-        default=1e-3, gt=0, description="AdamW learning rate of the LoRA adapter (sdpo bench trace, "
+        default=1e-3, gt=0, le=0.1, description="AdamW learning rate of the LoRA adapter (sdpo bench trace, "
         "docs/benchmarks.md: the paper's 1e-6 is for full fine-tuning; 3e-4 learned nothing in six updates)."
     )
     updates_per_step: int = Field(default=1, ge=1, le=16, description="Optimizer steps on each step's attempts "
                                   "(1: on-policy, as the paper's test-time setting).")
-    weight_decay: float = Field(default=0.01, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0, le=1.0)
+    grad_clip: float = Field(default=1.0, gt=0, le=100.0)
     lora_rank: int = Field(default=16, ge=1, le=512)
-    lora_alpha: float = Field(default=32.0, gt=0)
+    lora_alpha: float = Field(default=32.0, gt=0, le=1024.0)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1,
                                       description="Projections that get LoRA factors; a subset of the defaults.")
     teacher_context: TeacherContext = Field(
@@ -68,7 +68,7 @@ class SDPOSettings(BaseModel):
     )
     contrast: float = Field(default=2.0, ge=0.0, le=8.0, description="Contrastive: the strength beta of the "
                             "feedback's log-ratio against the control.")
-    contrast_clip: float = Field(default=5.0, gt=0.0, description="Contrastive: the per-token log-ratio is clipped "
+    contrast_clip: float = Field(default=5.0, gt=0.0, le=20.0, description="Contrastive: the per-token log-ratio is clipped "
                                  "to +-this (the paper's test-time 'clip advantages 5.0'), so a rare token whose "
                                  "ratio is huge cannot take over the target.")
     contrast_anchor: ContrastAnchor = Field(
@@ -88,11 +88,11 @@ class SDPOSettings(BaseModel):
     )
     success_threshold: float = Field(default=1.0, ge=0, le=1, description="Reward at which a sibling demonstrates.")
     remove_thinking: bool = Field(default=True, description="Strip <think>...</think> from demonstrations.")
-    max_reprompt_tokens: int = Field(default=4096, ge=64, description="Longest teacher prompt; feedback shortened.")
-    micro_batch_size: int = Field(default=16, ge=1, description="Most attempts in one forward/backward pass.")
-    micro_batch_tokens: int = Field(default=4096, ge=1, description="Most prompt + attempt tokens in one "
+    max_reprompt_tokens: int = Field(default=4096, ge=64, le=32_768, description="Longest teacher prompt; feedback shortened.")
+    micro_batch_size: int = Field(default=16, ge=1, le=256, description="Most attempts in one forward/backward pass.")
+    micro_batch_tokens: int = Field(default=4096, ge=64, le=65_536, description="Most prompt + attempt tokens in one "
                                     "forward/backward pass (activation memory); a longer attempt gets a pass alone.")
-    loss_chunk_tokens: int = Field(default=512, ge=1, description="Tokens whose logits are materialised at once.")
+    loss_chunk_tokens: int = Field(default=512, ge=1, le=8192, description="Tokens whose logits are materialised at once.")
 
     @field_validator("target_modules")
     @classmethod
@@ -107,7 +107,7 @@ class SDPOSettings(BaseModel):
 class RunSettings(BaseModel):
     """One discovery run: which method, how many attempts, how they are sampled."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     method: Method = Field(default="auto", description="auto (default: per problem, feedback in context, "
                            "distillation or the base model, by measurement), sdpo, multi-turn or best-of-k.")
     max_attempts: int = Field(default=256, ge=1, le=1_000_000, description="The attempt budget.")
@@ -117,7 +117,7 @@ class RunSettings(BaseModel):
     seed: int = Field(default=0, ge=0, lt=2**63)
     stop_at_first_success: bool = Field(default=True, description="False keeps going to trace a full curve.")
     max_prompt_tokens: int = Field(
-        default=4096, ge=64, description="Multi-turn: the oldest feedback is dropped beyond this many prompt tokens."
+        default=4096, ge=64, le=32_768, description="Multi-turn: the oldest feedback is dropped beyond this many prompt tokens."
     )
     sdpo: SDPOSettings = Field(default_factory=SDPOSettings)
 
