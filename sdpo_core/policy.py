@@ -37,38 +37,47 @@ class RowAdapters:
 def _concat_adapters(module: LoraLayer, keys: list[str]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[None, None, None]:
     """All adapters of one layer side by side, in the base layer's dtype:
-    A (sum r, in), B (out, sum r) with each adapter's scaling folded in, and a block mask (n + 1, sum r) whose
-    row i keeps adapter i's columns (row 0, the base model, keeps none). An adapter that does not wrap this layer
-    (its job chose other target modules) has no columns: its rows get the base layer alone. (None, None, None)
-    when no adapter wraps the layer."""
-    present = [(i, key) for i, key in enumerate(keys, start=1) if key in module.lora_A]
+    A (sum r, in), B (out, sum r) with each adapter's scaling folded in, and a block mask (n + 1, sum r) of bools
+    whose row i keeps adapter i's columns (row 0, the base model, keeps none). An adapter that does not wrap this
+    layer (its job chose other target modules), or whose weights here are not finite in this dtype (a diverged
+    job; its own update check fails it), has no columns: its rows get the base layer alone, and no inf or NaN
+    enters the shared matmuls. (None, None, None) when no adapter has columns in this layer."""
+    dtype = module.base_layer.weight.dtype
+    present = []
+    for i, key in enumerate(keys, start=1):
+        if key in module.lora_A:
+            a = module.lora_A[key].weight.to(dtype)
+            b = (module.lora_B[key].weight * module.scaling[key]).to(dtype)
+            if torch.isfinite(a).all() and torch.isfinite(b).all():
+                present.append((i, a, b))
     if not present:
         return None, None, None
-    dtype = module.base_layer.weight.dtype
-    a_cat = torch.cat([module.lora_A[k].weight for _, k in present]).to(dtype)
-    b_cat = torch.cat([module.lora_B[k].weight * module.scaling[k] for _, k in present], dim=1).to(dtype)
-    mask = a_cat.new_zeros(len(keys) + 1, a_cat.shape[0])
+    a_cat = torch.cat([a for _, a, _ in present])
+    b_cat = torch.cat([b for _, _, b in present], dim=1)
+    mask = torch.zeros(len(keys) + 1, a_cat.shape[0], dtype=torch.bool, device=a_cat.device)
     start = 0
-    for i, key in present:
-        rank = module.lora_A[key].weight.shape[0]
-        mask[i, start: start + rank] = 1
-        start += rank
+    for i, a, _ in present:
+        mask[i, start: start + a.shape[0]] = True
+        start += a.shape[0]
     return a_cat, b_cat, mask
 
 
 def _row_lora_forward(base_layer: torch.nn.Module, rows: RowAdapters, a_cat: torch.Tensor | None,
                       b_cat: torch.Tensor | None, mask: torch.Tensor | None):
-    """A LoRA layer's forward for generation: base(x) + ((x A_cat^T) * mask[row's adapter]) B_cat^T.
+    """A LoRA layer's forward for generation: base(x) + select(mask[row's adapter], x A_cat^T, 0) B_cat^T.
 
     Two dense matmuls over every adapter's columns: reading them costs sum(r) * (in + out) weights, a few percent of
-    the base layer's in * out, and there is no per-row gather of adapter weights. It replaces peft's forward (and
-    its per-call bookkeeping, which costs more than the matmuls at decode time) for the duration of `rows_lora`."""
+    the base layer's in * out, and there is no per-row gather of adapter weights. Each row keeps only its own
+    adapter's columns by selection, never by multiplying with a 0/1 mask: one job's huge activations (inf) times 0
+    would be NaN in every other job's row of the batch. It replaces peft's forward (and its per-call bookkeeping,
+    which costs more than the matmuls at decode time) for the duration of `rows_lora`."""
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = base_layer(x, *args, **kwargs)
         if a_cat is None or rows.index is None:
             return out
-        low_rank = (x.to(a_cat.dtype) @ a_cat.T) * mask[rows.index][:, None, :]  # (B, T, sum r)
+        low_rank = x.to(a_cat.dtype) @ a_cat.T  # (B, T, sum r)
+        low_rank = torch.where(mask[rows.index][:, None, :], low_rank, 0.0)
         return out + (low_rank @ b_cat.T).to(out.dtype)  # (B, T, out)
 
     return forward
@@ -113,6 +122,11 @@ class LoraPolicy:
     def dtype(self) -> torch.dtype:
         """The frozen base weights' dtype (the adapters train in float32 whatever it is)."""
         return next(self.base.parameters()).dtype
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence (prompt + attempt) the model was made for, if its config says."""
+        return getattr(self.base.config, "max_position_embeddings", None)
 
     @property
     def adapters(self) -> list[str]:
@@ -182,6 +196,20 @@ class LoraPolicy:
         assert params.keys() == state.keys(), f"adapter {name!r}: checkpoint tensors do not match the adapter"
         for key, param in params.items():
             param.copy_(state[key])
+
+    @torch.no_grad()
+    def largest_update_norm(self, name: str) -> float:
+        """The largest bound ||A||_F ||B||_F * scaling over the adapter's layers (>= the spectral norm of each
+        layer's weight update); inf or NaN when a weight is not finite."""
+        key, largest = _key(name), 0.0
+        for layer in self._lora_layers:
+            if key in layer.lora_A:
+                bound = (layer.lora_A[key].weight.float().norm() * layer.lora_B[key].weight.float().norm()
+                         * layer.scaling[key]).item()
+                if bound != bound or bound == float("inf"):
+                    return bound
+                largest = max(largest, bound)
+        return largest
 
     @torch.no_grad()
     def copy_adapter(self, source: str, target: str) -> None:

@@ -22,11 +22,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sdpo_core.failures import RunFailure
 from sdpo_core.loss import TargetFn, chunked_loss, contrastive_target
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.records import StepMetrics
 from sdpo_core.settings import SDPOSettings
 from sdpo_core.teacher import teacher_hidden, teacher_logits, update_teacher
+
+# The largest LoRA weight update an adapter may hold (the bound of LoraPolicy.largest_update_norm, per layer): orders
+# of magnitude above what learning produces (about 5 after ten default updates on the default model), far below
+# what overflows a bfloat16 matmul. An adapter past it, or with a weight that is not finite, fails its own job.
+MAX_UPDATE_NORM = 1e4
 
 
 @dataclass
@@ -178,9 +184,21 @@ def sdpo_update(
             optimizer.step()
             update_teacher(policy, adapter, settings)
     optimizer.zero_grad(set_to_none=True)
+    check_adapter(policy, adapter, settings)
     scored = settings.updates_per_step * sum(len(p) + len(s.response_ids) for s in samples
                                              for p in scored_prompts(s, settings))
     return StepMetrics(
         loss=first_loss, distilled_samples=len(samples), distilled_tokens=total_tokens, grad_norm=float(grad_norm),
         seconds=seconds, tokens_scored=scored,
     )
+
+
+def check_adapter(policy: LoraPolicy, adapter: str, settings: SDPOSettings) -> None:
+    """RunFailure when the adapter's weights are not finite or past MAX_UPDATE_NORM: the run's own settings drove it
+    there, and an adapter like that would only produce garbage (other jobs' rows never read it: rows_lora)."""
+    norm = policy.largest_update_norm(adapter)
+    if not norm <= MAX_UPDATE_NORM:  # NaN fails this too
+        raise RunFailure("adapter_diverged", f"the adapter's weights diverged after an update (largest layer update "
+                         f"norm {norm:.3g}, limit {MAX_UPDATE_NORM:g}); lower settings.sdpo.learning_rate "
+                         f"({settings.learning_rate:g}) or lora_alpha ({settings.lora_alpha:g}), or raise its "
+                         f"lora_rank ({settings.lora_rank})")

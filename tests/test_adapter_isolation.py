@@ -121,3 +121,42 @@ def test_every_student_adapter_stays_trainable_and_teachers_stay_frozen(tiny_pol
     tiny_policy.delete_adapter("second")
     assert all(p.requires_grad for p in tiny_policy.parameters("first").values())
     assert not any(p.requires_grad for p in tiny_policy.parameters(teacher_adapter("first")).values())
+
+
+# ---- a diverged adapter (issue 17, item 1) -------------------------------------------------------------------------
+def poison(policy, name: str, value: float) -> None:
+    """Every weight of the adapter set to `value` (inf: what a 1e37 learning rate made of it)."""
+    with torch.no_grad():
+        for param in policy.parameters(name).values():
+            param.fill_(value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e30])
+def test_a_diverged_adapter_in_the_batch_leaves_the_other_rows_as_they_are_alone(tiny_policy, value):
+    """Rows of other jobs and of the base model sample exactly what they sample without the diverged adapter in
+    the batch, with finite log-probs: each row selects its own adapter's columns instead of multiplying by 0."""
+    tiny_policy.create_adapter("victim", SDPOSettings(), seed=1)
+    tiny_policy.create_adapter("poisoned", SDPOSettings(lora_alpha=1024.0, lora_rank=1), seed=2)
+    perturb(tiny_policy, "victim", seed=1)
+    poison(tiny_policy, "poisoned", value)
+    engine = TransformersEngine(tiny_policy)
+    victim, base = request(tiny_policy, adapter="victim"), request(tiny_policy)
+    together = engine.generate([request(tiny_policy, adapter="poisoned"), victim, base])
+    for got, alone in ((together[1], engine.generate([victim])[0]), (together[2], engine.generate([base])[0])):
+        assert [c.token_ids for c in got] == [c.token_ids for c in alone]
+        assert all(torch.isfinite(torch.tensor(c.logprobs)).all() for c in got)
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e30])
+def test_an_update_that_diverges_the_adapter_fails_its_run_by_name(tiny_policy, value):
+    """The update checks the adapter it made: non-finite or past the norm bound is the run's own failure."""
+    from sdpo_core.failures import RunFailure
+    from sdpo_core.update import check_adapter
+
+    settings = SDPOSettings()
+    tiny_policy.create_adapter("job", settings, seed=1)
+    check_adapter(tiny_policy, "job", settings)  # a fresh adapter passes
+    poison(tiny_policy, "job", value)
+    with pytest.raises(RunFailure) as caught:
+        check_adapter(tiny_policy, "job", settings)
+    assert caught.value.code == "adapter_diverged" and "learning_rate" in caught.value.message

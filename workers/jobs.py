@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sdpo_core.failures import RunFailure
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings
 from sdpo_core.statuses import FINISHED, JobStatus
@@ -95,12 +96,20 @@ _OPTIONAL = {"first_success_attempt", "baseline_samples", "started_at", "finishe
              "attempts_stored"}
 
 
-class JobFailure(Exception):
-    """A job that cannot go on, with a code and a message meant for the job's owner."""
+class JobFailure(RunFailure):
+    """A job that cannot go on, with a code and a message meant for the job's owner; `retryable` when another try
+    (from the checkpoint) may get past it."""
 
     def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.code, self.message, self.retryable = code, message, retryable
+        super().__init__(code, message)
+        self.retryable = retryable
+
+
+def step_too_large(attempts_per_step: int, max_new_tokens: int, limit: int) -> str:
+    """Why a step is refused: its attempts times their length is over `limit` tokens."""
+    return (f"a step of {attempts_per_step} attempts x {max_new_tokens} new tokens = "
+            f"{attempts_per_step * max_new_tokens} tokens is over this service's limit of {limit}; lower "
+            "settings.attempts_per_step or settings.max_new_tokens")
 
 
 def new_id(kind: str) -> str:
