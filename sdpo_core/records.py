@@ -28,8 +28,9 @@ class Attempt(BaseModel):
     solved: bool
     feedback: str
     answer: str | None = None
-    verdict: VerdictStatus = Field(default="rejected", description="ok | rejected | error | timeout: error and "
-                                   "timeout mean the verifier failed, and its feedback is not about the attempt.")
+    verdict: VerdictStatus = Field(default="rejected", description="ok | rejected | error | timeout | not_run: "
+                                   "the last three mean the verifier failed or never ran, and its feedback is not "
+                                   "about the attempt.")
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from workers.metrics import STEP_BUCKETS
 from workers.store import JobStore
 from workers.store.jobs import RATE_WINDOW_S
 
-VERIFIER_OUTCOMES = ("solved", "rejected", "error", "timeout")  # a verdict status; ok is shown as solved
+VERIFIER_OUTCOMES = ("solved", "rejected", "error", "timeout", "not_run")  # a verdict status; ok is shown as solved
 
 
 class _Snapshot:

@@ -66,7 +66,7 @@ def main() -> None:
         for name, attack in programs(checkpoints, port).items():
             verdict = pool.verify_batch(sum_problem(), [block(attack + SUM_SOLUTION)])[0]
             report[name] = {"solved": verdict.solved, "feedback": verdict.feedback}
-        pool_pid = pool._workers[0]._process.pid  # noqa: SLF001 - the pool's process, to probe its /proc
+        pool_pid = pool.process_ids()[0]  # the pool's process, to probe its /proc
         report["environ readable"] = {"worker": environ_readable(os.getpid()), "pool": environ_readable(pool_pid)}
         print(json.dumps(report), flush=True)
         pool.verify_batch(sum_problem(), [block("import os, signal\nos.kill(-1, signal.SIGKILL)")])

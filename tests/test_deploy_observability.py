@@ -21,7 +21,7 @@ SERVICE_METRICS: dict[str, tuple[str, dict[str, set[str]]]] = {
     "sdpo_jobs_finished_total": ("counter", {"status": {"succeeded", "exhausted", "failed", "cancelled"}}),
     "sdpo_attempts_total": ("counter", {}),
     "sdpo_attempts_per_second": ("gauge", {}),
-    "sdpo_verifier_outcomes_total": ("counter", {"outcome": {"solved", "rejected", "error", "timeout"}}),
+    "sdpo_verifier_outcomes_total": ("counter", {"outcome": {"solved", "rejected", "error", "timeout", "not_run"}}),
     "sdpo_step_seconds": ("histogram", {}),
     "sdpo_queue_depth": ("gauge", {}),
     "sdpo_queue_pending": ("gauge", {}),

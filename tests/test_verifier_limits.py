@@ -81,57 +81,56 @@ def test_a_power_tower_in_an_attempt_is_not_evaluated(short_pool):
     assert good.solved
 
 
-def test_a_batch_that_overruns_its_budget_marks_the_rest_unverified():
+def test_a_batch_that_overruns_its_budget_marks_the_rest_not_run():
     """Four attempts that each take their full 4 s time limit, one (warm) process, an 8 s budget: the first is
-    checked (Time Limit Exceeded), the one running when the budget ends is stopped, the others never start."""
+    checked (Time Limit Exceeded), the one running when the budget ends is stopped, the others never start; those
+    are `not_run`, never a wrong answer."""
     slow = block("import time\ntime.sleep(60)")
     with VerifierPool(max_workers=1) as pool:
         assert pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)])[0].solved
         verdicts = pool.verify_batch(sum_problem(time_limit_s=4.0), [slow] * 4, budget_s=8.0)
-        assert "Time Limit Exceeded" in verdicts[0].feedback
+        assert "Time Limit Exceeded" in verdicts[0].feedback and verdicts[0].status == "rejected"
         assert all(v.feedback.startswith("Not verified: the verification budget of this step (8 s)")
-                   for v in verdicts[1:]), [v.feedback for v in verdicts]
+                   and v.status == "not_run" for v in verdicts[1:]), [v.feedback for v in verdicts]
         assert pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)], budget_s=60)[0].solved
 
 
-def test_batches_of_two_jobs_share_the_processes(monkeypatch):
-    """Job A's slow attempts are queued before job B's fast ones; B is still served while A's are pending, so B
-    finishes long before A's budget runs out."""
+def test_a_slow_verifier_holds_only_its_own_lane():
+    """Job A's attempts each hold a process for 20 s; job B verifies 16 correct answers on the same pool, in its
+    own lane, while A's are pending: every one of B's answers is scored solved, and B's batch is done while A's is
+    still running (issue 17, item 2)."""
     slow = block("import time\ntime.sleep(60)")
-    finished: dict[str, float] = {}
     with VerifierPool(max_workers=2) as pool:
-        pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)] * 2)  # both processes started
-
-        def job(name: str, problem: Problem, attempts: list[str]) -> None:
-            pool.verify_batch(problem, attempts, budget_s=40)
-            finished[name] = time.monotonic()
-
-        a = threading.Thread(target=job, args=("a", sum_problem(time_limit_s=4.0), [slow] * 8))
+        a = threading.Thread(target=pool.verify_batch, args=(sum_problem(time_limit_s=20.0), [slow] * 8),
+                             kwargs={"budget_s": 60, "lane": "job-a"})
         a.start()
-        time.sleep(0.5)
-        started_b = time.monotonic()
-        job("b", sum_problem(), [block(SUM_SOLUTION)] * 2)
-        a.join()
-    assert finished["b"] < finished["a"]
-    assert finished["b"] - started_b < 0.5 * (finished["a"] - started_b)
+        time.sleep(1.0)  # A's processes are busy
+        verdicts = pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)] * 16, budget_s=60, lane="job-b")
+        a_still_running = a.is_alive()
+        assert sorted(pool.lanes) == ["job-a", "job-b"]
+        pool.close_lane("job-a")  # its job ended: its processes stop, its pending attempts end
+        a.join(timeout=30)
+    assert [v.status for v in verdicts] == ["ok"] * 16, [v.feedback for v in verdicts]
+    assert a_still_running
+    assert not a.is_alive()
 
 
-def test_the_jobs_of_a_step_verify_at_the_same_time(tiny_policy):
-    """Two runs sharing a generation batch: each one's verification waits for the other to have started, which
-    only works if run_step verifies them concurrently (one slow verifier does not hold the other job)."""
-    from sdpo_core.hf_engine import TransformersEngine
-    from sdpo_core.loop import ProblemRun, run_step
-    from sdpo_core.settings import RunSettings
-    from sdpo_core.verifiers import Verdict
+def test_a_process_that_fails_to_start_is_not_run_and_the_next_call_starts_one(monkeypatch):
+    """A verifier process whose start fails (no processes left) leaves its attempt `not_run`, and the pool slot
+    is not broken: the next verification starts a process and checks the answer."""
+    from multiprocessing.process import BaseProcess
 
-    both_started = threading.Barrier(2, timeout=20)
+    real_start, failures = BaseProcess.start, []
 
-    def verify(problem, completions):
-        both_started.wait()
-        return [Verdict(reward=0.0, solved=False, feedback="no") for _ in completions]
+    def start_once_failing(process):
+        if not failures:
+            failures.append(process)
+            raise OSError(11, "Resource temporarily unavailable")
+        return real_start(process)
 
-    problem = Problem.model_validate({"prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}})
-    settings = RunSettings(method="best-of-k", max_attempts=4, attempts_per_step=2, max_new_tokens=4)
-    runs = [ProblemRun(problem, settings, tiny_policy, name=name, verify=verify) for name in ("a", "b")]
-    events = run_step(runs, TransformersEngine(tiny_policy))
-    assert [e.attempts for e in events] == [2, 2]
+    monkeypatch.setattr(BaseProcess, "start", start_once_failing)
+    with VerifierPool(max_workers=1) as pool:
+        [first] = pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)])
+        [second] = pool.verify_batch(sum_problem(), [block(SUM_SOLUTION)])
+    assert first.status == "not_run" and "could not start" in first.feedback
+    assert second.solved

@@ -15,7 +15,7 @@ from sdpo_core.problem import Problem
 from sdpo_core.verifiers import verify_attempts
 from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS
 from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV
-from workers.pool import VerifierPool
+from workers.pool import SHARED_LANE, VerifierPool
 from workers.verification import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ def test_every_verifier_type_runs_in_the_pool_with_the_step_budget(pool):
     math_problem = Problem.model_validate({"prompt": "1+1?", "verifier": {"type": "math", "answer": "2"}})
     for problem in (math_problem, sum_problem()):
         verify = verify_function(problem, pool=pool)
-        assert verify.func == pool.verify_batch and verify.keywords == {"budget_s": DEFAULT_STEP_BUDGET_S}
+        assert verify.func == pool.verify_batch
+        assert verify.keywords == {"budget_s": DEFAULT_STEP_BUDGET_S, "lane": SHARED_LANE}
     assert verify_function(math_problem, pool=pool)(math_problem, ["\\boxed{2}", "\\boxed{3}"])[0].solved
 
 

@@ -12,7 +12,7 @@ STEP_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 3
 
 
 def verifier_outcome(verdict: str) -> str:
-    """The metric label of a verdict status: solved | rejected | error | timeout."""
+    """The metric label of a verdict status: solved | rejected | error | timeout | not_run."""
     return "solved" if verdict == "ok" else verdict
 
 

@@ -1,15 +1,18 @@
-"""A pool of verifier processes that checks the attempts of one batch in parallel, in order, never in the caller.
+"""Verifier processes that check the attempts of a batch in parallel, in order, never in the caller.
 
 The process that holds the model must not run verifiers of any type: their libraries parse untrusted text (a
 user's regex can backtrack for ever, sympy can hang on a power tower) while holding the GIL, and code-running
-types start sandboxes. Each worker is a fresh interpreter (spawned, not forked, so it holds no copy of the model
-or CUDA state) that builds the verifier and calls it; code runs one level further down, in the sandbox. A worker
-that crashes or overruns its deadline is killed and replaced, and the attempt gets reward 0 with feedback that
-says what happened. Messages cross as JSON, so a worker can never make the caller run code.
+types start sandboxes. Each verifier process is a fresh interpreter (spawned, not forked, so it holds no copy of
+the model or CUDA state; ~0.3 s to start) that builds the verifier and calls it; code runs one level further
+down, in the sandbox. A process that crashes or overruns its deadline is killed and replaced, and the attempt
+gets reward 0 with feedback that says what happened. Messages cross as JSON, so a process can never make the
+caller run code. The processes run at a lower CPU priority (`niceness`) than the model's threads.
 
-Several batches (jobs) verify at once: each call brings its own threads, which queue for the pool's processes in
-turn, so one job's slow verifier shares the processes rather than taking them all. A call may carry a budget
-(seconds for the whole batch): attempts that have not been verified when it runs out get reward 0 and say so.
+Lanes: each job verifies on processes of its own (`lane=` its id; `max_workers` processes per lane, started when
+first needed, stopped by `close_lane`). A tenant's verifier that sleeps, or a regex that backtracks for minutes,
+holds only its own job's processes: another job's correct answers are never kept waiting by it, let alone scored
+0. Calls without a lane share one. A call may carry a budget (seconds for the whole batch): attempts not verified
+when it runs out are reported `not_run`, reward 0, never as wrong answers.
 """
 
 from __future__ import annotations
@@ -76,17 +79,26 @@ def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
 
 
 class _WorkerProcess:
-    """One verifier process, started on first use and again after it dies or is killed."""
+    """One verifier process, started on first use and again after it dies, is killed or failed to start."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext, options: SandboxOptions | None) -> None:
+    def __init__(self, context: multiprocessing.context.SpawnContext, options: SandboxOptions | None,
+                 niceness: int) -> None:
         self._context = context
         self._options = options
+        self._niceness = niceness
         self._process: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
+        self.closed = False  # its lane was closed: it starts no new process
 
     def verify(self, problem_json: str, completion: str, timeout_s: float) -> Verdict | None:
         """The verdict, or None when it did not come within `timeout_s` (the process is then stopped)."""
-        conn = self._ensure_started()
+        if self.closed:
+            return _broken("Not verified: the job's verification was stopped.", "not_run")
+        try:
+            conn = self._ensure_started()
+        except OSError as exc:  # out of processes or memory: this attempt was not checked; the next call retries
+            logger.warning("verifier pool: a verifier process could not start: %s", exc)
+            return _broken(f"Not verified: the verifier process could not start ({exc}).", "not_run")
         try:
             conn.send_bytes(json.dumps([problem_json, completion]).encode())
             if not conn.poll(timeout_s):
@@ -102,15 +114,24 @@ class _WorkerProcess:
         except ValueError:
             return _broken("The verifier process sent an unreadable verdict.")
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
     def _ensure_started(self) -> multiprocessing.connection.Connection:
         if self._process is not None and self._process.is_alive() and self._conn is not None:
             return self._conn
         self.stop()
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_serve, args=(child, self._options), daemon=True)
-        self._process.start()
-        child.close()
-        self._conn = parent
+        process = self._context.Process(target=_serve, args=(child, self._options, self._niceness), daemon=True)
+        try:
+            process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._process, self._conn = process, parent
         return parent
 
     def stop(self) -> None:
@@ -124,11 +145,30 @@ class _WorkerProcess:
             self._process = None
 
 
-class VerifierPool:
-    """`verify_batch(problem, completions)`: the loop's verify callable, run on up to `max_workers` processes.
+class _Lane:
+    """The processes of one lane, handed to the lane's verifying threads in turn."""
 
+    def __init__(self, processes: list[_WorkerProcess]) -> None:
+        self.processes = processes
+        self.idle = _Handout(processes)
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.closed = True
+            process.stop()
+
+
+SHARED_LANE = "shared"
+
+
+class VerifierPool:
+    """`verify_batch(problem, completions, lane=...)`: the loop's verify callable, each lane on up to `max_workers`
+    processes of its own.
+
+    :param max_workers: processes per lane (default: one per core)
     :param task_timeout_s: longest one verification may take; None = from the verifier's own limits
         (worst_case_seconds), a number caps those
+    :param niceness: added to the verifier processes' nice value (the model's threads come first)
     """
 
     def __init__(
@@ -137,23 +177,43 @@ class VerifierPool:
         max_workers: int | None = None,
         task_timeout_s: float | None = None,
         sandbox_options: SandboxOptions | None = None,
+        niceness: int = 10,
     ) -> None:
         self.max_workers = max_workers or os.cpu_count() or 2
         if self.max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.task_timeout_s = task_timeout_s
-        context = multiprocessing.get_context("spawn")
-        self._workers = [_WorkerProcess(context, sandbox_options) for _ in range(self.max_workers)]
-        self._idle = _Handout(self._workers)
+        self._context = multiprocessing.get_context("spawn")
+        self._options, self._niceness = sandbox_options, niceness
+        self._lanes: dict[str, _Lane] = {}
+        self._lock = threading.Lock()
 
-    def verify_batch(self, problem: Problem, completions: Sequence[str], *, budget_s: float | None = None
-                     ) -> list[Verdict]:
-        """Verdicts for `completions` in their order; failures become reward 0 with feedback saying why.
+    def _lane(self, name: str) -> _Lane:
+        with self._lock:
+            if name not in self._lanes:
+                self._lanes[name] = _Lane([_WorkerProcess(self._context, self._options, self._niceness)
+                                           for _ in range(self.max_workers)])
+            return self._lanes[name]
 
-        `budget_s` bounds the whole batch: what is not verified by then gets reward 0 with feedback saying so."""
+    @property
+    def lanes(self) -> list[str]:
+        with self._lock:
+            return list(self._lanes)
+
+    def process_ids(self, lane: str = SHARED_LANE) -> list[int]:
+        """The pids of the lane's running verifier processes (for health probes and the isolation tests)."""
+        return [p.pid for p in self._lane(lane).processes if p.pid is not None]
+
+    def verify_batch(self, problem: Problem, completions: Sequence[str], *, budget_s: float | None = None,
+                     lane: str = SHARED_LANE) -> list[Verdict]:
+        """Verdicts for `completions` in their order, on `lane`'s processes; failures become reward 0 with
+        feedback saying why.
+
+        `budget_s` bounds the whole batch: what is not verified by then is `not_run`, with feedback saying so."""
         problem_json = problem.model_dump_json()
         timeout_s = min(worst_case_seconds(problem), self.task_timeout_s or float("inf"))
         deadline = None if budget_s is None else time.monotonic() + budget_s
+        processes = self._lane(lane)
         todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         for item in enumerate(completions):
             todo.put(item)
@@ -165,7 +225,7 @@ class VerifierPool:
                     i, completion = todo.get_nowait()
                 except queue.Empty:
                     return
-                verdicts[i] = self._verify_one(problem_json, completion, timeout_s, deadline, budget_s)
+                verdicts[i] = self._verify_one(processes, problem_json, completion, timeout_s, deadline, budget_s)
 
         threads = [threading.Thread(target=drain, name="verifier-pool", daemon=True)
                    for _ in range(min(len(completions), self.max_workers))]
@@ -173,15 +233,15 @@ class VerifierPool:
             thread.start()
         for thread in threads:
             thread.join()
-        unverified = sum(v is not None and v.feedback.startswith(_BUDGET_FEEDBACK) for v in verdicts)
+        unverified = sum(v is not None and v.status == "not_run" for v in verdicts)
         if unverified:
-            logger.warning("verifier pool: the batch's verification budget of %g s ran out; %d of %d attempts were "
-                           "not verified", budget_s, unverified, len(completions))
+            logger.warning("verifier pool: %d of %d attempts were not verified (budget %s s)", unverified,
+                           len(completions), budget_s)
         return [v if v is not None else _broken("Verification failed.") for v in verdicts]
 
-    def _verify_one(self, problem_json: str, completion: str, timeout_s: float, deadline: float | None,
-                    budget_s: float | None) -> Verdict:
-        worker = self._idle.take(None if deadline is None else deadline - time.monotonic())
+    def _verify_one(self, lane: _Lane, problem_json: str, completion: str, timeout_s: float,
+                    deadline: float | None, budget_s: float | None) -> Verdict:
+        worker = lane.idle.take(None if deadline is None else deadline - time.monotonic())
         if worker is None:
             return _out_of_budget(budget_s)
         try:
@@ -196,12 +256,21 @@ class VerifierPool:
             logger.exception("verifier pool: unexpected failure")
             verdict = _broken(f"Verification failed: {type(exc).__name__}: {exc}")
         finally:
-            self._idle.put(worker)
+            lane.idle.put(worker)
         return verdict.model_copy(update={"feedback": clip_feedback(verdict.feedback)})
 
+    def close_lane(self, name: str) -> None:
+        """Stop the lane's processes (its job ended); a verification still running on them ends as not run."""
+        with self._lock:
+            lane = self._lanes.pop(name, None)
+        if lane is not None:
+            lane.close()
+
     def close(self) -> None:
-        for worker in self._workers:
-            worker.stop()
+        with self._lock:
+            lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            lane.close()
 
     def __enter__(self) -> VerifierPool:
         return self
@@ -210,9 +279,6 @@ class VerifierPool:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-_BUDGET_FEEDBACK = "Not verified:"
 
 
 class _Handout:
@@ -256,17 +322,19 @@ class _Waiter:
 
 
 def _out_of_budget(budget_s: float | None) -> Verdict:
-    return _broken(f"{_BUDGET_FEEDBACK} the verification budget of this step ({budget_s:g} s) ran out before this "
-                   "attempt was checked; it counts as unsolved.", "timeout")
+    return _broken(f"Not verified: the verification budget of this step ({budget_s:g} s) ran out before this "
+                   "attempt was checked; whether it was right is unknown.", "not_run")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Inside a worker process
 
 
-def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions | None) -> None:
+def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions | None, niceness: int) -> None:
     """Answer verification requests until the pool closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if niceness:
+        os.nice(niceness)  # the model's threads first; sandboxed programs inherit it
     make_undumpable()  # it inherited the worker's environment: keep it from processes of the same uid
     verifiers = _VerifierCache(options)
     while True:

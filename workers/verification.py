@@ -6,10 +6,11 @@ worker it would stall generation and the lease heartbeat alike), code-running ty
 on the network. A type that runs code is refused up front where the sandbox is below SDPO_SANDBOX_MIN_ISOLATION
 (workers/isolation.py). Operator settings (environment):
 
-    SDPO_VERIFIER_WORKERS          processes of the shared pool (default: one per core)
+    SDPO_VERIFIER_WORKERS          processes of each lane of the shared pool (default: one per core); a worker
+                                   gives each job a lane of its own
     SDPO_VERIFY_ATTEMPT_TIMEOUT_S  cap on one verification (default: from the verifier's own limits)
-    SDPO_VERIFY_STEP_BUDGET_S      budget of one job's step (default 600): attempts not verified by then get
-                                   reward 0 and say so, so a slow verifier cannot hold its batch for hours
+    SDPO_VERIFY_STEP_BUDGET_S      budget of one job's step (default 600): attempts not verified by then are
+                                   `not_run` and say so, so a slow verifier cannot hold its batch for hours
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 from sdpo_core.problem import Problem
 from sdpo_core.verifiers import SANDBOXED_TYPES, Verdict, VerifyFn
 from workers.isolation import SandboxOptions, checked_isolation
-from workers.pool import VerifierPool
+from workers.pool import SHARED_LANE, VerifierPool
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +47,22 @@ def _seconds(name: str, default: float | None) -> float | None:
     return seconds
 
 
-def verify_function(problem: Problem, *, pool: VerifierPool | None = None) -> VerifyFn:
-    """The batch verify callable the loop uses for `problem`: the pool's, with the step budget.
+def verify_function(problem: Problem, *, pool: VerifierPool | None = None, lane: str = SHARED_LANE) -> VerifyFn:
+    """The batch verify callable the loop uses for `problem`: the pool's, on `lane` (a worker gives each job its
+    own, `close_lane` when the job leaves), with the step budget.
 
     For a type that runs code, SandboxRefused (logged) when this machine's sandbox is below the required isolation:
     the job fails with that message before any of its code runs."""
     if problem.verifier.type in SANDBOXED_TYPES:
         checked_isolation(SandboxOptions.from_env())
     pool = pool or shared_pool()
-    return functools.partial(pool.verify_batch, budget_s=_seconds(STEP_BUDGET_ENV, DEFAULT_STEP_BUDGET_S))
+    return functools.partial(pool.verify_batch, budget_s=_seconds(STEP_BUDGET_ENV, DEFAULT_STEP_BUDGET_S),
+                             lane=lane)
 
 
 def shared_pool() -> VerifierPool:
-    """A process-wide pool, made on first use with SDPO_VERIFIER_WORKERS processes (default: one per core)."""
+    """A process-wide pool, made on first use with SDPO_VERIFIER_WORKERS processes per lane (default: one per
+    core)."""
     global _shared
     with _shared_lock:
         if _shared is None:

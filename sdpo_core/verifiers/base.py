@@ -5,8 +5,9 @@ imitate, so the feedback on a failed attempt is the self-teacher's only signal. 
 without revealing the answer.
 
 A verdict's status says whether the attempt was judged at all: `ok` (verified) and `rejected` are judgements;
-`error` (the verifier broke: a crash, a bad reply) and `timeout` (it ran out of time) are not, so their feedback
-describes the verifier, not the attempt, and is never shown to the self-teacher.
+`error` (the verifier broke: a crash, a bad reply), `timeout` (it ran out of time) and `not_run` (it never ran: the
+step's verification budget ended first, or no verifier process could start) are not, so their feedback describes
+the verifier, not the attempt, and is never shown to the self-teacher.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from sdpo_core.problem import Problem
 
 FEEDBACK_MAX_CHARS = 2000
-VerdictStatus = Literal["ok", "rejected", "error", "timeout"]
+VerdictStatus = Literal["ok", "rejected", "error", "timeout", "not_run"]
 JUDGED: frozenset[str] = frozenset({"ok", "rejected"})  # the verifier looked at the attempt and said something
 
 
@@ -32,7 +33,7 @@ class Verdict(BaseModel):
     solved: bool = Field(description="True when the attempt counts as a verified solution.")
     feedback: str = Field(default="", description="What was wrong, never the answer; empty when solved.")
     answer: str | None = Field(default=None, description="The final answer extracted from the attempt, if any.")
-    status: VerdictStatus = Field(default="rejected", description="ok (solved) | rejected | error | timeout; "
+    status: VerdictStatus = Field(default="rejected", description="ok (solved) | rejected | error | timeout | not_run; "
                                   "without one, ok when solved.")
 
     @model_validator(mode="before")
