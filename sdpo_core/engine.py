@@ -11,6 +11,7 @@ alone or interleaved with other problems, and a resumed run continues exactly wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +28,10 @@ class GenerationRequest:
     attempt_indices: list[int]  # global attempt numbers: each keys its own random stream
     max_new_tokens: int
     temperature: float = 1.0
+    # Asked between decode steps: True stops this request's attempts where they are (its job was cancelled or its
+    # step ran past its wall clock); the engine then sets `stopped` and returns what was sampled, truncated.
+    should_stop: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    stopped: bool = False
 
     @property
     def n(self) -> int:
@@ -47,7 +52,8 @@ class GenerationEngine(Protocol):
     """What the loop needs from an engine."""
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
-        """Completions per request, in the request's attempt order."""
+        """Completions per request, in the request's attempt order (fewer, truncated, for a request that was
+        stopped: see GenerationRequest.should_stop)."""
         ...
 
     def publish_adapter(self, name: str) -> None:

@@ -195,6 +195,10 @@ class TransformersEngine:
         batch = _Rows.empty(min(self.max_batch_size, len(queue)), prompts[0][0], capacity, width,
                             prompts[0][1].shape[-1], static=self.compile)
         while True:
+            # ---- a request asked to stop (cancelled job, step past its wall clock) leaves the batch now ----
+            if any(r.should_stop is not None and not r.stopped and r.should_stop() for r in requests):
+                queue = self._stop(batch, queue, requests, results)
+
             # ---- waiting attempts take the free rows (their KV cache is their prompt's) ----
             free = [b for b, slot in enumerate(batch.slots) if slot is None]
             if queue and free:
@@ -222,6 +226,20 @@ class TransformersEngine:
             if any(slot is not None for slot in batch.slots):
                 self._forward(batch, tokens, rows)
         return [[c for c in per_request if c is not None] for per_request in results]
+
+    def _stop(self, batch: _Rows, queue: deque[_Slot], requests: list[GenerationRequest],
+              results: list[list[Completion | None]]) -> deque[_Slot]:
+        """Stop the requests whose `should_stop` says so: their rows end here (truncated), their waiting attempts
+        never start. Returns the queue without them."""
+        for request in requests:
+            if request.should_stop is not None and not request.stopped and request.should_stop():
+                request.stopped = True
+        for b, slot in enumerate(batch.slots):
+            if slot is not None and requests[slot.request].stopped:
+                results[slot.request][slot.attempt] = self._completion(batch, b)
+                batch.slots[b] = None
+                batch.done[b] = True
+        return deque(slot for slot in queue if not requests[slot.request].stopped)
 
     def _sample(self, batch: _Rows, stop: torch.Tensor) -> torch.Tensor:
         """Sample one token per row into the batch's buffers; returns the tokens (B,)."""

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -285,28 +286,47 @@ def distill_samples(
     return samples
 
 
-def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[ProgressEvent]:
-    """Advance every unfinished run by one step, their attempts sampled in one generation call."""
-    live = [(run, run.next_request()) for run in runs if not run.done]
-    live = [(run, request) for run, request in live if request is not None]
-    if not live:
+@dataclass
+class GeneratedStep:
+    """A run's step between generation and verification: its attempts and its share of the generation seconds."""
+
+    run: ProblemRun
+    request: GenerationRequest
+    completions: list[Completion]
+    generate_seconds: float
+
+    def finish(self, engine: GenerationEngine, verified: tuple[list[Verdict], float] | None = None) -> ProgressEvent:
+        """Record the verdicts, update, report; the engine samples the updated adapter from the next step on."""
+        event = self.run.finish_step(self.request, self.completions, self.generate_seconds, verified)
+        if self.run.adapter is not None:
+            engine.publish_adapter(self.run.adapter)
+        return event
+
+
+def generate_steps(runs: Sequence[tuple[ProblemRun, GenerationRequest]], engine: GenerationEngine
+                   ) -> list[GeneratedStep]:
+    """The attempts of every run's next step, sampled in one generation call; each run pays for its own tokens."""
+    if not runs:
         return []
     clock = time.perf_counter()
-    completions = engine.generate([request for _, request in live])
-    generate_seconds = time.perf_counter() - clock
-    generated = [sum(len(c.token_ids) for c in run_completions) for run_completions in completions]
-    # Every run's attempts are verified at once: one run's slow verifier does not delay the others' verification.
-    with ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="verify-step") as threads:
-        verified = list(threads.map(lambda run, run_completions: run.verify_step(run_completions),
-                                    [run for run, _ in live], completions))
-    events = []
-    for (run, request), run_completions, tokens, run_verified in zip(live, completions, generated, verified,
-                                                                      strict=True):
-        share = tokens / sum(generated) if sum(generated) else 1 / len(live)  # each run pays for its own tokens
-        events.append(run.finish_step(request, run_completions, generate_seconds * share, run_verified))
-        if run.adapter is not None:
-            engine.publish_adapter(run.adapter)
-    return events
+    completions = engine.generate([request for _, request in runs])
+    seconds = time.perf_counter() - clock
+    tokens = [sum(len(c.token_ids) for c in run_completions) for run_completions in completions]
+    return [GeneratedStep(run, request, run_completions,
+                          seconds * (n / sum(tokens) if sum(tokens) else 1 / len(runs)))
+            for (run, request), run_completions, n in zip(runs, completions, tokens, strict=True)]
+
+
+def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[ProgressEvent]:
+    """Advance every unfinished run by one step, their attempts sampled in one generation call and verified at once;
+    returns when every run has finished its step (DiscoveryRuns does not wait for slow verifiers)."""
+    live = [(run, run.next_request()) for run in runs if not run.done]
+    steps = generate_steps([(run, request) for run, request in live if request is not None], engine)
+    if not steps:
+        return []
+    with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="verify-step") as threads:
+        verified = list(threads.map(lambda step: step.run.verify_step(step.completions), steps))
+    return [step.finish(engine, step_verified) for step, step_verified in zip(steps, verified, strict=True)]
 
 
 def solve(

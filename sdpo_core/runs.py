@@ -4,13 +4,15 @@
     runs.add("job-1", comparison_runs(problem, settings, policy, baseline_samples=512, name="job-1", verify=verify))
     runs.add("job-2", {"run": ProblemRun(other_problem, other_settings, policy, name="job-2")})
     while runs.active:
-        failures = runs.step()          # one generation batch for every live run: {group: exception} for faults
+        report = runs.step()            # one generation batch for every run not waiting for verdicts;
+        ...                             # report.advanced: groups that finished a step, report.failures: faults
         for group in runs.finished:     # read the results, then free the adapters (policy and engine)
             ...
             runs.close(group)
 
-A group is what its caller owns: a job's method run and its baseline run, or one benchmark run. A joint step that
-raises is retried group by group, so a fault fails only the group at fault and the others advance. The worker,
+A group is what its caller owns: a job's method run and its baseline run, or one benchmark run. A joint generation
+that raises is retried group by group, so a fault fails only the group at fault and the others advance; runs are
+verified while the next batch samples, so no run waits for another's verifier. The worker,
 `sdpo solve` and the benchmarks all schedule through this class: attempts of different problems share generation
 batches, each run sampling with its own adapter.
 """
@@ -18,19 +20,25 @@ batches, each run sampling with its own adapter.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
-from sdpo_core.engine import GenerationEngine
-from sdpo_core.loop import ProblemRun, run_step
+from sdpo_core.engine import GenerationEngine, GenerationRequest
+from sdpo_core.failures import RunFailure
+from sdpo_core.loop import GeneratedStep, ProblemRun, generate_steps
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
-from sdpo_core.records import EventSink, ignore_events
+from sdpo_core.records import EventSink, ProgressEvent, ignore_events
 from sdpo_core.settings import RunSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
 log = logging.getLogger(__name__)
 METHOD, BASELINE = "method", "baseline"  # the two runs of a comparison
+VERIFYING_THREADS = 256  # each verifying run holds one (it waits on verifier processes, it does not compute)
+IDLE_WAIT_S = 1.0  # a step with nothing to sample waits at most this long for verdicts, then returns
 
 
 # ---- the comparison with best-of-k -------------------------------------------------------------------------------
@@ -92,12 +100,42 @@ def baseline_of(runs: Mapping[str, ProblemRun]) -> ProblemRun | None:
 
 
 # ---- stepping many runs together ---------------------------------------------------------------------------------
-class DiscoveryRuns:
-    """Groups of runs stepped in shared generation batches; closing a group frees its adapters everywhere."""
+@dataclass
+class StepReport:
+    """What one DiscoveryRuns.step did: the groups with a run that finished a step (and those steps' events), and
+    the groups that failed, each with its exception."""
 
-    def __init__(self, engine: GenerationEngine) -> None:
+    advanced: set[str] = field(default_factory=set)
+    events: list[ProgressEvent] = field(default_factory=list)
+    failures: dict[str, Exception] = field(default_factory=dict)
+
+
+@dataclass
+class _Verifying:
+    group: str
+    step: GeneratedStep
+    verdicts: Future
+
+
+class DiscoveryRuns:
+    """Groups of runs stepped in shared generation batches; closing a group frees its adapters everywhere.
+
+    Verification runs beside generation, one thread per verifying run: a run whose verdicts are in takes its next
+    step without waiting for other runs' verifiers (a tenant's slow verifier delays only its own job; the model
+    samples while verifiers run). `patience_s` is how long a step waits for the verdicts of the attempts it
+    sampled, so that runs verified quickly share the next batch (None: for all of them, so that every call advances
+every run by one step, as a trace wants). `step_seconds` bounds a step's generation: a run
+    whose generation runs past it fails (RunFailure step_timeout); `stop(group)` ends a group's generation within a
+    few tokens (its job was cancelled)."""
+
+    def __init__(self, engine: GenerationEngine, *, patience_s: float | None = 1.0,
+                 step_seconds: float | None = None) -> None:
         self.engine = engine
+        self.patience_s, self.step_seconds = patience_s, step_seconds
         self.groups: dict[str, dict[str, ProblemRun]] = {}
+        self._verifying: dict[int, _Verifying] = {}  # by id(run)
+        self._stopping: set[str] = set()  # groups whose generation must stop (read from the generation thread)
+        self._threads = ThreadPoolExecutor(max_workers=VERIFYING_THREADS, thread_name_prefix="verify")
 
     def add(self, group: str, runs: Mapping[str, ProblemRun] | ProblemRun) -> None:
         assert group not in self.groups, f"group {group!r} is already running"
@@ -116,40 +154,107 @@ class DiscoveryRuns:
         """Groups whose runs have all ended (not yet closed)."""
         return [g for g, runs in self.groups.items() if all(run.done for run in runs.values())]
 
-    def step(self, groups: Sequence[str] | None = None) -> dict[str, Exception]:
-        """One step of every live run of `groups` (default: all), their attempts in one generation call.
+    def stop(self, group: str) -> None:
+        """End the group's generation now (its attempts in flight are dropped); thread-safe."""
+        self._stopping.add(group)
 
-        If that raises, each group steps alone to find the one at fault: the result maps each failed group to its
-        exception, and the other groups have advanced."""
-        chosen = list(self.active if groups is None else groups)
+    def step(self, groups: Sequence[str] | None = None) -> StepReport:
+        """Sample the next step of every run of `groups` (default: all) that is not waiting for its verdicts, in one
+        generation call, and finish every run whose verdicts are in. If the joint generation raises, each group
+        samples alone to find the one at fault; a group whose step raises fails alone: the others advance."""
+        chosen = [g for g in (self.active if groups is None else groups) if g in self.groups]
+        report = StepReport()
+        ready = [(g, run, run.next_request()) for g in chosen for run in self.groups[g].values()
+                 if not run.done and id(run) not in self._verifying]
+        ready = [(g, run, request) for g, run, request in ready if request is not None]
+        if ready:
+            started = self._generate(ready, report)
+            wait(started, timeout=self.patience_s)
+        else:
+            waiting = [v.verdicts for v in self._verifying.values() if v.group in chosen]
+            if waiting:
+                wait(waiting, timeout=IDLE_WAIT_S, return_when=FIRST_COMPLETED)
+        self._finish_verified(chosen, report)
+        return report
+
+    def run_until_done(self) -> None:
+        """Step every group to its end; the first failure is raised."""
+        while self.active:
+            failures = self.step().failures
+            if failures:
+                raise next(iter(failures.values()))
+
+    def _generate(self, ready: list[tuple[str, ProblemRun, GenerationRequest]], report: StepReport) -> list[Future]:
+        """Sample the ready runs' steps and start verifying them; returns the verifications started."""
+        deadline = None if self.step_seconds is None else time.monotonic() + self.step_seconds
+        for group, _, request in ready:
+            request.should_stop = self._stop_check(group, deadline)
         try:
-            run_step(self._live(chosen), self.engine)
-            return {}
+            steps = generate_steps([(run, request) for _, run, request in ready], self.engine)
+            groups = [group for group, _, _ in ready]
         except Exception as exc:  # noqa: BLE001 - find the group at fault
-            if len(chosen) == 1:
-                return {chosen[0]: exc}
-            log.exception("a joint step of %d groups failed; stepping them one by one", len(chosen))
-        failures: dict[str, Exception] = {}
-        for group in chosen:
+            by_group: dict[str, list] = {}
+            for item in ready:
+                by_group.setdefault(item[0], []).append(item)
+            if len(by_group) == 1:
+                report.failures[ready[0][0]] = exc
+                return []
+            log.exception("a joint generation of %d groups failed; sampling them one by one", len(by_group))
+            steps, groups = [], []
+            for group, items in by_group.items():
+                try:
+                    steps += generate_steps([(run, request) for _, run, request in items], self.engine)
+                    groups += [group] * len(items)
+                except Exception as group_exc:  # noqa: BLE001 - this group's fault
+                    report.failures[group] = group_exc
+        started = []
+        for group, step in zip(groups, steps, strict=True):
+            if step.request.stopped:  # cancelled (the caller ends the run) or past its wall clock
+                if deadline is not None and time.monotonic() > deadline and group not in self._stopping:
+                    report.failures[group] = step_timeout(step, self.step_seconds)
+                continue
+            future = self._threads.submit(step.run.verify_step, step.completions)
+            self._verifying[id(step.run)] = _Verifying(group, step, future)
+            started.append(future)
+        return started
+
+    def _stop_check(self, group: str, deadline: float | None) -> Callable[[], bool]:
+        return lambda: group in self._stopping or (deadline is not None and time.monotonic() > deadline)
+
+    def _finish_verified(self, chosen: Sequence[str], report: StepReport) -> None:
+        for key, verifying in list(self._verifying.items()):
+            if verifying.group not in chosen or not verifying.verdicts.done():
+                continue
+            del self._verifying[key]
+            if verifying.step.run.done or verifying.group in report.failures:
+                continue  # cancelled meanwhile, or its group failed: the step is dropped
             try:
-                run_step(self._live([group]), self.engine)
+                report.events.append(verifying.step.finish(self.engine, verifying.verdicts.result()))
+                report.advanced.add(verifying.group)
             except Exception as exc:  # noqa: BLE001 - this group's fault
-                failures[group] = exc
-        return failures
+                report.failures[verifying.group] = exc
 
     def close(self, group: str) -> None:
-        """Free the group's adapters in the policy and in the engine, and forget the group."""
-        for run in self.groups.pop(group, {}).values():
+        """Free the group's adapters in the policy and in the engine, and forget the group (a verification still
+        running for it is ignored when it ends)."""
+        runs = self.groups.pop(group, {})
+        for run in runs.values():
+            self._verifying.pop(id(run), None)
             try:
                 run.close()
                 if run.adapter is not None:
                     self.engine.drop_adapter(run.adapter)
             except Exception:  # noqa: BLE001 - freeing one run must not stop the others
                 log.exception("closing run %s failed", run.name)
+        self._stopping.discard(group)
 
     def close_all(self) -> None:
         for group in list(self.groups):
             self.close(group)
 
-    def _live(self, groups: Sequence[str]) -> list[ProblemRun]:
-        return [run for g in groups for run in self.groups[g].values() if not run.done]
+
+def step_timeout(step: GeneratedStep, seconds: float | None) -> RunFailure:
+    settings = step.run.settings
+    return RunFailure("step_timeout", f"a step's generation ran past the worker's limit of {seconds:g} s and was "
+                      f"stopped; lower settings.attempts_per_step ({settings.attempts_per_step}) or "
+                      f"settings.max_new_tokens ({settings.max_new_tokens})")

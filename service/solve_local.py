@@ -123,10 +123,7 @@ def solve_with_baseline(
                                             on_event=bar(f"{settings.method} seed {seeded.seed}",
                                                          settings.max_attempts)))
         try:
-            while scheduler.active:
-                failures = scheduler.step()
-                if failures:
-                    raise next(iter(failures.values()))
+            scheduler.run_until_done()
             result = runs[METHOD].result()
             more = [scheduler.runs(group)["run"].result() for group in extra]
             baseline = baseline_of(runs)

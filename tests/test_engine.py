@@ -127,3 +127,23 @@ def test_compiled_decode_samples_what_eager_decode_samples(tiny_policy):
         for e, c in zip(eager_attempts, compiled_attempts, strict=True):
             assert c.token_ids == e.token_ids
             assert c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
+
+
+def test_a_request_asked_to_stop_leaves_the_batch_and_the_others_go_on(tiny_policy):
+    """`should_stop` is asked between decode steps: once it says so, that request's attempts end where they are
+    (truncated) and its waiting ones never start, while the other request's attempts are what they are alone."""
+    engine = TransformersEngine(tiny_policy, stop_token_ids=set(), max_batch_size=4)
+    asked = []
+
+    def stop_after_five_looks() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+
+    stopping = request(tiny_policy, indices=range(1, 9), max_new=64)
+    stopping.should_stop = stop_after_five_looks
+    other = request(tiny_policy, text="Name a colour.", indices=(1, 2), max_new=64)
+    stopped, went_on = engine.generate([stopping, other])
+    assert stopping.stopped and not other.stopped
+    assert 0 < len(stopped) < 8 and all(c.truncated and len(c.token_ids) < 64 for c in stopped)
+    alone = engine.generate([request(tiny_policy, text="Name a colour.", indices=(1, 2), max_new=64)])[0]
+    assert [c.token_ids for c in went_on] == [c.token_ids for c in alone]

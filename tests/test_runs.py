@@ -39,7 +39,7 @@ def test_the_baseline_is_assembled_once_for_every_caller():
 
 def test_groups_share_generation_batches_and_closing_frees_adapters(tiny_policy):
     engine = RecordingEngine(tiny_policy)
-    runs = DiscoveryRuns(engine)
+    runs = DiscoveryRuns(engine, patience_s=None)
     job = comparison_runs(PROBLEM, SETTINGS, tiny_policy, baseline_samples=8, name="job-1")
     assert set(job) == {METHOD, BASELINE} and baseline_of(job) is job[BASELINE]
     runs.add("job-1", job)
@@ -50,7 +50,7 @@ def test_groups_share_generation_batches_and_closing_frees_adapters(tiny_policy)
     assert set(tiny_policy.adapters) == {"job-1"}  # only sdpo trains an adapter (the default teacher is the base)
 
     while runs.active:
-        assert runs.step() == {}
+        assert runs.step().failures == {}
     assert engine.calls == [3, 3]  # every live run of both groups in each generation call
     assert sorted(runs.finished) == ["job-1", "job-2"]
     runs.close("job-1")
@@ -62,12 +62,61 @@ def test_a_faulty_group_fails_alone(tiny_policy):
     def broken_verify(problem, completions):
         raise RuntimeError("this group's verifier pipeline is broken")
 
-    runs = DiscoveryRuns(TransformersEngine(tiny_policy))
+    runs = DiscoveryRuns(TransformersEngine(tiny_policy), patience_s=None)
     runs.add("bad", comparison_runs(PROBLEM, SETTINGS, tiny_policy, baseline_samples=0, name="bad",
                                     verify=broken_verify))
     runs.add("good", comparison_runs(PROBLEM, SETTINGS, tiny_policy, baseline_samples=0, name="good"))
-    failures = runs.step()
+    failures = runs.step().failures
     assert list(failures) == ["bad"] and "broken" in str(failures["bad"])
     assert runs.runs("bad")[METHOD].attempts == [] and len(runs.runs("good")[METHOD].attempts) >= 4
     runs.close_all()
     assert tiny_policy.adapters == []
+
+
+# ---- sharing a scheduler (issue 17, items 2 and 3) -----------------------------------------------------------------
+def test_a_slow_verifier_holds_back_only_its_own_group(tiny_policy):
+    """Group `slow`'s verifier does not answer until released; group `fast` takes three steps meanwhile, each
+    sampled while `slow` still waits for its verdicts, and `slow` finishes its step once they come."""
+    import threading
+
+    from sdpo_core.loop import ProblemRun
+    from sdpo_core.verifiers import verify_attempts
+
+    release = threading.Event()
+
+    def stuck(problem, completions):
+        release.wait(120)
+        return verify_attempts(problem, completions)
+
+    best_of_k = SETTINGS.model_copy(update={"method": "best-of-k", "max_attempts": 40})
+    runs = DiscoveryRuns(TransformersEngine(tiny_policy), patience_s=0.2)
+    runs.add("slow", ProblemRun(PROBLEM, best_of_k, tiny_policy, name="slow", verify=stuck))
+    runs.add("fast", ProblemRun(PROBLEM, best_of_k, tiny_policy, name="fast"))
+    advanced = [runs.step() for _ in range(3)]
+    assert [report.advanced for report in advanced] == [{"fast"}] * 3
+    assert runs.runs("fast")["run"].step == 3 and runs.runs("slow")["run"].step == 0
+    release.set()
+    while runs.runs("slow")["run"].step == 0:
+        assert runs.step().failures == {}
+    assert len(runs.runs("slow")["run"].attempts) == 4
+    runs.close_all()
+
+
+def test_a_step_past_its_wall_clock_fails_its_group_and_a_stopped_group_takes_no_step(tiny_policy):
+    from sdpo_core.failures import RunFailure
+
+    slow = DiscoveryRuns(TransformersEngine(tiny_policy), patience_s=None, step_seconds=1e-9)
+    slow.add("job", comparison_runs(PROBLEM, SETTINGS, tiny_policy, baseline_samples=0, name="job"))
+    failure = slow.step().failures["job"]
+    assert isinstance(failure, RunFailure) and failure.code == "step_timeout"
+    assert "settings.attempts_per_step (4)" in failure.message
+    slow.close_all()
+
+    runs = DiscoveryRuns(TransformersEngine(tiny_policy), patience_s=None)
+    runs.add("cancelled", comparison_runs(PROBLEM, SETTINGS, tiny_policy, baseline_samples=0, name="cancelled"))
+    runs.add("other", comparison_runs(PROBLEM, SETTINGS, tiny_policy, baseline_samples=0, name="other"))
+    runs.stop("cancelled")
+    report = runs.step()
+    assert report.failures == {} and report.advanced == {"other"}
+    assert runs.runs("cancelled")[METHOD].attempts == []
+    runs.close_all()

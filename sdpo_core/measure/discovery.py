@@ -174,7 +174,7 @@ def run_all(pending: list[Callable[[], ProblemRun]], engine: GenerationEngine, c
         while waiting and len(scheduler.active) < concurrency:
             started.append(waiting.pop(0)())
             scheduler.add(started[-1].name, started[-1])
-        failures = scheduler.step()
+        failures = scheduler.step().failures
         if failures:
             raise next(iter(failures.values()))
         on_progress()

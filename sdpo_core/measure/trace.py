@@ -98,7 +98,7 @@ def trace(
                    on_event=keep_step(f"trace-{p.id}-{name}"))
         for p, name in keys
     ]
-    scheduler = DiscoveryRuns(engine)
+    scheduler = DiscoveryRuns(engine, patience_s=None)  # one update per step, every run
     for run in runs:
         scheduler.add(run.name, run)
     # ---- the headroom: the frozen model with the feedback of its own failed attempts in the prompt ----
@@ -119,7 +119,7 @@ def trace(
                            base_distinct2=base_distinct[p.id], steps=[]) for p, name in keys]
     for update in range(updates + 1):
         if update > 0:
-            failures = scheduler.step()
+            failures = scheduler.step().failures
             if failures:
                 raise next(iter(failures.values()))
         evals = engine.generate(_eval_requests(runs, update, eval_samples, max_new_tokens))
