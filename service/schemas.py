@@ -56,20 +56,30 @@ class JobOptions(BaseModel):
 
     _metadata = field_validator("metadata")(_check_metadata)
 
-    @model_validator(mode="after")
-    def _merge_shorthands(self) -> JobOptions:
-        """`method` and `budget` are shorthands for settings.method and settings.max_attempts."""
-        updates: dict[str, Any] = {}
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_shorthands(cls, data: Any) -> Any:
+        """`method` and `budget` are shorthands for settings.method and settings.max_attempts, merged before the
+        settings are validated (a budget of 2048 with 1024 attempts a step is a valid pair)."""
+        if not isinstance(data, dict):
+            return data
+        settings = data.get("settings") or {}
+        if isinstance(settings, RunSettings):
+            settings = settings.model_dump(include=settings.model_fields_set)
+        if not isinstance(settings, dict):
+            return data  # the settings' own validation names the problem
         for short, field in (("method", "method"), ("budget", "max_attempts")):
-            value = getattr(self, short)
+            value = data.get(short)
             if value is None:
                 continue
-            if field in self.settings.model_fields_set and getattr(self.settings, field) != value:
-                raise ValueError(f"{short} ({value!r}) disagrees with settings.{field} "
-                                 f"({getattr(self.settings, field)!r}); give one of them")
-            updates[field] = value
-        if updates:
-            self.settings = RunSettings.model_validate({**self.settings.model_dump(), **updates})
+            if field in settings and settings[field] != value:
+                raise ValueError(f"{short} ({value!r}) disagrees with settings.{field} ({settings[field]!r}); give "
+                                 "one of them")
+            settings = {**settings, field: value}
+        return {**data, "settings": settings}
+
+    @model_validator(mode="after")
+    def _shorthands_from_settings(self) -> JobOptions:
         self.method, self.budget = self.settings.method, self.settings.max_attempts
         return self
 

@@ -12,23 +12,33 @@ from sdpo_core.problem import Problem
 from service.config import ApiSettings
 from service.errors import ApiError
 from service.schemas import QUESTION_PREVIEW_CHARS, JobOptions
-from workers.jobs import JobSpec, new_id
+from workers.jobs import JobSpec, new_id, step_too_large
 from workers.store import NewJob
 
 
 def job_spec(options: JobOptions, problem: Problem, settings: ApiSettings) -> JobSpec:
     """What a worker runs for `problem` under `options`; 422 when an option is over this service's caps."""
-    rank = options.settings.sdpo.lora_rank
-    if rank > settings.max_lora_rank:
-        raise ApiError(422, f"settings.sdpo.lora_rank: {rank} is over this service's limit of "
-                            f"{settings.max_lora_rank}", code="invalid_request",
-                       errors=[{"field": "settings.sdpo.lora_rank",
-                                "message": f"at most {settings.max_lora_rank}"}])
+    run = options.settings
+    if run.sdpo.lora_rank > settings.max_lora_rank:
+        raise _over_cap("settings.sdpo.lora_rank", f"{run.sdpo.lora_rank} is over this service's limit of "
+                                                   f"{settings.max_lora_rank}")
+    if run.attempts_per_step * run.max_new_tokens > settings.max_step_tokens:
+        raise _over_cap("settings.max_new_tokens", step_too_large(run.attempts_per_step, run.max_new_tokens,
+                                                                  settings.max_step_tokens))
     if not options.baselines:
         samples = 0
+    elif options.baselines[0].attempts is not None:
+        samples = options.baselines[0].attempts
+        if samples > settings.max_baseline_attempts:
+            raise _over_cap("baselines.0.attempts", f"{samples} is over this service's limit of "
+                                                    f"{settings.max_baseline_attempts} baseline samples")
     else:
-        samples = options.baselines[0].attempts or default_baseline_samples(options.settings.max_attempts)
-    return JobSpec(problem=problem, settings=options.settings, baseline_attempts=samples, model=options.model)
+        samples = min(default_baseline_samples(run.max_attempts), settings.max_baseline_attempts)
+    return JobSpec(problem=problem, settings=run, baseline_attempts=samples, model=options.model)
+
+
+def _over_cap(field: str, message: str) -> ApiError:
+    return ApiError(422, f"{field}: {message}", code="invalid_request", errors=[{"field": field, "message": message}])
 
 
 def new_job(spec: JobSpec, metadata_json: str) -> NewJob:

@@ -13,11 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sdpo_core.failures import RunFailure
 from sdpo_core.runs import comparison_runs, comparison_settings
 from sdpo_core.settings import LEARNING_METHODS
 from workers import checkpoint
 from workers.checkpoint import CheckpointStore
-from workers.jobs import JobFailure, JobRecord, JobSpec, now
+from workers.jobs import JobFailure, JobRecord, JobSpec, now, step_too_large
 from workers.metrics import step_metrics, verifier_outcome
 from workers.runtime import ActiveJob
 from workers.serving import Serving
@@ -44,7 +45,8 @@ class JobLifecycle:
                 raise JobFailure("job_keeps_failing", f"the job was started {lease.tries - 1} times and did not "
                                                       f"finish; last error: {last}")
             job.spec = self._spec(record)
-            verify = self._verify_function(job.spec)
+            await asyncio.to_thread(self._check_size, job.spec)  # tokenizes the prompt
+            verify = self._verify_function(job.spec, lease.job_id)
             outcome = await self.queue.change(
                 lease, allowed_from=["queued", "running"], to="running",
                 fields={"worker": self.queue.worker_id, "started_at": record.started_at or now()},
@@ -81,15 +83,38 @@ class JobLifecycle:
                                                  "it is served")
         return spec
 
+    def _check_size(self, spec: JobSpec) -> None:
+        """The worker's own caps (a job may have been stored under other API settings) and the model's context."""
+        run, limits = spec.settings, self.settings
+        if run.attempts_per_step * run.max_new_tokens > limits.max_step_tokens:
+            raise JobFailure("step_too_large", step_too_large(run.attempts_per_step, run.max_new_tokens,
+                                                              limits.max_step_tokens))
+        if spec.baseline_attempts > limits.max_baseline_attempts:
+            raise JobFailure("baseline_too_large", f"{spec.baseline_attempts} baseline samples are over the "
+                                                   f"workers' limit of {limits.max_baseline_attempts}")
+        context = self.serving.policy.context_length
+        prompt = len(self.serving.policy.chat_ids(spec.problem.chat()))
+        if context is not None and prompt + run.max_new_tokens > context:
+            raise JobFailure("step_too_large", f"the prompt ({prompt} tokens) plus settings.max_new_tokens "
+                                               f"({run.max_new_tokens}) is over the model's context of {context} "
+                                               "tokens")
+
     @staticmethod
-    def _verify_function(spec: JobSpec):
+    def _verify_function(spec: JobSpec, lane: str):
         from workers.verification import verify_function
 
         try:
-            return verify_function(spec.problem)
+            return verify_function(spec.problem, lane=lane)
         except Exception as exc:  # noqa: BLE001 - a verifier that cannot be built is the user's to fix
             raise JobFailure("verifier_unavailable", f"the verifier cannot be set up: {type(exc).__name__}: "
                                                      f"{exc}") from exc
+
+    @staticmethod
+    def release_verifier(job_id: str) -> None:
+        """Stop the job's verifier lane (a verification still running for it ends as not run)."""
+        from workers.verification import shared_pool
+
+        shared_pool().close_lane(job_id)
 
     async def _resume(self, job: ActiveJob) -> bool:
         """Make the attempts list equal the checkpoint's stored prefix: drop any beyond it, add any a crash lost."""
@@ -163,7 +188,7 @@ class JobLifecycle:
     async def fail(self, job: ActiveJob, exc: BaseException) -> None:
         """A job's error: retried from its checkpoint while tries remain, else it ends `failed`."""
         lease = job.lease
-        if isinstance(exc, JobFailure):
+        if isinstance(exc, RunFailure):  # the job's own (JobFailure is one): its code and message
             failure = exc
         else:
             log.exception("job %s failed", lease.job_id, exc_info=exc)

@@ -8,6 +8,7 @@ recomputes it from its checkpoint.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ class ActiveJob:
     lost: bool = False  # the lease was lost: another worker may hold the job now
     checkpoint: str = ""  # the blob name of this lease's checkpoints
     previous_checkpoint: str = ""  # a former holder's, deleted once ours is committed
+    admitted_at: float = field(default_factory=time.monotonic)  # fair share hands back the longest-running first
 
     @property
     def id(self) -> str:

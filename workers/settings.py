@@ -44,6 +44,11 @@ class StoreSettings(BaseSettings):
     events_maxlen: int = Field(default=10_000, ge=100, description="Events kept per job (oldest trimmed).")
     max_attempt_bytes: int = Field(default=8 << 20, ge=4096, description="Bytes of attempts stored per job; later "
                                    "attempts are counted, not stored (the first solution always is).")
+    max_step_tokens: int = Field(default=65_536, ge=256, description="Largest attempts_per_step x max_new_tokens of a "
+                                 "job: refused at submission, and by a worker at admission (with the model's "
+                                 "context), so that no job's step can take a worker's memory.")
+    max_baseline_attempts: int = Field(default=2048, ge=1, description="Most best-of-k samples a job's baseline may "
+                                       "draw (the default, twice the budget, is capped here).")
     log_format: LogFormat = Field(default="text", description="json: one object per line with job_id, tenant, "
                                   "worker.")
     log_level: LogLevel = Field(default="info", description="The lowest level logged.")
@@ -72,6 +77,14 @@ class WorkerSettings(StoreSettings):
     max_tries: int = Field(default=3, ge=1, description="Starts a job gets (crashes and errors included) before it "
                            "ends failed.")
     poll_ms: int = Field(default=1000, ge=1, description="How long an idle worker blocks waiting for a job.")
+    max_step_seconds: float = Field(default=900.0, gt=0, le=86_400, description="Wall clock of one step's generation: "
+                                    "a job whose step runs past it fails (step_timeout) and its rows leave the batch.")
+    shutdown_grace_s: float = Field(default=20.0, ge=0, le=3600, description="After SIGTERM, how long the step in "
+                                    "progress may go on before its generation is stopped and every job is handed "
+                                    "back (resumed elsewhere from its checkpoint).")
+    fair_share: bool = Field(default=True, description="While another tenant's job waits, no tenant holds more than "
+                             "its share (max_jobs / tenants) of the slots: its longest-running job over the share is "
+                             "handed back (resumed later from its checkpoint).")
     worker_id: str | None = Field(default=None, description="This worker's name (default: host-pid-random).")
 
 

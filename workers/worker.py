@@ -1,16 +1,20 @@
 """The worker: a queue shell around the job runtime. It leases jobs from Redis, steps them together, hands them back.
 
     async for _ in steps:                  one iteration
-        admit new or abandoned jobs        entries idle past a lease (dead workers') first, then new ones
-        honour cancellations               between steps
-        runs.step()                        one generation batch for every job (sdpo_core.runs.DiscoveryRuns)
-        publish                            checkpoint, then attempts/progress/events, fenced by the lease
+        admit new or abandoned jobs        entries idle past a lease (dead workers') first, then new ones; when
+                                           full, a waiting tenant under its share takes a slot of one over it
+        honour cancellations               between steps, and inside a step's generation (polled every second)
+        runs.step()                        one generation batch for every job not waiting for its verdicts
+                                           (sdpo_core.runs.DiscoveryRuns); each job verifies in a lane of its own
+        publish                            for each job that finished a step: checkpoint, then attempts/progress/
+                                           events, fenced by the lease
         finish done jobs                   adapter to the blob store, final status, entry acked, adapters freed
 
 Delivery is at-least-once. A heartbeat renews each lease (and keeps its queue entry fresh); an entry idle longer
 than a lease belongs to a dead worker and is reclaimed, and the job resumes from its checkpoint. Every write is
 fenced by the lease token, so a worker that lost a lease cannot write for that job. SIGTERM lets the current step
-finish, then hands the jobs back. A lost Redis connection is retried with backoff, never fatal.
+go on for `shutdown_grace_s`, then stops its generation and hands the jobs back. A lost Redis connection is retried
+with backoff, never fatal.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import socket
 import time
 
-from sdpo_core.runs import DiscoveryRuns
+from sdpo_core.runs import DiscoveryRuns, StepReport
 from workers import checkpoint
 from workers.hardening import make_undumpable
 from workers.lifecycle import JobLifecycle
@@ -36,6 +40,8 @@ from workers.store import STORE_UNAVAILABLE, StoreFull, WorkerQueue, open_store
 log = logging.getLogger(__name__)
 FORGET_WORKERS_AFTER_S = 3600  # a worker silent this long is dropped from the liveness table
 BACKOFF_S = (0.5, 10.0)  # first and longest wait between tries while Redis is unreachable
+POLL_DURING_STEP_S = 1.0  # how often cancellations (and a shutdown's grace) are looked at while a step runs
+LOOKAHEAD = 16  # queue entries a full worker reads to find a tenant waiting under its share
 
 
 class Worker:
@@ -58,7 +64,7 @@ class Worker:
         s = self.settings
         self.serving = await asyncio.to_thread(load_serving, s.model, max_batch_size=s.max_batch_size,
                                                engine=s.engine, dtype=s.dtype)
-        self.runs = DiscoveryRuns(self.serving.engine)
+        self.runs = DiscoveryRuns(self.serving.engine, step_seconds=s.max_step_seconds)
         self.store = open_store(s.redis_url, s.redis_prefix, max_connections=s.redis_max_connections,
                                 events_maxlen=s.events_maxlen, retention_s=s.retention_s)
         self.queue = WorkerQueue(self.store, self.id, lease_ms=s.lease_ms)
@@ -127,18 +133,72 @@ class Worker:
 
     # ---- admission --------------------------------------------------------------------------------------------
     async def _admit_jobs(self) -> None:
+        if self.stopping.is_set():
+            return
         free = self.settings.max_jobs - len(self.jobs)
-        if free <= 0 or self.stopping.is_set():
+        if free <= 0:
+            if self.settings.fair_share:
+                await self._share_slots()
             return
         entries = await self.queue.next_entries(free, block_ms=None if self.jobs else self.settings.poll_ms)
         for entry_id, job_id in entries:
-            with log_context(job_id=job_id, tenant=None):
-                try:
-                    await self._admit(entry_id, job_id)
-                except STORE_UNAVAILABLE:
-                    raise
-                except Exception:  # noqa: BLE001 - one bad entry never stops the worker
-                    log.exception("job %s: admission failed", job_id)
+            await self._admit_entry(entry_id, job_id)
+
+    async def _admit_entry(self, entry_id: str, job_id: str) -> None:
+        with log_context(job_id=job_id, tenant=None):
+            try:
+                await self._admit(entry_id, job_id)
+            except STORE_UNAVAILABLE:
+                raise
+            except Exception:  # noqa: BLE001 - one bad entry never stops the worker
+                log.exception("job %s: admission failed", job_id)
+
+    async def _share_slots(self) -> None:
+        """Every slot is taken: look at the next queue entries; the first whose tenant holds less than its share
+        (max_jobs over the tenants running here or waiting) while another holds more takes the slot of that
+        tenant's longest-running job, which is handed back (not a try; it resumes from its checkpoint). The other
+        entries go back to the queue's tail, for any worker."""
+        running = self._running_by_tenant()
+        if max(map(len, running.values()), default=0) <= max(1, self.settings.max_jobs // (len(running) + 1)):
+            return  # no tenant holds more than a newcomer's share: nothing to hand over, leave the queue alone
+        entries = await self.queue.next_entries(LOOKAHEAD, block_ms=None)
+        if not entries:
+            return
+        heads = await self.store.get_heads([job_id for _, job_id in entries])
+        for (entry_id, job_id), head in zip(entries, heads, strict=True):
+            if head is None or head.finished:
+                await self.queue.ack(entry_id, batch_id=head.batch_id if head else "")
+                continue
+            victim = self._over_share(head.tenant)
+            if victim is None:
+                await self.queue.defer(entry_id, job_id)
+                continue
+            with victim.log_context():
+                log.info("job %s: handed back, its tenant holds more than its share while tenant %s waits",
+                         victim.id, head.tenant)
+                await self.queue.hand_back(victim.lease, reason="its slot went to another tenant's job (fair "
+                                           "share); it resumes from its checkpoint", not_a_try=True)
+            self._forget(victim)
+            await self._admit_entry(entry_id, job_id)
+
+    def _over_share(self, waiting_tenant: str) -> ActiveJob | None:
+        """The job to hand back so that `waiting_tenant` gets a slot, or None when it already holds its share or
+        no tenant holds more than its share."""
+        running = self._running_by_tenant()
+        share = max(1, self.settings.max_jobs // len(set(running) | {waiting_tenant}))
+        if len(running.get(waiting_tenant, [])) >= share:
+            return None
+        heaviest = max(running.values(), key=len, default=[])
+        if len(heaviest) <= share:
+            return None
+        return min(heaviest, key=lambda job: job.admitted_at)
+
+    def _running_by_tenant(self) -> dict[str, list[ActiveJob]]:
+        running: dict[str, list[ActiveJob]] = {}
+        for job in self.jobs.values():
+            if not job.lost and not job.done:
+                running.setdefault(job.lease.tenant, []).append(job)
+        return running
 
     async def _admit(self, entry_id: str, job_id: str) -> None:
         record = await self.store.get(job_id)
@@ -165,14 +225,14 @@ class Worker:
         stepping = [job for job in jobs if not job.done]
         if stepping:
             clock = time.perf_counter()
-            failures = await asyncio.to_thread(self.runs.step, [job.id for job in stepping])
-            seconds = (time.perf_counter() - clock) / len(stepping)
+            report = await self._step([job.id for job in stepping])
+            seconds = (time.perf_counter() - clock) / max(1, len(report.advanced))
             for job in stepping:
                 with job.log_context():
-                    if job.id in failures:
-                        await self.lifecycle.fail(job, failures[job.id])
+                    if job.id in report.failures:
+                        await self.lifecycle.fail(job, report.failures[job.id])
                         self._forget(job)
-                    else:
+                    elif job.id in report.advanced:
                         await self.lifecycle.after_step(job, seconds)
         for job in list(self.jobs.values()):
             with job.log_context():
@@ -180,6 +240,23 @@ class Worker:
                     await self.lifecycle.finish(job)
                 if job.lost or job.done:
                     self._forget(job)
+
+    async def _step(self, job_ids: list[str]) -> StepReport:
+        """One scheduler step in a thread; meanwhile, every second, a cancelled job's generation is stopped, and
+        after a SIGTERM's grace every job's is (the jobs are then handed back)."""
+        step = asyncio.ensure_future(asyncio.to_thread(self.runs.step, job_ids))
+        stop_all_at = None
+        while not (await asyncio.wait({step}, timeout=POLL_DURING_STEP_S))[0]:
+            with contextlib.suppress(*STORE_UNAVAILABLE):
+                for job_id, cancel in zip(job_ids, await self.store.cancel_requested(job_ids), strict=True):
+                    if cancel:
+                        self.runs.stop(job_id)
+            if self.stopping.is_set():
+                stop_all_at = stop_all_at or time.monotonic() + self.settings.shutdown_grace_s
+                if time.monotonic() >= stop_all_at:
+                    for job_id in job_ids:
+                        self.runs.stop(job_id)
+        return step.result()
 
     # ---- endings ----------------------------------------------------------------------------------------------
     async def _hand_back_all(self) -> None:
@@ -193,7 +270,8 @@ class Worker:
             self._forget(job)
 
     def _forget(self, job: ActiveJob) -> None:
-        """Free the job's adapters (policy and engine) and stop holding it."""
+        """Free the job's adapters (policy and engine) and its verifier lane, and stop holding it."""
         if job.id in self.runs.groups:
             self.runs.close(job.id)
+        self.lifecycle.release_verifier(job.id)
         self.jobs.pop(job.id, None)

@@ -72,7 +72,8 @@ class JobStore:
         self.redis, self.keys = redis, keys
         self.events_maxlen, self.retention_s = events_maxlen, retention_s
         self.scripts = {name: redis.register_script(getattr(scripts, name))
-                        for name in ("SUBMIT", "TRANSITION", "ACK", "CLAIM", "RENEW", "PUBLISH", "TRIM", "FORGET")}
+                        for name in ("SUBMIT", "TRANSITION", "ACK", "DEFER", "CLAIM", "RENEW", "PUBLISH", "TRIM",
+                                     "FORGET")}
 
     async def close(self) -> None:
         await self.redis.aclose()

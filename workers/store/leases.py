@@ -72,6 +72,10 @@ class WorkerQueue:
         await self.store.scripts["ACK"](keys=[self.keys.queue, self.keys.batch_waiting(batch_id)],
                                         args=[GROUP, entry_id, "1" if batch_id else ""])
 
+    async def defer(self, entry_id: str, job_id: str) -> None:
+        """Send an entry this worker read but will not take now to the back of the queue, for any worker."""
+        await self.store.scripts["DEFER"](keys=[self.keys.queue], args=[GROUP, entry_id, job_id])
+
     # ---- leases -----------------------------------------------------------------------------------------------
     async def take(self, entry_id: str, record: JobRecord) -> Lease | None:
         """Lease the job (one more try), or None while another worker holds it."""

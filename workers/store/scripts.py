@@ -114,6 +114,15 @@ end
 return 1
 """
 
+# Put a queue entry back at the tail, not leased: a worker that will not take its job now (its tenant holds its
+# share of the slots) lets it wait behind the others, for any worker. KEYS: 1 queue.  ARGV: group, entry id, job id.
+DEFER = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[3])
+return 1
+"""
+
 # Take a job's lease: a new generation, one more try. KEYS: 1 lease, 2 job.  ARGV: worker id, ttl ms.
 # Returns {token, tries}, or false while another worker holds the lease (or the job is gone).
 CLAIM = """
