@@ -6,16 +6,19 @@ Three levels, the best that works on the machine is chosen once and logged:
   the kernel allows mounting one (a container whose /proc is partly masked does not: the sandbox then has an empty
   /proc); a cleared environment; a seccomp filter that refuses new user namespaces. Needs the `bubblewrap` package
   and, when the service is not root, user namespaces.
-- `unshare`: new net and pid namespaces from util-linux `unshare` (no private filesystem view; the dropped uid
-  and file permissions keep the run out of other files). Used where bwrap is missing.
+- `unshare`: new net and pid namespaces from util-linux `unshare`, no private filesystem view: the dropped uid and
+  file permissions keep the run out of the service's files, but it reads world-readable host files, connects to
+  unix sockets anyone may use (a Redis socket) and leaves files in the host's /tmp and /dev/shm. Where bwrap is
+  missing, and only when the operator accepts it (SDPO_SANDBOX_MIN_ISOLATION=unshare).
 - `rlimits`: no namespaces at all, so the network is reachable; logged as a warning. Last resort.
 In every level, when the service runs as root, the command drops to a uid leased for the run (`setpriv`) so that
 RLIMIT_NPROC holds, and rlimits are set by util-linux `prlimit` right before the interpreter starts. Using those
 two small programs rather than `preexec_fn` keeps process creation safe in a threaded caller.
 
-The sandbox fails closed: below SDPO_SANDBOX_MIN_ISOLATION (default `unshare`, which counts only with a uid of its
-own, so as root) code-running verifiers refuse to run (`checked_isolation` raises SandboxRefused and logs why). A
-non-root service needs bwrap. `SDPO_SANDBOX_MIN_ISOLATION=rlimits` is the opt-in for a machine with one user.
+The sandbox fails closed: below SDPO_SANDBOX_MIN_ISOLATION (default `bwrap`: only bubblewrap gives the run a
+filesystem view of its own) code-running verifiers refuse to run (`checked_isolation` raises SandboxRefused and logs
+why). `SDPO_SANDBOX_MIN_ISOLATION=unshare` accepts unshare with a uid of its own (so as root);
+`SDPO_SANDBOX_MIN_ISOLATION=rlimits` is the opt-in for a machine with one user.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class SandboxOptions:
     """Operator settings of the sandbox (environment variables in brackets)."""
 
     isolation: IsolationChoice = "auto"  # [SDPO_SANDBOX_ISOLATION]
-    min_isolation: Isolation = "unshare"  # below this, code-running verifiers refuse [SDPO_SANDBOX_MIN_ISOLATION]
+    min_isolation: Isolation = "bwrap"  # below this, code-running verifiers refuse [SDPO_SANDBOX_MIN_ISOLATION]
     python: str = sys.executable  # the interpreter that runs scripts [SDPO_SANDBOX_PYTHON]
     uid_base: int = 61000  # first uid leased to runs when the service is root [SDPO_SANDBOX_UID_BASE]
     uid_count: int = 256  # how many uids, so how many concurrent runs [SDPO_SANDBOX_UID_COUNT]
@@ -71,7 +74,7 @@ class SandboxOptions:
         choice = env.get("SDPO_SANDBOX_ISOLATION", "auto")
         if choice not in ("auto", "bwrap", "unshare", "rlimits"):
             raise ValueError(f"SDPO_SANDBOX_ISOLATION must be auto, bwrap, unshare or rlimits, not {choice!r}")
-        minimum = env.get("SDPO_SANDBOX_MIN_ISOLATION", "unshare")
+        minimum = env.get("SDPO_SANDBOX_MIN_ISOLATION", "bwrap")
         if minimum not in _REQUIRED:
             raise ValueError(f"SDPO_SANDBOX_MIN_ISOLATION must be bwrap, unshare or rlimits, not {minimum!r}")
         return cls(
@@ -289,8 +292,9 @@ _REQUIRED = {"rlimits": 0, "unshare": 2, "bwrap": 3}
 
 def strength(mode: Isolation) -> int:
     """3 bwrap: its own filesystem view, processes and network. 2 unshare with a uid of its own (the service is
-    root): its own processes and network, file permissions keep it out of the worker's files. 1 unshare as the
-    worker's own uid: it can read and change the worker's files. 0 rlimits: the worker's network, files, processes."""
+    root): its own processes and network, file permissions keep it out of the worker's files but not out of the
+    host's world-readable files, unix sockets, /tmp and /dev/shm. 1 unshare as the worker's own uid: it can read and
+    change the worker's files. 0 rlimits: the worker's network, files, processes."""
     if mode == "bwrap":
         return 3
     if mode == "unshare":
@@ -301,10 +305,20 @@ def strength(mode: Isolation) -> int:
 def describe(mode: Isolation) -> str:
     return {
         3: "bubblewrap",
-        2: "unshare with a uid of its own",
+        2: "unshare with a uid of its own (the code could read the host's world-readable files, use its unix sockets "
+           "and leave files in its /tmp and /dev/shm)",
         1: "unshare as the worker's own user (the code could read and change the worker's files)",
         0: "rlimits only (the code would run as the worker's user with its network, files and processes in reach)",
     }[strength(mode)]
+
+
+def _why_not_bwrap(options: SandboxOptions) -> str:
+    """What the refusal message says about bubblewrap: what the operator can change."""
+    if options.isolation != "auto":
+        return f"SDPO_SANDBOX_ISOLATION={options.isolation} chose it"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed: install it (the `bubblewrap` package)"
+    return "bubblewrap is installed but failed its probe (logged): as a non-root user it needs user namespaces"
 
 
 def checked_isolation(options: SandboxOptions) -> Isolation:
@@ -313,13 +327,15 @@ def checked_isolation(options: SandboxOptions) -> Isolation:
     if strength(mode) < _REQUIRED[options.min_isolation]:
         message = (
             f"code-running verifiers are refused on this worker: the best sandbox here is {describe(mode)}, below "
-            f"SDPO_SANDBOX_MIN_ISOLATION={options.min_isolation}. Give the worker bubblewrap with user namespaces "
-            "(docs/deploy.md, 'Verifier sandbox'); only on a machine with a single user, "
-            "SDPO_SANDBOX_MIN_ISOLATION=rlimits accepts weaker isolation"
+            f"SDPO_SANDBOX_MIN_ISOLATION={options.min_isolation}. {_why_not_bwrap(options)} (docs/deploy.md, "
+            "'Verifier sandbox'). "
+            "Weaker isolation only by choice: SDPO_SANDBOX_MIN_ISOLATION=unshare accepts unshare with a uid of its "
+            "own (the service as root), and on a machine with a single user SDPO_SANDBOX_MIN_ISOLATION=rlimits "
+            "accepts rlimits alone"
         )
         logger.error("sandbox: %s", message)
         raise SandboxRefused(message)
-    if strength(mode) < _REQUIRED["unshare"]:
+    if strength(mode) < _REQUIRED["bwrap"]:
         logger.warning("sandbox: untrusted code runs with %s, as SDPO_SANDBOX_MIN_ISOLATION=%s allows", describe(mode),
                        options.min_isolation)
     return mode
