@@ -62,16 +62,33 @@ LEFT_BEHIND_DIRS = ("/tmp", "/dev/shm", "/var/tmp")  # world-writable places a r
 
 @dataclass
 class Bait:
-    """What a test leaves on the host for hostile programs: a world-readable file and a unix socket anyone may
-    connect to (as a Redis socket often is), in a directory anyone may enter; an abstract unix socket; and the name
-    prefix of files a program should not manage to leave in LEFT_BEHIND_DIRS."""
+    """What a test leaves on the host for hostile programs, all named after one directory anyone may enter: a
+    world-readable file and a unix socket anyone may connect to (as a local Redis's often is) in it, an abstract unix
+    socket, and the name prefix of files a program should not manage to leave in LEFT_BEHIND_DIRS. A hostile
+    program's side rebuilds it from the directory alone (no listeners)."""
 
-    secret: str
-    file: Path
-    socket_path: Path
-    abstract_name: str
-    left_prefix: str
-    listeners: tuple[socket.socket, ...]
+    directory: Path
+    listeners: tuple[socket.socket, ...] = ()
+
+    @property
+    def secret(self) -> str:
+        return f"sdpo-host-file-{self.directory.name}"
+
+    @property
+    def file(self) -> Path:
+        return self.directory / "world-readable.txt"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def abstract_name(self) -> str:
+        return f"sdpo-abstract-{self.directory.name}"
+
+    @property
+    def left_prefix(self) -> str:
+        return f"sdpo-left-{self.directory.name}"
 
     def escapes(self) -> list[str]:
         """What got through: connections waiting on the listeners, files left behind."""
@@ -87,10 +104,7 @@ class Bait:
 def host_bait() -> Iterator[Bait]:
     directory = Path(tempfile.mkdtemp(prefix="sdpo-bait-"))
     directory.chmod(0o755)
-    bait = Bait(secret=f"sdpo-host-file-{directory.name}", file=directory / "world-readable.txt",
-                socket_path=directory / "redis.sock", abstract_name=f"sdpo-abstract-{directory.name}",
-                left_prefix=f"sdpo-left-{directory.name}", listeners=(socket.socket(socket.AF_UNIX),
-                                                                       socket.socket(socket.AF_UNIX)))
+    bait = Bait(directory, (socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)))
     try:
         bait.file.write_text(bait.secret)
         bait.file.chmod(0o644)
@@ -160,3 +174,5 @@ worked = [name for name, attempt in ways.items() if in_a_child(attempt)]
 if worked:
     print('NEW USER NAMESPACE', worked)
 """
+
+ESCAPE_ATTACKS = tuple(escape_attacks(Bait(Path("names-only"))))  # their names, to parametrize tests with
