@@ -34,7 +34,7 @@ def _check_metadata(value: Metadata) -> Metadata:
 class BaselineRequest(BaseModel):
     """A baseline to compare the method against (today: best-of-k sampling of the frozen model)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     method: Literal["best-of-k"] = "best-of-k"
     attempts: int | None = Field(default=None, ge=1, le=1_000_000,
                                  description="Samples; default: twice the job's budget.")
@@ -43,7 +43,7 @@ class BaselineRequest(BaseModel):
 class JobOptions(BaseModel):
     """How to attack a problem: shared by a single job and every job of a batch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     method: Method | None = Field(default=None, description="auto, sdpo, best-of-k or multi-turn (default auto).")
     budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Attempts to spend (default 256).")
     settings: RunSettings = Field(default_factory=RunSettings, description="Method settings (sampling, SDPO).")

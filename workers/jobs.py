@@ -19,7 +19,7 @@ from sdpo_core.statuses import FINISHED, JobStatus
 class JobSpec(BaseModel):
     """Everything a worker needs to run one job (stored as the job's `spec` JSON)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     problem: Problem
     settings: RunSettings
     baseline_attempts: int = Field(default=0, ge=0, description="best-of-k samples to compare against; 0 = none.")

@@ -43,7 +43,7 @@ RETRY_BACKOFF_S = 0.5
 class WebhookSpec(BaseModel):
     """An HTTP(S) endpoint that scores attempts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["webhook"] = "webhook"
     url: AnyHttpUrl = Field(description="Where attempts are POSTed as JSON.")
     secret: str = Field(min_length=16, max_length=512, description="Shared secret for the HMAC-SHA256 signature.")

@@ -22,6 +22,7 @@ from workers.store import scripts
 
 RATE_WINDOW_S = 60  # /metrics: attempts per second over this window
 HEAD_FIELDS = tuple(JobHead.model_fields)
+LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 
 @dataclass
@@ -152,6 +153,8 @@ class JobStore:
 
     async def events(self, job_id: str, *, after: str | None, limit: int) -> list[tuple[str, dict[str, str]]]:
         """Up to `limit` events after the stream id `after` (None = from the start)."""
+        if after == LAST_STREAM_ID:  # Redis refuses an exclusive start there; nothing can follow it
+            return []
         start = f"({after}" if after and after != "0" else "-"
         return await self.redis.xrange(self.keys.events(job_id), min=start, count=limit)
 
