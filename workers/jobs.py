@@ -65,6 +65,7 @@ class JobHead(JobProgress):
     stored_bytes: int = Field(default=0, description="Bytes of spec, metadata, summary and attempts: the tenant's "
                               "quota.")
     checkpoint: str = Field(default="", description="The name of the job's current checkpoint blob.")
+    checkpoint_step: int = Field(default=0, description="The method's step that checkpoint holds (older: refused).")
     adapter: bool = Field(default=False, description="The finished adapter is in the checkpoint store.")
 
     @field_validator("*", mode="before")
