@@ -116,7 +116,13 @@ class Job(BaseModel):
     budget: int
     attempts: int = 0
     attempts_stored: int | None = Field(default=None, description="Attempts kept (GET /attempts); fewer than "
-                                        "`attempts` once a job's attempts reach the service's storage cap.")
+                                        "`attempts` once a job's attempts reach the service's storage cap or the "
+                                        "tenant's storage quota.")
+    quota_reached_at: float | None = Field(default=None, description="When the tenant's storage quota first kept an "
+                                           "attempt or a progress event of this job from being stored (the job "
+                                           "goes on; its counts, status and solution are kept).")
+    events_not_stored: int = Field(default=0, description="Progress events the storage quota kept out of the "
+                                   "job's event stream.")
     steps: int = 0
     best_reward: float = 0.0
     solved: bool = False
@@ -175,7 +181,7 @@ class JobEvent(BaseModel):
 
     object: Literal["job.event"] = "job.event"
     id: str
-    type: str = Field(description="status | progress | resumed | cancel_requested")
+    type: str = Field(description="status | progress | resumed | cancel_requested | storage_quota_reached")
     data: dict[str, Any]
 
 

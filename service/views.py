@@ -20,7 +20,8 @@ def job_view(record: JobRecord) -> Job:
     return Job(
         id=r.id, status=r.status, created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at,
         cancel_requested_at=r.cancel_requested_at, batch_id=r.batch_id or None, method=spec.settings.method,
-        budget=spec.settings.max_attempts, attempts=r.attempts, attempts_stored=r.attempts_stored, steps=r.steps,
+        budget=spec.settings.max_attempts, attempts=r.attempts, attempts_stored=r.attempts_stored,
+        quota_reached_at=r.quota_reached_at, events_not_stored=r.events_not_stored, steps=r.steps,
         best_reward=r.best_reward, solved=r.first_success_attempt is not None,
         first_success_attempt=r.first_success_attempt,
         baseline=BaselineProgress(samples=r.baseline_samples, successes=r.baseline_successes)

@@ -98,10 +98,11 @@ class JobLifecycle:
         if await self.queue.trim(job.lease, keep) < 0:
             return False
         rows = [a.model_dump_json() for a in attempts[:keep]]
-        added = await self.queue.publish(job.lease, StepRecord(
+        stored = await self.queue.publish(job.lease, StepRecord(
             attempts=rows, first_index=1, fields=job.progress(),
             events=[("resumed", {"at": now(), "worker": self.queue.worker_id, "attempts": len(attempts)})]))
-        return added >= 0
+        job.stored_upto(stored)
+        return stored >= 0
 
     # ---- each step --------------------------------------------------------------------------------------------
     async def after_step(self, job: ActiveJob, seconds: float) -> None:
@@ -115,11 +116,12 @@ class JobLifecycle:
         new = job.method.attempts[job.published:]
         plan = job.to_store(self.settings.max_attempt_bytes)
         counters, histogram = step_metrics([verifier_outcome(a.verdict) for a in new], seconds)
-        added = await self.queue.publish(job.lease, StepRecord(
+        stored = await self.queue.publish(job.lease, StepRecord(
             attempts=plan.rows, first_index=plan.first_index, fields=fields, events=job.take_events(),
             counters=counters, histogram=histogram, seconds=seconds))
         job.commit(plan)
-        if added < 0:
+        job.stored_upto(stored)
+        if stored < 0:
             log.warning("job %s: lease lost; another worker holds it now", job.id)
             job.lost = True
         elif "checkpoint" in fields and job.previous_checkpoint not in ("", job.checkpoint):
@@ -139,11 +141,13 @@ class JobLifecycle:
         if job.spec.settings.method in LEARNING_METHODS and status != "cancelled":  # auto owns an adapter too
             fields["adapter"] = "1" if await self._save_adapter(job) else "0"
         plan = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
-        if await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
-                                                          events=job.take_events())) < 0:
+        stored = await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
+                                                                events=job.take_events()))
+        if stored < 0:
             job.lost = True
             return
         job.commit(plan)
+        job.stored_upto(stored)
         outcome = await self.queue.change(job.lease, allowed_from=["running"], to=status, fields=fields,
                                           event={"attempts": len(method.attempts)}, ack=True, release=True)
         log.info("job %s: %s after %d attempts", job.id, status, len(method.attempts))
