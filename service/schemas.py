@@ -233,7 +233,8 @@ class Batch(BaseModel):
     budget: int
     job_ids: list[str]
     counts: dict[str, int] = Field(description="Jobs per status.")
-    curve: BatchCurve | None = Field(default=None, description="Over the batch's succeeded and exhausted jobs.")
+    curve: BatchCurve | None = Field(default=None, description="Over the batch's succeeded and exhausted jobs, once "
+                                     "every job has ended (computed once then, and kept with the batch).")
     metadata: Metadata = Field(default_factory=dict)
 
 

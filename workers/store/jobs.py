@@ -170,10 +170,13 @@ class JobStore:
     async def batch_job_ids(self, batch_id: str) -> list[str]:
         return await self.redis.lrange(self.keys.batch_jobs(batch_id), 0, -1)
 
-    async def expire_batch(self, batch_id: str) -> None:
-        """A finished batch goes when its jobs go."""
-        await self.redis.expire(self.keys.batch(batch_id), self.retention_s)
-        await self.redis.expire(self.keys.batch_jobs(batch_id), self.retention_s)
+    async def finish_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Keep what a finished batch shows (its counts and curve) on its record; it goes when its jobs go."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.batch(batch_id), mapping=fields)
+            pipe.expire(self.keys.batch(batch_id), self.retention_s)
+            pipe.expire(self.keys.batch_jobs(batch_id), self.retention_s)
+            await pipe.execute()
 
     async def request_batch_cancel(self, batch_id: str) -> None:
         await self.redis.hsetnx(self.keys.batch(batch_id), "cancel_requested_at", now())
