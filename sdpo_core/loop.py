@@ -1,19 +1,14 @@
-"""The per-problem discovery loop: SDPO and its two baselines in one code path.
+"""The per-problem discovery loop: every method in one code path.
 
-    run = ProblemRun(problem, settings, policy)        # a fresh adapter (sdpo) or none (baselines)
+    run = ProblemRun(problem, settings, policy)        # the method (sdpo_core.methods) makes its adapter, if any
     while not run.done:
-        completions = engine.generate([run.next_request()])
-        run.finish_step(completions[0])                 # verify -> record -> teacher contexts -> update -> event
+        request = run.next_request()                    # the method's prompt and weights
+        completions = engine.generate([request])[0]
+        run.finish_step(request, completions)           # verify -> record -> the method's turn (update, decision)
 
-- sdpo: attempts from the run's own adapter; after each step one SDPO update (sdpo_core.update).
-- best-of-k: attempts from the frozen base model, i.i.d.; no update.
-- multi-turn: the frozen base model, its prompt extended with the feedback of earlier attempts (oldest dropped
-  when the prompt would exceed max_prompt_tokens); no update.
-- auto: per step, sample the base model, sample with the feedback in context, and/or distil, by the rule in
-  sdpo_core.auto (a decision event says which and why). Departure from the paper's baseline, which runs
-  one attempt per turn: here a turn samples attempts_per_step attempts in parallel from the same prompt
-  (attempts_per_step=1 gives the paper's sequential form).
-A run stops at its first verified solution (or runs on, for a full curve) or when the budget is spent.
+Each step samples attempts_per_step attempts in parallel from the same prompt (a departure from the paper's
+multi-turn baseline, which runs one attempt per turn; attempts_per_step=1 gives its sequential form). A run stops
+at its first verified solution (or runs on, for a full curve) or when the budget is spent.
 
 The state between steps is explicit: `state_dict()` holds the problem, settings, attempts, adapter, teacher and
 optimizer; the random state is the seed plus the attempt count (each attempt samples from its own stream keyed
@@ -30,24 +25,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift
 from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
+from sdpo_core.methods import METHODS
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt, EventSink, ProgressEvent, RunResult, RunStatus, StepMetrics, ignore_events
 from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, teacher_sections
-from sdpo_core.settings import LEARNING_METHODS, RunSettings, SDPOSettings
-from sdpo_core.teacher import drop_teacher, init_teacher, teacher_adapter
-from sdpo_core.update import DistillSample, make_optimizer, sdpo_update
+from sdpo_core.settings import RunSettings, SDPOSettings
+from sdpo_core.update import DistillSample
 from sdpo_core.verifiers import Verdict, VerifyFn, verify_attempts
 
 STATE_VERSION = 1
 
 
 class ProblemRun:
-    """One problem under one method and budget: its state between steps, and how a step advances it."""
+    """One problem under one method and budget: its state between steps, and how a step advances it. What differs
+    between methods (the prompt, the weights that sample, what follows a step) is the method's
+    (sdpo_core.methods); everything else is here."""
 
     def __init__(
         self,
@@ -65,22 +59,14 @@ class ProblemRun:
         self.step = 0
         self.seconds, self.tokens = 0.0, 0  # what the run has cost so far
         self.status: RunStatus = "running"
-        self.optimizer: torch.optim.Optimizer | None = None
         self.prompt_ids = policy.chat_ids(problem.chat())
-        self.in_context = False  # the next step samples with the feedback so far in its prompt
-        self.adapter_trained = settings.method == "sdpo"  # auto samples the base model until it has distilled
-        self.shifts: list[float] = []  # auto: the feedback's shift on each failed attempt scored so far
-        self.tried_in_context = False  # auto: a step has been sampled with feedback in its prompt
-        if settings.method in LEARNING_METHODS:
-            policy.create_adapter(name, settings.sdpo, seed=settings.seed)
-            init_teacher(policy, name, settings.sdpo, seed=settings.seed)
-            self.optimizer = make_optimizer(policy, name, settings.sdpo)
+        self.method = METHODS[settings.method](self)  # a learning method makes its adapter here
 
     # ---- state ------------------------------------------------------------------------------------------------
     @property
     def adapter(self) -> str | None:
         """The adapter the next step samples with (None: the base model)."""
-        return self.name if self.settings.method in LEARNING_METHODS and self.adapter_trained else None
+        return self.name if self.method.samples_adapter() else None
 
     @property
     def done(self) -> bool:
@@ -92,7 +78,7 @@ class ProblemRun:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run elsewhere (tensors on CPU; save with torch.save)."""
-        state: dict[str, Any] = {
+        return {
             "version": STATE_VERSION,
             "problem": self.problem.model_dump(mode="json"),
             "settings": self.settings.model_dump(mode="json"),
@@ -100,15 +86,8 @@ class ProblemRun:
             "status": self.status,
             "cost": {"seconds": self.seconds, "tokens": self.tokens},
             "attempts": [a.model_dump() for a in self.attempts],
-            "plan": {"in_context": self.in_context, "adapter_trained": self.adapter_trained, "shifts": self.shifts,
-                     "tried_in_context": self.tried_in_context},
+            **self.method.state_dict(),
         }
-        if self.settings.method in LEARNING_METHODS:
-            state["adapter"] = self.policy.state(self.name)
-            state["optimizer"] = self.optimizer.state_dict()
-            if self.settings.sdpo.teacher == "ema":
-                state["teacher"] = self.policy.state(teacher_adapter(self.name))
-        return state
 
     @classmethod
     def restore(cls, state: dict[str, Any], policy: LoraPolicy, **kwargs: Any) -> ProblemRun:
@@ -119,28 +98,17 @@ class ProblemRun:
         run.step, run.status = state["step"], state["status"]
         run.seconds, run.tokens = state.get("cost", {}).get("seconds", 0.0), state.get("cost", {}).get("tokens", 0)
         run.attempts = [Attempt.model_validate(a) for a in state["attempts"]]
-        plan = state.get("plan", {})
-        run.in_context = plan.get("in_context", run.in_context)
-        run.adapter_trained = plan.get("adapter_trained", run.adapter_trained)
-        run.shifts = list(plan.get("shifts", []))
-        run.tried_in_context = plan.get("tried_in_context", run.tried_in_context)
-        if run.settings.method in LEARNING_METHODS:
-            policy.load_state(run.name, state["adapter"])
-            run.optimizer.load_state_dict(state["optimizer"])
-            if "teacher" in state:
-                policy.load_state(teacher_adapter(run.name), state["teacher"])
+        run.method.load_state_dict(state)
         return run
 
     def close(self) -> None:
-        """Free the run's adapters (the policy is shared with other runs)."""
-        if self.settings.method in LEARNING_METHODS:
-            drop_teacher(self.policy, self.name)
-            self.policy.delete_adapter(self.name)
+        """Free what the method holds (the policy is shared with other runs)."""
+        self.method.close()
 
     def cancel(self) -> None:
         if not self.done:
             self.status = "cancelled"
-            self._emit("finished")
+            self.emit("finished")
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def next_request(self) -> GenerationRequest | None:
@@ -166,8 +134,8 @@ class ProblemRun:
     def finish_step(self, request: GenerationRequest, completions: list[Completion],
                     generate_seconds: float = 0.0, verified: tuple[list[Verdict], float] | None = None
                     ) -> ProgressEvent:
-        """Verify the step's attempts (unless `verified` brings verify_step's answer), record them, update the
-        adapter (sdpo; not after the budget's last step, whose update no attempt would use), report progress."""
+        """Verify the step's attempts (unless `verified` brings verify_step's answer), record them, let the method
+        act on them (not after the budget's last step, which no later attempt would use), report progress."""
         assert not self.done, "finish_step on a finished run"
         self.step += 1
         verdicts, verify_seconds = verified or self.verify_step(completions)
@@ -181,14 +149,11 @@ class ProblemRun:
         self.attempts += new
 
         metrics = StepMetrics()
-        solved_now = any(a.solved for a in new)
         spent = len(self.attempts) >= self.settings.max_attempts  # no step follows: an update would go unused
-        if solved_now and self.settings.stop_at_first_success:
+        if any(a.solved for a in new) and self.settings.stop_at_first_success:
             self.status = "succeeded"
-        elif self.settings.method == "sdpo" and not spent:
-            metrics = self._update(request, completions, new)
-        elif self.settings.method == "auto" and not solved_now and not spent:
-            metrics = self._auto_step(request, completions, new)
+        elif not spent:
+            metrics = self.method.after_step(request, completions, new)
         if not self.done and spent:
             self.status = "succeeded" if self.first_success else "exhausted"
         metrics.seconds = {"generate": generate_seconds, "verify": verify_seconds, **metrics.seconds}
@@ -196,51 +161,19 @@ class ProblemRun:
         self.seconds += sum(metrics.seconds.values())
         self.tokens += metrics.tokens_generated + metrics.tokens_scored
         metrics.verdicts = dict(Counter(a.verdict for a in new))
-        event = self._emit("step", metrics)
+        event = self.emit("step", metrics)
         if self.done:
-            self._emit("finished")
+            self.emit("finished")
         return event
 
     def _step_prompt(self) -> list[int]:
-        in_context = {"multi-turn": True, "sdpo": self.settings.sdpo.sample_with_feedback, "auto": self.in_context}
-        if not in_context.get(self.settings.method, False) or not self.attempts:
+        feedback = self.method.prompt_feedback() if self.attempts else None
+        if not feedback:
             return self.prompt_ids
-        latest: dict[str, None] = {}  # distinct feedback, most recent last
-        for attempt in self.attempts:
-            if attempt.feedback and attempt.judged:  # a verifier's own failure says nothing about the attempt
-                latest.pop(attempt.feedback, None)
-                latest[attempt.feedback] = None
-        return multi_turn_prompt(self.problem, self.policy.chat_ids, list(latest), self.settings.max_prompt_tokens)
+        return multi_turn_prompt(self.problem, self.policy.chat_ids, feedback, self.settings.max_prompt_tokens)
 
-    def _update(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
-        samples = distill_samples(self.problem, self.policy, self.settings.sdpo, self.prompt_ids, completions, new,
-                                  sampled_with=request.prompt_ids)
-        return sdpo_update(self.policy, self.optimizer, self.name, samples, self.settings.sdpo,
-                           self.settings.temperature)
-
-    def _auto_step(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]
-                   ) -> StepMetrics:
-        """Decide the next step (scoring the failed attempts' feedback once the in-context bet has failed), distil
-        if the decision says so."""
-        clock = time.perf_counter()
-        in_context = request.prompt_ids != self.prompt_ids
-        self.tried_in_context |= in_context
-        shifts, scored = [], 0
-        if self.tried_in_context and len(self.shifts) < SIGNAL_ATTEMPTS:
-            shifts, scored = feedback_shift(self.policy, self.problem, new, [c.token_ids for c in completions],
-                                            self.settings.sdpo, limit=SIGNAL_ATTEMPTS - len(self.shifts))
-        self.shifts += shifts
-        signal_seconds = time.perf_counter() - clock
-        decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context)
-        metrics = self._update(request, completions, new) if decision.distil else StepMetrics()
-        self.adapter_trained |= decision.distil
-        self.in_context = decision.in_context
-        metrics.seconds["signal"] = signal_seconds
-        metrics.tokens_scored += scored
-        self._emit("decision", reason=decision.reason)
-        return metrics
-
-    def _emit(self, kind: str, metrics: StepMetrics | None = None, reason: str | None = None) -> ProgressEvent:
+    def emit(self, kind: str, metrics: StepMetrics | None = None, reason: str | None = None) -> ProgressEvent:
+        """Report progress (a step, the end, a method's decision with its reason) to the run's event sink."""
         first = self.first_success
         event = ProgressEvent(
             type=kind, method=self.settings.method, step=self.step, attempts=len(self.attempts),

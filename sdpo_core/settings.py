@@ -17,12 +17,28 @@ it stayed near best-of-k where SDPO fell far below (P@32 0.38 and 0.15 against 0
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["sdpo", "best-of-k", "multi-turn", "auto"]
-LEARNING_METHODS = ("sdpo", "auto")  # methods that own an adapter
+
+def _known_method(name: str) -> str:
+    from sdpo_core.methods import METHODS  # the registry (it imports this module's types)
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose among {', '.join(METHODS)}")
+    return name
+
+
+def _method_schema(schema: dict[str, Any]) -> None:
+    from sdpo_core.methods import METHODS
+
+    schema["enum"] = list(METHODS)
+
+
+# A discovery method's name: one of sdpo_core.methods.METHODS, read when validating and when a schema is made, so a
+# method registered there is accepted everywhere (API, CLI, bench) and listed in the OpenAPI enum.
+Method = Annotated[str, AfterValidator(_known_method), Field(json_schema_extra=_method_schema)]
 TeacherKind = Literal["ema", "frozen", "trust-region"]
 TeacherContext = Literal["feedback", "contrastive"]
 ContrastAnchor = Literal["teacher", "student"]
@@ -108,8 +124,9 @@ class RunSettings(BaseModel):
     """One discovery run: which method, how many attempts, how they are sampled."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    method: Method = Field(default="auto", description="auto (default: per problem, feedback in context, "
-                           "distillation or the base model, by measurement), sdpo, multi-turn or best-of-k.")
+    method: Method = Field(default="auto", description="The discovery method (sdpo_core.methods): auto (default: per "
+                           "problem, feedback in context, distillation or the base model, by measurement), sdpo, "
+                           "multi-turn or best-of-k.")
     max_attempts: int = Field(default=256, ge=1, le=1_000_000, description="The attempt budget.")
     attempts_per_step: int = Field(default=16, ge=1, le=1024, description="Attempts sampled per step (N).")
     max_new_tokens: int = Field(default=256, ge=1, le=65_536, description="Longest attempt in tokens.")

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sdpo_core.engines import add_engine_arguments
+from sdpo_core.methods import METHODS
 
 
 def _engine(policy, args):
@@ -241,7 +242,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     d = kinds.add_parser("discovery", help="methods vs best-of-k per attempt, second and token, several seeds")
     d.add_argument("--problems", default="informative,binary", help="built-in families (informative, binary) or "
                    "JSONL files, comma-separated; each is reported on its own")
-    d.add_argument("--methods", default="auto,sdpo,best-of-k,multi-turn")
+    d.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     d.add_argument("--variant", action="append", help="NAME=key:value,... an SDPO variant as one more method "
                    "(values JSON; method:auto to vary auto's settings), e.g. fkl=alpha:0,top_k:none")
     d.add_argument("--seeds", type=int, default=3, help="independent runs per sequential method and problem")

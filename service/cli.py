@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sdpo_core.engines import add_engine_arguments
+from sdpo_core.methods import DEFAULT_METHOD, METHODS
 
 
 class CLIError(Exception):
@@ -106,10 +107,16 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_method_flag(p: argparse.ArgumentParser) -> None:
+    """--method, its choices the registry's (sdpo_core.methods)."""
+    p.add_argument("--method", choices=list(METHODS), help="discovery method: " + "; ".join(
+        f"{name}: {method.summary}" for name, method in METHODS.items()) + f" (default {DEFAULT_METHOD})")
+
+
 def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solve", help="solve one problem in this process (no server)")
     p.add_argument("problem", help="problem JSON file: {prompt | messages, system_prompt?, verifier}")
-    p.add_argument("--method", choices=["auto", "sdpo", "best-of-k", "multi-turn"], help="discovery method (default auto)")
+    add_method_flag(p)
     p.add_argument("--max-attempts", type=int, help="attempt budget (default 256)")
     p.add_argument("--attempts-per-step", type=int, help="attempts sampled per step (default 16)")
     p.add_argument("--max-new-tokens", type=int, help="longest attempt in tokens (default 256)")
@@ -282,7 +289,7 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["auto", "sdpo", "best-of-k", "multi-turn"], help="discovery method (default auto)")
+    add_method_flag(p)
     p.add_argument("--budget", type=int, help="attempt budget (default 256)")
     p.add_argument("--settings", help="JSON file with RunSettings fields")
     p.add_argument("--model", help="base model the job needs (default: the served one)")

@@ -44,7 +44,8 @@ class JobOptions(BaseModel):
     """How to attack a problem: shared by a single job and every job of a batch."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    method: Method | None = Field(default=None, description="auto, sdpo, best-of-k or multi-turn (default auto).")
+    method: Method | None = Field(default=None, description="The discovery method (default auto); shorthand for "
+                                  "settings.method.")
     budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Attempts to spend (default 256).")
     settings: RunSettings = Field(default_factory=RunSettings, description="Method settings (sampling, SDPO).")
     baselines: list[BaselineRequest] = Field(

@@ -2,7 +2,7 @@
 
 import pytest
 
-import sdpo_core.loop as loop
+import sdpo_core.auto as auto
 from sdpo_core.auto import decide
 from sdpo_core.hf_engine import TransformersEngine
 from sdpo_core.loop import ProblemRun, run_step
@@ -41,7 +41,7 @@ def test_the_shift_of_a_batch_equals_each_attempt_scored_alone(tiny_policy):
 
 @pytest.mark.parametrize("shift,in_context", [(-0.5, True), (0.5, False)])
 def test_auto_run_follows_its_decisions_and_reports_them(tiny_policy, monkeypatch, shift, in_context):
-    monkeypatch.setattr(loop, "feedback_shift", lambda policy, problem, attempts, ids, settings, limit:
+    monkeypatch.setattr(auto, "feedback_shift", lambda policy, problem, attempts, ids, settings, limit:
                         ([shift] * len(attempts), 10 * len(attempts)))
     events = []
     settings = RunSettings(method="auto", max_attempts=16, attempts_per_step=4, max_new_tokens=8)

@@ -140,11 +140,12 @@ def test_contrastive_teacher_reads_feedback_and_control_reprompts_and_updates(ti
 
 
 def test_hybrid_samples_with_feedback_in_context_and_distils_into_the_plain_prompt(tiny_policy, monkeypatch):
-    import sdpo_core.loop as loop
+    import sdpo_core.update as update
+    from sdpo_core.records import StepMetrics
 
     captured = []
-    monkeypatch.setattr(loop, "sdpo_update", lambda policy, opt, name, samples, *a: captured.append(samples)
-                        or loop.StepMetrics())
+    monkeypatch.setattr(update, "sdpo_update", lambda policy, opt, name, samples, *a: captured.append(samples)
+                        or StepMetrics())
     run = ProblemRun(UNSOLVABLE, settings(max_attempts=12, sdpo={"sample_with_feedback": True}), tiny_policy,
                      name="job")
     engine = TransformersEngine(tiny_policy)
@@ -212,10 +213,11 @@ def test_cancel_ends_the_run_between_steps(tiny_policy):
 
 def test_no_update_after_the_budgets_last_step(tiny_policy, monkeypatch):
     """The last step's update would train an adapter no attempt samples: SDPO and auto skip it."""
-    import sdpo_core.loop as loop
+    import sdpo_core.update as update
+    from sdpo_core.records import StepMetrics
 
     updates = []
-    monkeypatch.setattr(loop, "sdpo_update", lambda *a: updates.append(1) or loop.StepMetrics())
+    monkeypatch.setattr(update, "sdpo_update", lambda *a: updates.append(1) or StepMetrics())
     engine = TransformersEngine(tiny_policy)
     run = ProblemRun(UNSOLVABLE, settings(max_attempts=12), tiny_policy, name="job")
     while not run.done:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from service_env import KEYS, ApiServer, Workers, api_settings
 
+from sdpo_core.methods import METHODS
 from service.client import Client
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,6 +66,11 @@ def test_submit_from_the_page_and_watch_the_job_finish_live(browser, redis_url, 
         page.click("#key-form button")
         page.wait_for_selector("#app:not([hidden])")
         assert page.evaluate("sessionStorage.getItem('sdpo.apiKey')") == KEYS["alice"]
+
+        # The method select lists the API's methods (the registry, through the OpenAPI enum), auto selected.
+        expect(page.locator("#method option")).to_have_count(len(METHODS))
+        assert page.locator("#method option").all_text_contents() == list(METHODS)
+        assert page.input_value("#method") == "auto"
 
         # Submit while no worker runs: the job waits queued and the page follows its event stream from the start.
         page.fill("#problem", json.dumps(EASY))

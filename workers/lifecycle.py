@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from sdpo_core.failures import RunFailure
+from sdpo_core.methods import learns
 from sdpo_core.runs import METHOD, comparison_runs, comparison_settings
-from sdpo_core.settings import LEARNING_METHODS
 from workers import checkpoint
 from workers.checkpoint import CheckpointStore
 from workers.jobs import JobFailure, JobRecord, JobSpec, now, step_too_large
@@ -163,7 +163,7 @@ class JobLifecycle:
         if any(run.status == "cancelled" for run in job.runs.values()):
             status = "cancelled"
         fields: dict[str, Any] = {**job.progress(), "error_code": "", "error_message": ""}
-        if job.spec.settings.method in LEARNING_METHODS and status != "cancelled":  # auto owns an adapter too
+        if learns(job.spec.settings.method) and status != "cancelled":
             fields["adapter"] = "1" if await self._save_adapter(job) else "0"
         plan = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
         stored = await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,

@@ -445,6 +445,19 @@ $("submit-form").addEventListener("submit", async (event) => {
   }
 });
 
+// ---- the methods: the API's own list (the OpenAPI enum of settings.method), so a new method shows up by itself ----
+async function loadMethods() {
+  const spec = await (await fetch(new URL("../openapi.json", location.href))).json();
+  const field = spec.components.schemas.RunSettings.properties.method;
+  $("method").replaceChildren(...field.enum.map((name) => {
+    const option = el("option", name);
+    option.value = name;
+    option.selected = name === field.default;
+    return option;
+  }));
+}
+
 $("problem").value = JSON.stringify(EXAMPLE, null, 2);
+loadMethods().catch(() => {}); // the page still submits with its default method
 setInterval(() => { if (!$("app").hidden) refreshLists().catch(() => {}); }, 5000);
 if (sessionStorage.getItem(KEY)) signIn();

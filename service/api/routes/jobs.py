@@ -12,8 +12,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from sdpo_core.measure.plot import discovery_svg
+from sdpo_core.methods import learns
 from sdpo_core.records import Attempt
-from sdpo_core.settings import LEARNING_METHODS
 from sdpo_core.statuses import FINISHED, WITH_CURVE, JobStatus
 from service.deps import BlobsDep, IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
@@ -196,7 +196,7 @@ async def job_adapter(job_id: str, tenant: TenantDep, store: StoreDep, blobs: Bl
     """The trained LoRA adapter: a tar.gz of a folder that peft's PeftModel.from_pretrained loads."""
     record = await owned(store, tenant, job_id)
     job = job_view(record)
-    if job.method not in LEARNING_METHODS:
+    if not learns(job.method):
         raise ApiError(409, f"a {job.method} job trains no adapter", code="no_adapter")
     if job.status not in WITH_CURVE:
         raise ApiError(409, f"job '{job_id}' is {job.status}: the adapter is exported when it finishes",
