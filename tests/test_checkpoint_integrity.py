@@ -119,7 +119,7 @@ def test_a_real_run_round_trips_through_json_and_safetensors(tiny_policy, store)
     assert store.load("job_r").startswith(MAGIC)
     state = load_states(store, "job_r")[METHOD]
     assert isinstance(next(iter(state["optimizer"]["state"])), int)
-    assert state["optimizer"]["param_groups"][0]["betas"] == original.optimizer.state_dict()["param_groups"][0]["betas"]
+    assert state["optimizer"]["param_groups"][0]["betas"] == original.method.optimizer.state_dict()["param_groups"][0]["betas"]
     resumed = ProblemRun.restore(state, tiny_policy, name="resumed")
     for (key, a), b in zip(tiny_policy.state("orig").items(), tiny_policy.state("resumed").values(), strict=True):
         assert torch.equal(a, b), key
