@@ -15,24 +15,16 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import httpx
+from scaffold import API_KEY as KEY
+from scaffold import PROBLEM, free_port, start_redis
 
-KEY = "bench-key-0123456789"
-PROBLEM = {"prompt": "What is 17 * 23?", "verifier": {"type": "numeric", "answer": 391}}
 MAX_REQUESTS_PER_TASK = 200_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(port: int, redis_url: str, prefix: str) -> None:
@@ -104,11 +96,9 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="bench-api-")
-    redis_port, api_port = free_port(), free_port()
-    redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind",
-                              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-                             stdout=subprocess.DEVNULL)
-    api = mp.Process(target=serve, args=(api_port, f"redis://127.0.0.1:{redis_port}/0", f"bench-{os.getpid()}"))
+    redis, redis_url = start_redis(workdir)
+    api_port = free_port()
+    api = mp.Process(target=serve, args=(api_port, redis_url, f"bench-{os.getpid()}"))
     api.start()
     url = f"http://127.0.0.1:{api_port}"
     try:

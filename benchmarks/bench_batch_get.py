@@ -14,38 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 
 import httpx
+from scaffold import API_KEY as KEY
+from scaffold import PROBLEM, free_port, start_redis
 
-KEY = "bench-key-0123456789"
-PROBLEM = {"prompt": "What is 17 * 23?", "verifier": {"type": "numeric", "answer": 391}}
 BUDGET = 256
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(directory: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def start_api(redis_url: str, jobs: int):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import socket
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -28,3 +32,29 @@ def load(args: argparse.Namespace) -> tuple[LoraPolicy, Problem]:
     warnings.filterwarnings("ignore")
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     return LoraPolicy(model, tokenizer), Problem.model_validate_json(Path(args.problem).read_text())
+
+
+# ---- a Redis of its own on loopback, for the API benchmarks --------------------------------------------------------
+API_KEY = "bench-key-0123456789"
+PROBLEM = {"prompt": "What is 17 * 23?", "verifier": {"type": "numeric", "answer": 391}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(directory: str) -> tuple[subprocess.Popen, str]:
+    """A redis-server (no persistence) on a free loopback port, once it answers; and its URL."""
+    port = free_port()
+    process = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                                "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory],
+                               stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
