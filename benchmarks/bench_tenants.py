@@ -1,7 +1,7 @@
 """A victim job's seconds per step alone and beside each attacker of issue 17, on one scheduler and verifier pool.
 
 The worker's own arrangement, in one process: DiscoveryRuns (shared generation batches, verification beside
-generation) and a VerifierPool with a lane per job. The victim samples 8 attempts of 48 tokens a step from the
+generation, a step's attempts at most 32 to a generation call) and a VerifierPool with a lane per job. The victim samples 8 attempts of 48 tokens a step from the
 frozen model and a regex accepts every one; each attacker is a job a tenant may submit:
 
     alone              the victim by itself (the baseline, measured in the same process)
@@ -32,6 +32,7 @@ from sdpo_core.runs import DiscoveryRuns
 from sdpo_core.settings import RunSettings
 from workers.pool import VerifierPool
 
+WORKER_BATCH = 32  # the worker's default max_batch_size, which is also its chunk of a step's attempts
 VICTIM = Problem.model_validate({"id": "victim", "prompt": "Write one sentence about the sea.",
                                  "verifier": {"type": "regex", "pattern": "(?s).*", "target": "completion"}})
 NEVER = {"type": "regex", "pattern": "QQQQQQQQQQ", "target": "completion"}
@@ -58,7 +59,7 @@ def victim_seconds_per_step(policy, engine, pool: VerifierPool, attacker: str | 
     victim = ProblemRun(VICTIM, settings, policy, name="victim",
                         verify=lambda p, c: pool.verify_batch(p, c, lane="victim", budget_s=600),
                         on_event=lambda event: finished.append(time.perf_counter()) if event.type == "step" else None)
-    scheduler = DiscoveryRuns(engine)
+    scheduler = DiscoveryRuns(engine, chunk_attempts=WORKER_BATCH)  # as the worker schedules
     scheduler.add("victim", victim)
     if attacker is not None:
         problem, overrides = ATTACKERS[attacker]

@@ -23,10 +23,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sdpo_core.engine import GenerationEngine, GenerationRequest
+from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
 from sdpo_core.failures import RunFailure
 from sdpo_core.loop import GeneratedStep, ProblemRun, generate_steps
 from sdpo_core.policy import LoraPolicy
@@ -117,6 +117,22 @@ class _Verifying:
     verdicts: Future
 
 
+@dataclass
+class _Sampling:
+    """A run's step sampled in pieces (chunk_attempts at a time): what it has so far."""
+
+    group: str
+    request: GenerationRequest  # the whole step
+    deadline: float | None
+    completions: list[Completion] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def next_piece(self, chunk: int | None, should_stop: Callable[[], bool]) -> GenerationRequest:
+        done = len(self.completions)
+        indices = self.request.attempt_indices[done: done + chunk if chunk else None]
+        return replace(self.request, attempt_indices=indices, should_stop=should_stop, stopped=False)
+
+
 class DiscoveryRuns:
     """Groups of runs stepped in shared generation batches; closing a group frees its adapters everywhere.
 
@@ -124,15 +140,18 @@ class DiscoveryRuns:
     step without waiting for other runs' verifiers (a tenant's slow verifier delays only its own job; the model
     samples while verifiers run). `patience_s` is how long a step waits for the verdicts of the attempts it
     sampled, so that runs verified quickly share the next batch (None: for all of them, so that every call advances
-every run by one step, as a trace wants). `step_seconds` bounds a step's generation: a run
+    every run by one step, as a trace wants). `chunk_attempts` bounds what one run adds to a generation call: a
+    step of more attempts is sampled over several calls, so that a job of 1024 attempts a step does not hold every
+    job sharing its batches for the whole of it. `step_seconds` bounds a step's generation: a run
     whose generation runs past it fails (RunFailure step_timeout); `stop(group)` ends a group's generation within a
     few tokens (its job was cancelled)."""
 
     def __init__(self, engine: GenerationEngine, *, patience_s: float | None = 1.0,
-                 step_seconds: float | None = None) -> None:
+                 step_seconds: float | None = None, chunk_attempts: int | None = None) -> None:
         self.engine = engine
-        self.patience_s, self.step_seconds = patience_s, step_seconds
+        self.patience_s, self.step_seconds, self.chunk_attempts = patience_s, step_seconds, chunk_attempts
         self.groups: dict[str, dict[str, ProblemRun]] = {}
+        self._sampling: dict[int, _Sampling] = {}  # by id(run): a step sampled in pieces
         self._verifying: dict[int, _Verifying] = {}  # by id(run)
         self._stopping: set[str] = set()  # groups whose generation must stop (read from the generation thread)
         self._threads = ThreadPoolExecutor(max_workers=VERIFYING_THREADS, thread_name_prefix="verify")
@@ -164,9 +183,10 @@ every run by one step, as a trace wants). `step_seconds` bounds a step's generat
         samples alone to find the one at fault; a group whose step raises fails alone: the others advance."""
         chosen = [g for g in (self.active if groups is None else groups) if g in self.groups]
         report = StepReport()
-        ready = [(g, run, run.next_request()) for g in chosen for run in self.groups[g].values()
+        ready = [(g, run) for g in chosen for run in self.groups[g].values()
                  if not run.done and id(run) not in self._verifying]
-        ready = [(g, run, request) for g, run, request in ready if request is not None]
+        ready = [(g, run, sampling.next_piece(self.chunk_attempts, self._stop_check(g, sampling.deadline)))
+                 for g, run in ready if (sampling := self._sampling_of(g, run)) is not None]
         if ready:
             started = self._generate(ready, report)
             wait(started, timeout=self.patience_s)
@@ -184,11 +204,19 @@ every run by one step, as a trace wants). `step_seconds` bounds a step's generat
             if failures:
                 raise next(iter(failures.values()))
 
+    def _sampling_of(self, group: str, run: ProblemRun) -> _Sampling | None:
+        """The step the run is sampling: the one begun, or its next one (its wall clock starts now)."""
+        if id(run) not in self._sampling:
+            request = run.next_request()
+            if request is None:
+                return None
+            deadline = None if self.step_seconds is None else time.monotonic() + self.step_seconds
+            self._sampling[id(run)] = _Sampling(group, request, deadline)
+        return self._sampling[id(run)]
+
     def _generate(self, ready: list[tuple[str, ProblemRun, GenerationRequest]], report: StepReport) -> list[Future]:
-        """Sample the ready runs' steps and start verifying them; returns the verifications started."""
-        deadline = None if self.step_seconds is None else time.monotonic() + self.step_seconds
-        for group, _, request in ready:
-            request.should_stop = self._stop_check(group, deadline)
+        """Sample a piece of each ready run's step; start verifying the steps that are whole. Returns the
+        verifications started."""
         try:
             steps = generate_steps([(run, request) for _, run, request in ready], self.engine)
             groups = [group for group, _, _ in ready]
@@ -208,14 +236,25 @@ every run by one step, as a trace wants). `step_seconds` bounds a step's generat
                 except Exception as group_exc:  # noqa: BLE001 - this group's fault
                     report.failures[group] = group_exc
         started = []
-        for group, step in zip(groups, steps, strict=True):
-            if step.request.stopped:  # cancelled (the caller ends the run) or past its wall clock
-                if deadline is not None and time.monotonic() > deadline and group not in self._stopping:
-                    report.failures[group] = step_timeout(step, self.step_seconds)
+        for group, piece in zip(groups, steps, strict=True):
+            sampling = self._sampling[id(piece.run)]
+            if piece.request.stopped:  # cancelled (the caller ends the run) or past its wall clock
+                del self._sampling[id(piece.run)]
+                if group not in self._stopping:
+                    report.failures[group] = step_timeout(piece.run, self.step_seconds)
                 continue
+            sampling.completions += piece.completions
+            sampling.seconds += piece.generate_seconds
+            if len(sampling.completions) < sampling.request.n:
+                continue  # more pieces to sample
+            del self._sampling[id(piece.run)]
+            step = GeneratedStep(piece.run, sampling.request, sampling.completions, sampling.seconds)
             future = self._threads.submit(step.run.verify_step, step.completions)
             self._verifying[id(step.run)] = _Verifying(group, step, future)
             started.append(future)
+        for failed in report.failures:  # a group that failed samples nothing more
+            for run in self.groups[failed].values():
+                self._sampling.pop(id(run), None)
         return started
 
     def _stop_check(self, group: str, deadline: float | None) -> Callable[[], bool]:
@@ -240,6 +279,7 @@ every run by one step, as a trace wants). `step_seconds` bounds a step's generat
         runs = self.groups.pop(group, {})
         for run in runs.values():
             self._verifying.pop(id(run), None)
+            self._sampling.pop(id(run), None)
             try:
                 run.close()
                 if run.adapter is not None:
@@ -253,8 +293,8 @@ every run by one step, as a trace wants). `step_seconds` bounds a step's generat
             self.close(group)
 
 
-def step_timeout(step: GeneratedStep, seconds: float | None) -> RunFailure:
-    settings = step.run.settings
+def step_timeout(run: ProblemRun, seconds: float | None) -> RunFailure:
+    settings = run.settings
     return RunFailure("step_timeout", f"a step's generation ran past the worker's limit of {seconds:g} s and was "
                       f"stopped; lower settings.attempts_per_step ({settings.attempts_per_step}) or "
                       f"settings.max_new_tokens ({settings.max_new_tokens})")

@@ -120,3 +120,26 @@ def test_a_step_past_its_wall_clock_fails_its_group_and_a_stopped_group_takes_no
     assert report.failures == {} and report.advanced == {"other"}
     assert runs.runs("cancelled")[METHOD].attempts == []
     runs.close_all()
+
+
+def test_a_step_of_many_attempts_is_sampled_in_pieces_beside_small_steps(tiny_policy):
+    """chunk_attempts 4: a run of 12 attempts a step adds 4 to each generation call and is verified once whole,
+    while a run of 4 a step takes a step at every call; the big run's attempts are those it samples alone."""
+    from sdpo_core.loop import ProblemRun
+
+    engine = RecordingEngine(tiny_policy)
+    big_settings = SETTINGS.model_copy(update={"method": "best-of-k", "max_attempts": 12, "attempts_per_step": 12})
+    small_settings = SETTINGS.model_copy(update={"method": "best-of-k", "max_attempts": 12})
+    runs = DiscoveryRuns(engine, patience_s=None, chunk_attempts=4)
+    runs.add("big", ProblemRun(PROBLEM, big_settings, tiny_policy, name="big"))
+    runs.add("small", ProblemRun(PROBLEM, small_settings, tiny_policy, name="small"))
+    reports = [runs.step() for _ in range(3)]
+    assert [r.advanced for r in reports] == [{"small"}, {"small"}, {"small", "big"}]
+    big = runs.runs("big")["run"]
+    assert [a.index for a in big.attempts] == list(range(1, 13)) and big.step == 1
+    alone = DiscoveryRuns(TransformersEngine(tiny_policy), patience_s=None)
+    alone.add("big", ProblemRun(PROBLEM, big_settings, tiny_policy, name="big-alone"))
+    alone.step()
+    assert [a.text for a in alone.runs("big")["run"].attempts] == [a.text for a in big.attempts]
+    runs.close_all()
+    alone.close_all()

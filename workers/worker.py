@@ -64,7 +64,8 @@ class Worker:
         s = self.settings
         self.serving = await asyncio.to_thread(load_serving, s.model, max_batch_size=s.max_batch_size,
                                                engine=s.engine, dtype=s.dtype)
-        self.runs = DiscoveryRuns(self.serving.engine, step_seconds=s.max_step_seconds)
+        self.runs = DiscoveryRuns(self.serving.engine, step_seconds=s.max_step_seconds,
+                                  chunk_attempts=s.max_batch_size)
         self.store = open_store(s.redis_url, s.redis_prefix, max_connections=s.redis_max_connections,
                                 events_maxlen=s.events_maxlen, retention_s=s.retention_s)
         self.queue = WorkerQueue(self.store, self.id, lease_ms=s.lease_ms)
