@@ -30,7 +30,7 @@ from sdpo_core.methods import METHODS
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt, EventSink, ProgressEvent, RunResult, RunStatus, StepMetrics, ignore_events
-from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, teacher_sections
+from sdpo_core.reprompt import AttemptOutcome, fit_feedbacks, fit_prompt, multi_turn_prompt, teacher_sections
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.update import DistillSample
 from sdpo_core.verifiers import Verdict, VerifyFn, verify_attempts
@@ -196,13 +196,16 @@ class ProblemRun:
 def distill_samples(
     problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
     completions: Sequence[Completion], attempts: Sequence[Attempt], sampled_with: list[int] | None = None,
+    earlier_feedback: Sequence[str] = (),
 ) -> list[DistillSample]:
     """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss).
 
     `prompt_ids` is the student's prompt (the plain question); `sampled_with` the prompt the attempts were sampled
     from, when it differs (the hybrid samples with feedback in context): then their sampling log-probs are not the
-    student's and carry no importance weight. An attempt the verifier failed on (error, timeout) gets no teacher
-    context: its feedback is about the verifier, and whether the attempt was right is unknown."""
+    student's and carry no importance weight. An attempt the verifier failed on (error, timeout, not run) gets no
+    teacher context: its feedback is about the verifier, and whether the attempt was right is unknown. With
+    `teacher_feedback="distinct"`, the teacher reads `earlier_feedback` (the run's distinct feedback before this
+    step) before the attempt's own."""
     outcomes = [AttemptOutcome(a.text, a.reward, a.feedback if a.judged else "") for a in attempts]
     on_policy = sampled_with is None or sampled_with == prompt_ids
     control = (fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
@@ -213,7 +216,11 @@ def distill_samples(
         if sections is None or not completion.token_ids or not attempt.judged:
             continue  # zero loss: the teacher would know nothing more than the student
         solution, feedback = sections
-        teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)
+        if feedback and settings.teacher_feedback == "distinct":
+            teacher_prompt = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, solution,
+                                           [f for f in earlier_feedback if f != feedback] + [feedback])
+        else:
+            teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)
         samples.append(DistillSample(prompt_ids, teacher_prompt, completion.token_ids,
                                      completion.logprobs if on_policy else None, control))
     return samples

@@ -41,6 +41,7 @@ def _method_schema(schema: dict[str, Any]) -> None:
 Method = Annotated[str, AfterValidator(_known_method), Field(json_schema_extra=_method_schema)]
 TeacherKind = Literal["ema", "frozen", "trust-region"]
 TeacherContext = Literal["feedback", "contrastive"]
+TeacherFeedback = Literal["own", "distinct"]
 ContrastAnchor = Literal["teacher", "student"]
 
 # All attention and MLP projections of Llama/Qwen/Mistral-style decoders.
@@ -94,11 +95,12 @@ class SDPOSettings(BaseModel):
     )
     control_feedback: str = Field(default="Your answer is not correct.", min_length=1, max_length=500,
                                   description="Contrastive: the content-free feedback of the control reprompt.")
-    sample_with_feedback: bool = Field(
-        default=False, description="Sample each step's attempts with the earlier feedback in the prompt (as "
-        "multi-turn does) while the adapter distils it into the plain prompt (the hybrid).",
-    )
     include_feedback: bool = Field(default=True, description="Put the verifier's feedback in the teacher's context.")
+    teacher_feedback: TeacherFeedback = Field(
+        default="own", description="own: the teacher reads the attempt's own feedback (the paper). distinct: every "
+        "distinct feedback the run has seen so far, the attempt's own last (oldest shortened first to fit "
+        "max_reprompt_tokens), so that what earlier feedback taught the adapter stays in its target when the "
+        "feedback moves on to another requirement.")
     feedback_only_without_solution: bool = Field(
         default=True, description="Use feedback only for samples that have no successful sibling to imitate."
     )
