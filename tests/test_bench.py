@@ -78,6 +78,17 @@ def test_builtin_problem_families_load():
         assert len(problems) >= 8 and all(p.id for p in problems)
 
 
+def test_accumulate_problems_hide_several_requirements_told_one_at_a_time():
+    problems = load_problems("accumulate")
+    assert all(p.verifier.type == "checklist" and p.verifier.report == "first" for p in problems)
+    assert all(2 <= len(p.verifier.checks) <= 4 for p in problems)
+    long_feedback = [p for p in problems if p.verifier.feedback_format != "plain"]
+    assert 3 * len(long_feedback) >= len(problems)
+    for p in problems:  # the prompt does not give the hidden words away
+        hidden = [c.text for c in p.verifier.checks if c.kind == "contains"]
+        assert not any(word.lower() in p.prompt.lower() for word in hidden)
+
+
 def test_ratios_on_every_axis_at_matched_probability():
     """Best-of-k p = 1/4 at 1 s and 10 tokens a sample; a method solving at attempt 2 in 5 s and 40 tokens."""
     baseline = MethodOutcome(sample_solved=[True, False, False, False] * 25, seconds_per_sample=1.0,
