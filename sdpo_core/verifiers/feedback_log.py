@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 LogFormat = Literal["test_log", "build_log"]
-# Lines of filler are dropped, never the message, when a log would not fit the feedback cap.
-_RULE = 78
+_RULE = 78  # width of pytest's ==== banners
 
 
 class _Filler(str):
