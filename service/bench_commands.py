@@ -120,7 +120,7 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
     engine = _engine(policy, args)
     console = Console(width=200)
     table = Table(title=f"feedback signal: {label}, {args.samples} samples per problem, {args.max_new_tokens} new tokens")
-    for col in ("problem", "base pass@1", "with feedback", "KL fb", "KL contrast", "peak", "shift fb",
+    for col in ("problem", "base pass@1", "with feedback", "all told", "KL fb", "KL contrast", "peak", "shift fb",
                 "shift fb-ctrl"):
         table.add_column(col, justify="right" if col != "problem" else "left")
     rows = []
@@ -136,12 +136,15 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
                 Path(args.json).write_text(json.dumps([r.model_dump() for r in rows], indent=2))
             table.add_row(signal.problem_id, f"{signal.base_solved}/{signal.samples} = {signal.base_rate:.3f}",
                           f"{signal.feedback_solved}/{signal.feedback_samples} = {signal.feedback_rate:.3f}",
+                          "-" if signal.all_told_rate is None else
+                          f"{signal.all_told_solved}/{signal.all_told_samples} = {signal.all_told_rate:.3f}",
                           f"{signal.gap_feedback:.3f}", f"{signal.gap_contrastive:.3f}",
                           f"{signal.peak_contrastive:.2f}", f"{signal.shift_feedback:+.3f}",
                           f"{signal.shift_contrastive:+.3f}")
             progress.advance(task)
     console.print(table)
-    console.print("KL: mean per-token KL(teacher || student) on failed base attempts, nats; peak: the largest "
+    console.print("all told: pass@1 with every requirement in the prompt at once ('-': the verifier cannot state "
+                  "them); KL: mean per-token KL(teacher || student) on failed base attempts, nats; peak: the largest "
                   "per-token KL of an attempt, averaged; shift: mean per-token log-prob change of the failed "
                   "attempt's own tokens (positive: the teacher copies it)")
     if args.json:
@@ -240,7 +243,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench", required=True)
 
     d = kinds.add_parser("discovery", help="methods vs best-of-k per attempt, second and token, several seeds")
-    d.add_argument("--problems", default="informative,binary", help="built-in families (informative, binary) or "
+    d.add_argument("--problems", default="informative,binary", help="built-in families (informative, binary, accumulate) or "
                    "JSONL files, comma-separated; each is reported on its own")
     d.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     d.add_argument("--variant", action="append", help="NAME=key:value,... an SDPO variant as one more method "
@@ -260,7 +263,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
     g = kinds.add_parser("signal", help="per problem: base pass@1, pass@1 with the feedback in the prompt, and the "
                          "student-teacher gap on base attempts")
-    g.add_argument("--problems", help="a family (informative, binary) or a JSONL of problems (default: informative)",
+    g.add_argument("--problems", help="a family (informative, binary, accumulate) or a JSONL of problems (default: informative)",
                    default="informative")
     g.add_argument("--samples", type=int, default=64, help="plain-prompt attempts per problem (base pass@1)")
     g.add_argument("--feedback-samples", type=int, default=None, help="attempts with the feedback in the prompt "
@@ -275,7 +278,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_bench_signal)
 
     r = kinds.add_parser("trace", help="the student's plain-prompt pass@1 after each SDPO update, per variant")
-    r.add_argument("--problems", default="informative", help="a family (informative, binary) or a JSONL of problems")
+    r.add_argument("--problems", default="informative", help="a family (informative, binary, accumulate) or a JSONL of problems")
     r.add_argument("--variant", action="append", help="NAME=key:value,... SDPO settings overrides (repeatable; "
                    "values are JSON, 'none' is None), e.g. fkl=alpha:0,top_k:none")
     r.add_argument("--updates", type=int, default=6)

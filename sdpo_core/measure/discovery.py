@@ -48,7 +48,8 @@ from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
 DATA = Path(__file__).parent.parent / "data"
-FAMILIES = {"binary": DATA / "binary.jsonl", "informative": DATA / "informative.jsonl"}
+FAMILIES = {"binary": DATA / "binary.jsonl", "informative": DATA / "informative.jsonl",
+            "accumulate": DATA / "accumulate.jsonl"}
 BUILTIN_SET = FAMILIES["binary"]
 BASELINE_SEED = 10_000  # best-of-k samples are independent of the sequential runs (seeds 0..S-1)
 BASELINE = "best-of-k"
