@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import toy_method  # noqa: F401 - registers latest-feedback in this process (the API's)
-from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
+from service_env import KEYS, ApiServer, Workers, api_settings
 
 from sdpo_core.methods import METHODS, learns
 from sdpo_core.settings import RunSettings

@@ -139,6 +139,10 @@ class DiscoveryReport(BaseModel):
     average_curves: list[DiscoveryCurve]
     mean_cost: dict[str, dict[str, float]]
     ratios: dict[str, dict[str, Ratio]]
+    # method -> axis -> the same matched ratio against another reference method (`against`), e.g. the best
+    # in-context arm: that method's cost for its own P@budget over the method's cost for the same P
+    ratios_against: dict[str, dict[str, dict[str, Ratio]]] = {}
+    max_prompt_tokens: int | None = None  # the in-context methods' context budget in this run
     note: str
 
     def write(self, out_dir: Path) -> None:
@@ -200,7 +204,7 @@ def bench_discovery(
     variants: dict[str, dict[str, Any]] | None = None,
     verify_for: Callable[[Problem], VerifyFn] = lambda problem: verify_attempts,
     on_progress: Callable[[], None] = lambda: None,
-    on_event: EventSink = ignore_events,
+    on_event: EventSink = ignore_events, against: Sequence[str] = (),
 ) -> DiscoveryReport:
     budget, variants = settings.max_attempts, variants or {}
     pending: list[tuple[tuple[str, str], Callable[[], ProblemRun]]] = []  # (problem, method) -> a run to start
@@ -239,7 +243,9 @@ def bench_discovery(
                                                  run_seconds=[r.seconds for r in results],
                                                  run_tokens=[r.tokens for r in results])
         reports.append(problem_report(p.id, outcomes, budget))
-    return summarize(reports, list(methods), budget, seeds, baseline_samples, family)
+    report = summarize(reports, list(methods), budget, seeds, baseline_samples, family, against=against)
+    report.max_prompt_tokens = settings.max_prompt_tokens
+    return report
 
 
 def problem_report(problem_id: str, outcomes: dict[str, MethodOutcome], budget: int) -> ProblemReport:
@@ -273,7 +279,8 @@ def cost_to_reach(per_problem: Sequence[Callable[[float], float]], breakpoints: 
 
 def matched_ratio(method: Sequence[MethodOutcome], baseline: Sequence[MethodOutcome], budget: int,
                   axis: Axis) -> float | None:
-    """Best-of-k's cost for its (averaged) P@budget over the method's cost for the same P; None if undefined."""
+    """The baseline's (best-of-k's, or another reference method's) cost for its (averaged) P@budget over the
+    method's cost for the same P; None if undefined."""
     target = sum(b.discovery(budget)(budget) for b in baseline) / len(baseline)
     if target <= 0:
         return None
@@ -285,28 +292,39 @@ def matched_ratio(method: Sequence[MethodOutcome], baseline: Sequence[MethodOutc
 
 
 def summarize(reports: list[ProblemReport], methods: list[str], budget: int, seeds: int, baseline_samples: int,
-              family: str = "problems", n_boot: int = 1000) -> DiscoveryReport:
-    """Average curves over problems, the matched ratios with a bootstrap interval over problems, a note."""
+              family: str = "problems", n_boot: int = 1000, against: Sequence[str] = ()) -> DiscoveryReport:
+    """Average curves over problems, the matched ratios (against best-of-k, and against each method of `against`)
+    with a bootstrap interval over problems, a note."""
     ks = curve_grid(budget)
     average = [average_curve([r.outcomes[m].discovery(budget) for r in reports], ks, label=m) for m in methods]
     rng = random.Random(0)
     samples = [[reports[rng.randrange(len(reports))] for _ in reports] for _ in range(n_boot)]
-    ratios: dict[str, dict[str, Ratio]] = {}
-    for m in (m for m in methods if m != BASELINE and BASELINE in methods):
-        ratios[m] = {}
+    ratios = ratio_table(reports, samples, methods, BASELINE, budget) if BASELINE in methods else {}
+    others = {ref: ratio_table(reports, samples, methods, ref, budget)
+              for ref in against if ref != BASELINE and ref in methods}
+    mean_cost = {m: {axis: statistics.mean(r.mean_cost[m][axis] for r in reports) for axis in AXES} for m in methods}
+    return DiscoveryReport(family=family, budget=budget, seeds=seeds, baseline_samples=baseline_samples,
+                           methods=methods, problems=reports, average_curves=average, mean_cost=mean_cost,
+                           ratios=ratios, ratios_against=others, note=_note(ratios, average, budget))
+
+
+def ratio_table(reports: Sequence[ProblemReport], samples: Sequence[Sequence[ProblemReport]], methods: Sequence[str],
+                reference: str, budget: int) -> dict[str, dict[str, Ratio]]:
+    """Per method (but the reference) and axis: the matched ratio against `reference` over all problems, with its
+    90% interval over the bootstrap `samples` of problems."""
+    table: dict[str, dict[str, Ratio]] = {}
+    for m in (m for m in methods if m != reference):
+        table[m] = {}
         for axis in AXES:
             def ratio_of(sample: Sequence[ProblemReport], m: str = m, axis: Axis = axis) -> float | None:
-                return matched_ratio([r.outcomes[m] for r in sample], [r.outcomes[BASELINE] for r in sample],
+                return matched_ratio([r.outcomes[m] for r in sample], [r.outcomes[reference] for r in sample],
                                      budget, axis)
 
             defined = sorted(r for r in (ratio_of(s) for s in samples) if r is not None)
             ci = (defined[int(0.05 * (len(defined) - 1))], defined[math.ceil(0.95 * (len(defined) - 1))]) \
                 if defined else None
-            ratios[m][axis] = Ratio(value=ratio_of(reports), ci=ci, defined=len(defined) / n_boot)
-    mean_cost = {m: {axis: statistics.mean(r.mean_cost[m][axis] for r in reports) for axis in AXES} for m in methods}
-    return DiscoveryReport(family=family, budget=budget, seeds=seeds, baseline_samples=baseline_samples,
-                           methods=methods, problems=reports, average_curves=average, mean_cost=mean_cost,
-                           ratios=ratios, note=_note(ratios, average, budget))
+            table[m][axis] = Ratio(value=ratio_of(reports), ci=ci, defined=len(defined) / len(samples))
+    return table
 
 
 def _note(ratios: dict[str, dict[str, Ratio]], average: list[DiscoveryCurve], budget: int) -> str:
