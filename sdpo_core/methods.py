@@ -120,12 +120,14 @@ class LearningMethod(DiscoveryMethod):
 
     def distil(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
         """One SDPO update of the adapter from the step's attempts (sdpo_core.update)."""
-        from sdpo_core.loop import distill_samples
+        from sdpo_core.loop import distill_samples, replay_samples
         from sdpo_core.update import sdpo_update
 
         run = self.run
         samples = distill_samples(run.problem, run.policy, run.settings.sdpo, run.prompt_ids, completions, new,
                                   sampled_with=request.prompt_ids, earlier_feedback=distinct_feedback(run.attempts))
+        samples += replay_samples(run.problem, run.policy, run.settings.sdpo, run.prompt_ids,
+                                  run.attempts[: len(run.attempts) - len(new)], new)
         return sdpo_update(run.policy, self.optimizer, run.name, samples, run.settings.sdpo, run.settings.temperature)
 
     def state_dict(self) -> dict[str, Any]:

@@ -52,8 +52,10 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     methods = args.methods.split(",")
     variants = dict(parse_variant(v) for v in args.variant or [])
     methods += [name for name in variants if name not in methods]
+    by_feedbacks = args.max_prompt_tokens.startswith("feedbacks:")
     settings = RunSettings(max_attempts=args.budget, attempts_per_step=args.attempts_per_step,
-                           max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens)
+                           max_new_tokens=args.max_new_tokens,
+                           max_prompt_tokens=4096 if by_feedbacks else int(args.max_prompt_tokens))
     policy, label = _policy(args)
     engine = _engine(policy, args)
     baseline = args.baseline_samples or args.budget * args.seeds
@@ -70,6 +72,7 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
                 baseline_samples=baseline, concurrency=args.concurrency, family=name, variants=variants,
                 verify_for=verify_function, on_progress=lambda task=task: progress.advance(task),
                 against=args.against.split(",") if args.against else (),
+                context_feedbacks=int(args.max_prompt_tokens.split(":")[1]) if by_feedbacks else None,
             )
         out = Path(args.out) / name if "," in args.problems else Path(args.out)
         report.write(out)
@@ -78,12 +81,18 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     return 0
 
 
+def context_label(report) -> str:
+    if report.context_feedbacks is not None:
+        return f"holds {report.context_feedbacks} feedback(s) per problem"
+    return f"{report.max_prompt_tokens} tokens"
+
+
 def print_discovery_report(console: Console, report, label: str) -> None:
     """Per problem P@budget and mean attempts; averaged: mean costs and matched ratios with their intervals."""
     budget = report.budget
     table = Table(title=f"discovery on {report.family}: {len(report.problems)} problems x {report.seeds} seeds, "
-                        f"budget {budget}, context {report.max_prompt_tokens} tokens ({label}); P@{budget} / mean "
-                        "attempts to the first success")
+                        f"budget {budget}, context {context_label(report)} ({label}); P@{budget} / mean attempts "
+                        "to the first success")
     table.add_column("problem")
     for m in report.methods:
         table.add_column(m, justify="right")
@@ -294,8 +303,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--budget", type=int, default=64, help="attempt budget per run")
     d.add_argument("--attempts-per-step", type=int, default=8)
     d.add_argument("--max-new-tokens", type=int, default=64)
-    d.add_argument("--max-prompt-tokens", type=int, default=4096, help="the context budget of the in-context "
-                   "methods' prompt: the oldest feedback is dropped beyond it")
+    d.add_argument("--max-prompt-tokens", default="4096", help="the context budget of the in-context methods' "
+                   "prompt: the oldest feedback is dropped beyond it; a number of tokens, or 'feedbacks:N' for a "
+                   "budget per problem that holds N of its feedbacks")
     d.add_argument("--against", default="", help="more references for the matched ratios, comma-separated "
                    "methods (e.g. multi-turn,multi-turn-fifo: the in-context arms the learning is judged against)")
     d.add_argument("--baseline-samples", type=int, default=0, help="best-of-k samples per problem (default budget x seeds)")

@@ -120,3 +120,16 @@ def test_discovery_ratios_against_an_in_context_arm_at_a_context_budget(tmp_path
     assert report["max_prompt_tokens"] == 300
     assert report["ratios_against"]["multi-turn"]["hybrid"]["attempts"]["value"] == pytest.approx(1.0)
     assert "cost to reach multi-turn's P@4" in proc.stdout
+
+
+def test_a_context_budget_of_one_feedback_holds_the_latest_and_drops_the_older(tiny_policy):
+    from sdpo_core.measure.discovery import feedback_budget
+    from sdpo_core.reprompt import feedback_kept
+    from sdpo_core.verifiers import verify_attempts
+
+    budget = feedback_budget(TWO_WORDS, tiny_policy, verify_attempts, 1)
+    first, second = "The answer must use the word 'lighthouse'.", "The answer must use the word 'gull'."
+    assert feedback_kept(TWO_WORDS, tiny_policy.chat_ids, [first], budget) == 1
+    assert feedback_kept(TWO_WORDS, tiny_policy.chat_ids, [first, second], budget) == 1  # the newest only
+    assert feedback_kept(TWO_WORDS, tiny_policy.chat_ids, [first, second],
+                         feedback_budget(TWO_WORDS, tiny_policy, verify_attempts, 2)) == 2

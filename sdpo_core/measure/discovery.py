@@ -43,6 +43,7 @@ from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
+from sdpo_core.reprompt import multi_turn_prompt
 from sdpo_core.runs import DiscoveryRuns, baseline_settings
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
@@ -142,7 +143,8 @@ class DiscoveryReport(BaseModel):
     # method -> axis -> the same matched ratio against another reference method (`against`), e.g. the best
     # in-context arm: that method's cost for its own P@budget over the method's cost for the same P
     ratios_against: dict[str, dict[str, dict[str, Ratio]]] = {}
-    max_prompt_tokens: int | None = None  # the in-context methods' context budget in this run
+    max_prompt_tokens: int | None = None  # the in-context methods' context budget in this run, in tokens
+    context_feedbacks: int | None = None  # or: each problem's budget holds this many of its feedbacks
     note: str
 
     def write(self, out_dir: Path) -> None:
@@ -204,12 +206,18 @@ def bench_discovery(
     variants: dict[str, dict[str, Any]] | None = None,
     verify_for: Callable[[Problem], VerifyFn] = lambda problem: verify_attempts,
     on_progress: Callable[[], None] = lambda: None,
-    on_event: EventSink = ignore_events, against: Sequence[str] = (),
+    on_event: EventSink = ignore_events, against: Sequence[str] = (), context_feedbacks: int | None = None,
 ) -> DiscoveryReport:
+    """`context_feedbacks`: instead of settings.max_prompt_tokens, each problem's context budget holds that many of
+    its own feedbacks (feedback_budget): the same share of the context whatever a problem's feedback length."""
     budget, variants = settings.max_attempts, variants or {}
     pending: list[tuple[tuple[str, str], Callable[[], ProblemRun]]] = []  # (problem, method) -> a run to start
+    base_settings = settings
     for p in problems:
         verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
+        if context_feedbacks is not None:
+            settings = base_settings.model_copy(update={
+                "max_prompt_tokens": feedback_budget(p, policy, verify, context_feedbacks)})
         for method in methods:
             if method == BASELINE:  # i.i.d. samples: big steps finish sooner, the estimate is the same
                 cfg = baseline_settings(settings, baseline_samples, seed=BASELINE_SEED, attempts_per_step=min(
@@ -244,8 +252,20 @@ def bench_discovery(
                                                  run_tokens=[r.tokens for r in results])
         reports.append(problem_report(p.id, outcomes, budget))
     report = summarize(reports, list(methods), budget, seeds, baseline_samples, family, against=against)
-    report.max_prompt_tokens = settings.max_prompt_tokens
+    report.max_prompt_tokens = None if context_feedbacks is not None else base_settings.max_prompt_tokens
+    report.context_feedbacks = context_feedbacks
     return report
+
+
+FEEDBACK_SLACK_TOKENS = 16  # a later feedback a few tokens longer than the first still fits alone
+
+
+def feedback_budget(problem: Problem, policy: LoraPolicy, verify: VerifyFn, feedbacks: int) -> int:
+    """A context budget that holds `feedbacks` feedbacks of this problem: the multi-turn prompt's length with that
+    many copies of the feedback on an empty answer (plus a little slack); at least the settings' minimum."""
+    feedback = verify(problem, [""])[0].feedback or "x"
+    ids = multi_turn_prompt(problem, policy.chat_ids, [feedback] * feedbacks, 10**9)
+    return max(64, len(ids) + FEEDBACK_SLACK_TOKENS)
 
 
 def problem_report(problem_id: str, outcomes: dict[str, MethodOutcome], budget: int) -> ProblemReport:
