@@ -150,15 +150,18 @@ def average_curve(
     per_problem: Sequence[Callable[[int], float]], ks: Sequence[int], *, label: str, n_boot: int = 1000,
     confidence: float = 0.9, seed: int = 0,
 ) -> DiscoveryCurve:
-    """The average over problems of per-problem discovery functions, bootstrap band over problems."""
+    """The average over problems of per-problem discovery functions, bootstrap band over problems.
 
-    def curve(problems: Sequence[Callable[[int], float]]) -> list[float]:
-        return [sum(f(k) for f in problems) / len(problems) for k in ks]
+    Each function is evaluated at `ks` once and the replicates resample those rows: evaluating them again in every
+    replicate (a pass@k per point, per problem, per replicate) cost seconds for a batch of a thousand problems."""
+    rows = [tuple(f(k) for k in ks) for f in per_problem]
 
-    low, high = bootstrap_band(list(per_problem), curve, n_boot=n_boot, confidence=confidence, seed=seed)
+    def curve(problems: Sequence[tuple[float, ...]]) -> list[float]:
+        return [sum(column) / len(problems) for column in zip(*problems, strict=True)]
+
+    low, high = bootstrap_band(rows, curve, n_boot=n_boot, confidence=confidence, seed=seed)
     return DiscoveryCurve(
-        label=label, ks=list(ks), mean=curve(per_problem), low=low, high=high, runs=len(per_problem),
-        confidence=confidence,
+        label=label, ks=list(ks), mean=curve(rows), low=low, high=high, runs=len(rows), confidence=confidence,
     )
 
 

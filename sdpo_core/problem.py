@@ -12,7 +12,7 @@ from sdpo_core.verifiers import VerifierSpec
 class Message(BaseModel):
     """One chat message."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     role: Literal["system", "user", "assistant"]
     content: str
 
@@ -20,7 +20,7 @@ class Message(BaseModel):
 class Problem(BaseModel):
     """One hard problem: a prompt (or chat messages), an optional system prompt and a verifier spec."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     id: str | None = Field(default=None, max_length=200, description="Your own label for the problem.")
     prompt: str | None = Field(default=None, min_length=1, description="The question, as one user message.")
     messages: list[Message] | None = Field(

@@ -24,7 +24,8 @@ class ApiSettings(StoreSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per tenant per minute.")
     max_active_jobs: int = Field(default=100, ge=1, description="Queued plus running jobs per tenant.")
     max_tenant_bytes: int = Field(default=256 << 20, ge=0, description="Bytes a tenant's kept jobs may hold in Redis "
-                                  "(specs and attempts) before submissions are refused; 0 = no cap.")
+                                  "(records, attempts, events); past it submissions are refused and running jobs "
+                                  "stop storing attempts and progress events; 0 = no cap.")
     max_lora_rank: int = Field(default=64, ge=1, le=512, description="Largest settings.sdpo.lora_rank accepted.")
     max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Largest request body.")
     idempotency_ttl_s: int = Field(default=86400, ge=60, description="How long an Idempotency-Key is remembered.")

@@ -34,7 +34,7 @@ def _check_metadata(value: Metadata) -> Metadata:
 class BaselineRequest(BaseModel):
     """A baseline to compare the method against (today: best-of-k sampling of the frozen model)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     method: Literal["best-of-k"] = "best-of-k"
     attempts: int | None = Field(default=None, ge=1, le=1_000_000,
                                  description="Samples; default: twice the job's budget.")
@@ -43,7 +43,7 @@ class BaselineRequest(BaseModel):
 class JobOptions(BaseModel):
     """How to attack a problem: shared by a single job and every job of a batch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     method: Method | None = Field(default=None, description="The discovery method (default auto); shorthand for "
                                   "settings.method.")
     budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Attempts to spend (default 256).")
@@ -127,7 +127,13 @@ class Job(BaseModel):
     budget: int
     attempts: int = 0
     attempts_stored: int | None = Field(default=None, description="Attempts kept (GET /attempts); fewer than "
-                                        "`attempts` once a job's attempts reach the service's storage cap.")
+                                        "`attempts` once a job's attempts reach the service's storage cap or the "
+                                        "tenant's storage quota.")
+    quota_reached_at: float | None = Field(default=None, description="When the tenant's storage quota first kept an "
+                                           "attempt or a progress event of this job from being stored (the job "
+                                           "goes on; its counts, status and solution are kept).")
+    events_not_stored: int = Field(default=0, description="Progress events the storage quota kept out of the "
+                                   "job's event stream.")
     steps: int = 0
     best_reward: float = 0.0
     solved: bool = False
@@ -186,7 +192,7 @@ class JobEvent(BaseModel):
 
     object: Literal["job.event"] = "job.event"
     id: str
-    type: str = Field(description="status | progress | resumed | cancel_requested")
+    type: str = Field(description="status | progress | resumed | cancel_requested | storage_quota_reached")
     data: dict[str, Any]
 
 
@@ -238,7 +244,8 @@ class Batch(BaseModel):
     budget: int
     job_ids: list[str]
     counts: dict[str, int] = Field(description="Jobs per status.")
-    curve: BatchCurve | None = Field(default=None, description="Over the batch's succeeded and exhausted jobs.")
+    curve: BatchCurve | None = Field(default=None, description="Over the batch's succeeded and exhausted jobs, once "
+                                     "every job has ended (computed once then, and kept with the batch).")
     metadata: Metadata = Field(default_factory=dict)
 
 

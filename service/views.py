@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from pydantic import BaseModel
+
 from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
-from sdpo_core.statuses import FINISHED, WITH_CURVE
+from sdpo_core.statuses import WITH_CURVE
 from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError, JobSummary
 from workers.jobs import JobHead, JobRecord
 
@@ -20,7 +22,8 @@ def job_view(record: JobRecord) -> Job:
     return Job(
         id=r.id, status=r.status, created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at,
         cancel_requested_at=r.cancel_requested_at, batch_id=r.batch_id or None, method=spec.settings.method,
-        budget=spec.settings.max_attempts, attempts=r.attempts, attempts_stored=r.attempts_stored, steps=r.steps,
+        budget=spec.settings.max_attempts, attempts=r.attempts, attempts_stored=r.attempts_stored,
+        quota_reached_at=r.quota_reached_at, events_not_stored=r.events_not_stored, steps=r.steps,
         best_reward=r.best_reward, solved=r.first_success_attempt is not None,
         first_success_attempt=r.first_success_attempt,
         baseline=BaselineProgress(samples=r.baseline_samples, successes=r.baseline_successes)
@@ -83,16 +86,32 @@ def batch_curve(jobs: list[JobSummary], budget: int, method: str) -> BatchCurve 
     return BatchCurve(budget=budget, problems=len(finished), curves=curves, note=note)
 
 
-def batch_view(record: dict[str, str], job_ids: list[str], jobs: list[JobSummary]) -> Batch:
+class BatchOutcome(BaseModel):
+    """What a finished batch keeps with its record: its counts and its curve, computed once when it finished, so
+    that reading it costs no bootstrap however many jobs it has (and survives its jobs' retention)."""
+
+    counts: dict[str, int]
+    curve: BatchCurve | None
+
+
+def batch_counts(jobs: list[JobSummary]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    all_done = all(job.status in FINISHED for job in jobs)
-    status = "in_progress" if not all_done else ("cancelled" if record.get("cancel_requested_at") else "completed")
+    return counts
+
+
+def batch_outcome(record: dict[str, str], jobs: list[JobSummary]) -> BatchOutcome:
+    """The finished batch's counts and curve (the bootstrap: run it once, in a thread)."""
+    return BatchOutcome(counts=batch_counts(jobs), curve=batch_curve(jobs, int(record["budget"]), record["method"]))
+
+
+def batch_view(record: dict[str, str], job_ids: list[str], counts: dict[str, int], curve: BatchCurve | None, *,
+               finished: bool) -> Batch:
+    status = "in_progress" if not finished else ("cancelled" if record.get("cancel_requested_at") else "completed")
     return Batch(
         id=record["id"], status=status, created_at=float(record["created_at"]),
         cancel_requested_at=_float(record.get("cancel_requested_at")), method=record["method"],
-        budget=int(record["budget"]), job_ids=job_ids, counts=counts,
-        curve=batch_curve(jobs, int(record["budget"]), record["method"]),
+        budget=int(record["budget"]), job_ids=job_ids, counts=counts, curve=curve,
         metadata=json.loads(record.get("metadata") or "{}"),
     )

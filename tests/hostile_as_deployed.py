@@ -1,9 +1,10 @@
 """The hostile suite as the shipped containers run it: started (by test_sandbox_as_deployed.py) as the unprivileged
 user 10001, this process plays the worker (undumpable, a secret in its environment) and sends hostile programs
-through the real verifier pool. It prints one JSON report, then lets a last program try to kill every process of
-its user and prints "worker alive" if it is still there.
+through the real verifier pool, among them the escapes of sandbox_helpers.escape_attacks against the bait in
+BAIT_DIR. It prints one JSON report, then lets a last program try to kill every process of its user and prints
+"worker alive" if it is still there.
 
-    python hostile_as_deployed.py CHECKPOINT_DIR LISTENER_PORT
+    python hostile_as_deployed.py CHECKPOINT_DIR LISTENER_PORT BAIT_DIR
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sandbox_helpers import SUM_SOLUTION, block, sum_problem  # noqa: E402
+from sandbox_helpers import SUM_SOLUTION, Bait, block, escape_attacks, sum_problem  # noqa: E402
 
 from workers.hardening import make_undumpable  # noqa: E402
+from workers.isolation import SandboxOptions, bwrap_mounts_proc  # noqa: E402
 from workers.pool import VerifierPool  # noqa: E402
 from workers.verification import verify_function  # noqa: E402
 
 SECRET_ENV = "SDPO_TEST_SERVICE_SECRET"
 
 
-def programs(checkpoints: str, port: int) -> dict[str, str]:
+def programs(checkpoints: str, port: int, bait: Bait) -> dict[str, str]:
     """Each prints the sum (and so solves) only if its attack failed; otherwise it prints what it got."""
     return {
         "reads the worker's secrets": (
@@ -44,6 +46,7 @@ def programs(checkpoints: str, port: int) -> dict[str, str]:
             "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(3)\n"
             f"        open({checkpoints + '/survivor'!r}, 'w').write('x')\n    os._exit(0)\n"
         ),
+        **escape_attacks(bait),
     }
 
 
@@ -54,16 +57,16 @@ def environ_readable(pid: int) -> bool:
 
 
 def main() -> None:
-    checkpoints, port = sys.argv[1], int(sys.argv[2])
+    checkpoints, port, bait = sys.argv[1], int(sys.argv[2]), Bait(Path(sys.argv[3]))
     make_undumpable()  # as Worker.run does
-    report: dict[str, object] = {"uid": os.getuid()}
+    report: dict[str, object] = {"uid": os.getuid(), "proc mounted": bwrap_mounts_proc(SandboxOptions.from_env())}
     try:
         verify_function(sum_problem())
         report["job"] = "accepted"
     except Exception as exc:  # noqa: BLE001 - reported
         report["job"] = f"{type(exc).__name__}: {exc}"
     with VerifierPool(max_workers=1) as pool:
-        for name, attack in programs(checkpoints, port).items():
+        for name, attack in programs(checkpoints, port, bait).items():
             verdict = pool.verify_batch(sum_problem(), [block(attack + SUM_SOLUTION)])[0]
             report[name] = {"solved": verdict.solved, "feedback": verdict.feedback}
         pool_pid = pool.process_ids()[0]  # the pool's process, to probe its /proc

@@ -82,6 +82,31 @@ def test_another_key_cannot_read_it():
         decode(data, job_id="job_a", key=b"another-key-of-another-deployment")
 
 
+def test_an_older_generations_checkpoint_put_in_place_of_the_current_one_is_rejected(store):
+    """Rollback (issue 17, item 7): the blob of lease generation 1, validly signed for the same job, copied over
+    generation 3's blob (which the job record names) is refused; each blob still loads under its own name."""
+    old, current = checkpoint.checkpoint_name(1), checkpoint.checkpoint_name(3)
+    save_states(store, "job_a", {"method": {"step": 1}}, old)
+    save_states(store, "job_a", {"method": {"step": 7}}, current)
+    assert load_states(store, "job_a", current) == {"method": {"step": 7}}
+    store.save("job_a", store.load("job_a", old), current)
+    with pytest.raises(CheckpointRejected, match=f"{current} was written as {old}") as caught:
+        load_states(store, "job_a", current)
+    assert caught.value.code == "checkpoint_rejected" and not caught.value.retryable
+    assert load_states(store, "job_a", old) == {"method": {"step": 1}}
+
+
+def test_an_older_step_of_the_same_blob_is_rejected():
+    """The same generation's blob from an earlier step (replayed) is older than the step the record names."""
+    spec = JobSpec(problem=PROBLEM, settings=SETTINGS)
+    states = {METHOD: {"problem": PROBLEM.model_dump(mode="json"), "settings": SETTINGS.model_dump(mode="json"),
+                       "step": 2}}
+    check_restored(spec, states, checkpoint_step=2)  # the current step, or a later one a crash left unpublished
+    check_restored(spec, states, checkpoint_step=1)
+    with pytest.raises(CheckpointRejected, match="holds step 2, older than step 3"):
+        check_restored(spec, states, checkpoint_step=3)
+
+
 def test_a_real_run_round_trips_through_json_and_safetensors(tiny_policy, store):
     """Adapter, EMA teacher, AdamW state (int keys, tuples, 0-d tensors), attempts: the resumed run continues
     exactly as the original does."""
@@ -94,7 +119,7 @@ def test_a_real_run_round_trips_through_json_and_safetensors(tiny_policy, store)
     assert store.load("job_r").startswith(MAGIC)
     state = load_states(store, "job_r")[METHOD]
     assert isinstance(next(iter(state["optimizer"]["state"])), int)
-    assert state["optimizer"]["param_groups"][0]["betas"] == original.optimizer.state_dict()["param_groups"][0]["betas"]
+    assert state["optimizer"]["param_groups"][0]["betas"] == original.method.optimizer.state_dict()["param_groups"][0]["betas"]
     resumed = ProblemRun.restore(state, tiny_policy, name="resumed")
     for (key, a), b in zip(tiny_policy.state("orig").items(), tiny_policy.state("resumed").values(), strict=True):
         assert torch.equal(a, b), key

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "deploy/seccomp/sdpo-worker.json"
 COMPOSE = ROOT / "deploy/compose.yaml"
 WORKERS = ("worker", "worker-gpu")
-BUBBLEWRAP_NEEDS = {"clone", "clone3", "unshare", "mount", "umount2", "pivot_root", "chroot", "sethostname"}
+# seccomp and prctl: bwrap loads the sandbox's own filter (no nested user namespaces, issue 17 item 7)
+BUBBLEWRAP_NEEDS = {"clone", "clone3", "unshare", "mount", "umount2", "pivot_root", "chroot", "sethostname", "seccomp",
+                    "prctl"}
 KERNEL_SURFACE = {"keyctl", "add_key", "bpf", "perf_event_open", "io_uring_setup", "userfaultfd", "ptrace",
                   "process_vm_readv", "init_module", "kexec_load"}
 

@@ -6,12 +6,25 @@ solution of the same problem, so one batch shows both the containment and that t
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import socket
 import sys
+import uuid
+from pathlib import Path
 
 import pytest
-from sandbox_helpers import SUM_SOLUTION, block, sum_problem, wait_until_no_sandbox_processes
+from sandbox_helpers import (
+    ESCAPE_ATTACKS,
+    NESTED_USER_NAMESPACE,
+    SUM_SOLUTION,
+    block,
+    escape_attacks,
+    host_bait,
+    sum_problem,
+    wait_until_no_sandbox_processes,
+)
 
 from sdpo_core.problem import Problem
 from sdpo_core.verifiers.sandbox import RunLimits
@@ -36,7 +49,10 @@ def verify_with_good_neighbour(pool: VerifierPool, problem: Problem, hostile: st
      "Output Limit Exceeded"),
     ("sys.exit(1)", "import sys\nsys.exit(1)", "exited with status 1"),
     ("os._exit(3)", "import os\nos._exit(3)", "exited with status 3"),
-    ("killing its parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "PermissionError"),
+    # Its parent is the sandbox's init: a root process (EPERM) or, in a non-root service's user namespace, the pid
+    # namespace's init, which ignores SIGKILL from inside. Either way it lives on, and so does the program.
+    ("killing its parent", "import os, signal, time\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+                           "except PermissionError:\n    pass\ntime.sleep(0.2)\nprint('still here')", "still here"),
     ("killing everything it can", "import os, signal\nos.kill(-1, signal.SIGKILL)", "SIGKILL"),
     ("killing its process group", "import os, signal\nos.killpg(os.getpgid(0), signal.SIGKILL)", "SIGKILL"),
 ])
@@ -162,19 +178,72 @@ def test_sandbox_limits_hold_for_direct_runs(sandbox):
 
 
 def test_disk_writes_of_a_run_are_bounded(sandbox, tmp_path):
-    """Many files each under the per-file limit: the run directory and /tmp each stop at max_disk_mb, and the
-    host's disk never holds them (issue 12, item 8)."""
+    """Many files each under the per-file limit: the run directory, /tmp and /dev/shm each stop at max_disk_mb, the
+    rest of the sandbox's filesystem (its root, /dev) takes nothing, and the host's disk never holds any of it
+    (issue 12, item 8; issue 17, item 4: as a non-root service, bwrap's root and /dev were unbounded tmpfs)."""
     program = (
-        "import os\nfor where in ('.', '/tmp'):\n    written = 0\n    try:\n        for i in range(400):\n"
+        "import os\nfor where in ('.', '/tmp', '/dev/shm', '/', '/dev'):\n    written = 0\n    try:\n"
+        "        for i in range(400):\n"
         "            with open(os.path.join(where, f'f{i}'), 'wb') as f:\n                f.write(b'x' * (1 << 20))\n"
         "            written += 1\n    except OSError as exc:\n        print(where, written, exc.errno)\n"
         "    else:\n        print(where, written, 0)\n"
     )
     run = sandbox.run_python(program, limits=RunLimits(max_disk_mb=32, wall_s=30, cpu_s=30))
     assert run.exit_code == 0, run.stderr
-    for line in run.stdout.split("\n")[:2]:
-        where, written, errno = line.split()
-        assert int(written) <= 32 and int(errno) != 0, run.stdout  # ENOSPC (or EFBIG) long before 400 MB
+    found = {where: (int(written), int(code)) for where, written, code in map(str.split, run.stdout.split("\n")[:5])}
+    for where in (".", "/tmp", "/dev/shm"):
+        assert found[where][0] <= 32 and found[where][1] != 0, run.stdout  # ENOSPC (or EFBIG) long before 400 MB
+    assert found["/"] == found["/dev"] == (0, errno.EROFS), run.stdout
+
+
+def test_shared_memory_past_its_bound_fails_and_leaves_nothing(sandbox):
+    """The finding of issue 17, item 4: 1.5 GiB written to /dev/shm under a 1 GiB memory limit, unseen by the memory
+    watch (tmpfs pages are no process's private memory). Now /dev/shm is the run's own tmpfs of max_disk_mb: file
+    writes stop there with ENOSPC, a shared-memory mapping past it gets SIGBUS, and the host's /dev/shm keeps
+    nothing of either."""
+    name = f"sdpo-shm-{uuid.uuid4().hex}"
+    limits = RunLimits(wall_s=30, cpu_s=30, max_file_mb=512)  # 1024 MB of memory and 64 MB of disk, the defaults
+    files = sandbox.run_python(
+        f"written = 0\ntry:\n    for i in range(1536):\n        with open(f'/dev/shm/{name}-{{i}}', 'wb') as f:\n"
+        "            f.write(b'x' * (1 << 20))\n        written += 1\nexcept OSError as exc:\n"
+        "    print(written, exc.errno)\n", limits=limits)
+    written, code = map(int, files.stdout.split())
+    assert written <= limits.max_disk_mb and code == errno.ENOSPC, files.stdout + files.stderr
+    mapping = sandbox.run_python(
+        f"from multiprocessing import shared_memory\nshm = shared_memory.SharedMemory({name!r}, create=True, "
+        "size=256 << 20)\nfor at in range(0, shm.size, 4096):\n    shm.buf[at] = 1\nprint('all 256 MB written')\n",
+        limits=limits)
+    assert mapping.signal == signal.SIGBUS and "all 256 MB" not in mapping.stdout, mapping.stdout + mapping.stderr
+    assert list(Path("/dev/shm").glob(f"{name}*")) == []
+    assert wait_until_no_sandbox_processes() == []
+
+
+@pytest.mark.parametrize("attack", ESCAPE_ATTACKS)
+def test_escapes_from_the_filesystem_view_fail(pool, attack):
+    """Issue 17, item 4: a world-readable file and a unix socket anyone may use (a Redis socket, say) wait on the
+    host; the program finds neither, what it writes in /tmp and /dev/shm stays in the sandbox, and it makes no user
+    namespace (item 7). It prints nothing, and so solves, only when its attack failed; a good neighbour in the same
+    batch still solves."""
+    with host_bait() as bait:
+        program = escape_attacks(bait)[attack] + SUM_SOLUTION
+        hostile, good = pool.verify_batch(sum_problem(), [block(program), block(SUM_SOLUTION)])
+        assert good.solved, good.feedback
+        assert hostile.solved, hostile.feedback
+        assert bait.escapes() == []
+
+
+def test_nested_user_namespaces_are_refused_while_threads_and_subprocesses_work(sandbox):
+    """Inside the sandbox no user namespace can be made (issue 17, item 7): unshare and clone with CLONE_NEWUSER
+    and `unshare -U` all fail. The filter that refuses them answers clone3 with ENOSYS, so threads and subprocesses
+    must still start (libc falls back to clone)."""
+    run = sandbox.run_python(
+        NESTED_USER_NAMESPACE + "import subprocess, sys, threading\nran = []\n"
+        "thread = threading.Thread(target=ran.append, args=('thread',))\nthread.start()\nthread.join()\n"
+        "ran.append(subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True).stdout)\n"
+        "print(ran)\n"
+    )
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout == "['thread', '42\\n']\n"
 
 
 def test_memory_spread_over_many_processes_is_bounded_per_run(sandbox):

@@ -54,6 +54,67 @@ def test_text_lines_append_the_ids():
     assert TextFormatter().format(record("hello")).endswith("t: hello")
 
 
+FORGED = "2026-01-02 03:04:05,678 INFO service.access: GET /v1/admin 200 1 ms [tenant=admin]"
+BREAKERS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"]
+
+
+def test_a_value_with_a_line_break_cannot_start_a_text_log_line():
+    """Log forging (issue 17, item 7): every character that ends a line in some reader is escaped in the message and
+    the ids, and a traceback's lines are indented, so each record is one line at the left margin."""
+    formatter = TextFormatter()
+    for breaker in BREAKERS:
+        with log_context(job_id=f"job_1{breaker}{FORGED}", tenant="acme"):
+            text = formatter.format(record("GET %s 404", f"/v1/jobs/x{breaker}{FORGED}"))
+        assert len(text.splitlines()) == 1, repr(text)
+        assert text.count(FORGED) == 2 and not text.startswith(FORGED)
+    colours = formatter.format(record("name \x1b[2J\x1b[31mred"))
+    assert "\x1b" not in colours and "\\x1b[31mred" in colours  # no terminal escape sequences either
+    try:
+        raise ValueError(f"bad id\n{FORGED}")
+    except ValueError:
+        failed = logging.getLogger("t").makeRecord("t", logging.ERROR, __file__, 1, "bad", (), sys.exc_info())
+    lines = formatter.format(failed).splitlines()
+    assert lines[0].endswith("t: bad") and len(lines) > 2
+    assert all(line.startswith("    ") for line in lines[1:])  # the traceback stays below its record
+    assert any(line.strip() == FORGED for line in lines[1:])
+
+
+def test_json_lines_escape_every_line_break():
+    formatter = JsonFormatter()
+    for breaker in BREAKERS:
+        message = f"GET /v1/jobs/x{breaker}{FORGED}"
+        with log_context(job_id=f"job{breaker}1"):
+            line = formatter.format(record("%s", message))
+        assert len(line.splitlines()) == 1, repr(line)
+        assert json.loads(line)["message"] == message and json.loads(line)["job_id"] == f"job{breaker}1"
+
+
+def test_a_request_path_with_an_encoded_newline_is_one_access_log_line(redis_url):
+    """The real API: %0A in a path is decoded to a newline before the access log sees it."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, entry: logging.LogRecord) -> None:
+            lines.append(self.format(entry))
+
+    handler = Collect()
+    handler.setFormatter(TextFormatter())
+    access = logging.getLogger("service.access")
+    level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        with ApiServer(api_settings(redis_url, f"forge-{os.getpid()}")) as api:
+            forged = "x%0A2026-01-02%2003:04:05,678%20INFO%20service.access:%20GET%20/v1/admin%20200"
+            assert httpx.get(f"{api.url}/v1/jobs/{forged}", headers={"Authorization": f"Bearer {KEYS['alice']}"}
+                             ).status_code == 404
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    [line] = [line for line in lines if "/v1/jobs/x" in line]
+    assert "\n" not in line and "x\\n2026-01-02 03:04:05,678 INFO" in line and "404" in line
+
+
 def json_lines(path: Path) -> list[dict]:
     """Every line of the file as JSON: a line that is not (a progress bar, a print) fails the test."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]

@@ -134,15 +134,50 @@ def test_result_channel_is_capped(sandbox):
     assert any("result channel" in note for note in run.notes)
 
 
-def test_unshare_fallback_isolates_the_network():
-    """Where bubblewrap is missing, util-linux unshare still gives no network and contains processes.
+def test_without_bubblewrap_the_default_minimum_refuses_code_and_says_what_to_do(monkeypatch, tmp_path):
+    """The default minimum is bwrap (issue 17, item 4): `unshare` leaves the host's world-readable files, unix
+    sockets, /tmp and /dev/shm in reach. On a machine without bubblewrap nothing runs, and the message says to
+    install it and which settings accept less."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("prlimit", "setpriv", "unshare"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("SDPO_SANDBOX_MIN_ISOLATION", raising=False)
+    monkeypatch.setenv("SDPO_SANDBOX_PYTHON", "/usr/bin/python3")  # one the leased uid may run (the unshare level)
+    options = SandboxOptions.from_env()
+    assert options.min_isolation == SandboxOptions().min_isolation == "bwrap"
+    choose_isolation.cache_clear()
+    try:
+        with pytest.raises(SandboxRefused) as refused:
+            SubprocessSandbox(options)
+    finally:
+        choose_isolation.cache_clear()  # the probes above saw a PATH without bwrap
+    message = str(refused.value)
+    assert "below SDPO_SANDBOX_MIN_ISOLATION=bwrap" in message
+    assert "bubblewrap is not installed: install it (the `bubblewrap` package)" in message
+    assert "SDPO_SANDBOX_MIN_ISOLATION=unshare" in message and "SDPO_SANDBOX_MIN_ISOLATION=rlimits" in message
+
+
+def test_unshare_runs_only_when_accepted_and_isolates_the_network(caplog):
+    """Where bubblewrap is missing and the operator accepts less (SDPO_SANDBOX_MIN_ISOLATION=unshare), util-linux
+    unshare still gives no network and contains processes, with a warning.
 
     The system interpreter is used because the project's may sit under a directory the sandbox uid cannot enter.
     """
     if not os.path.exists("/usr/bin/python3"):
         pytest.fail("the test machine has no /usr/bin/python3")
-    fallback = SubprocessSandbox(SandboxOptions(isolation="unshare", python="/usr/bin/python3"))
+    with pytest.raises(SandboxRefused, match="SDPO_SANDBOX_ISOLATION=unshare chose it"):
+        SubprocessSandbox(SandboxOptions(isolation="unshare", python="/usr/bin/python3"))
+    if os.geteuid() != 0:  # as the worker's own user unshare is below even that minimum
+        with pytest.raises(SandboxRefused, match="as the worker's own user"):
+            SubprocessSandbox(SandboxOptions(isolation="unshare", min_isolation="unshare", python="/usr/bin/python3"))
+        return
+    with caplog.at_level(logging.WARNING, logger="workers.isolation"):
+        fallback = SubprocessSandbox(SandboxOptions(isolation="unshare", min_isolation="unshare",
+                                                    python="/usr/bin/python3"))
     assert fallback.isolation == "unshare"
+    assert any("as SDPO_SANDBOX_MIN_ISOLATION=unshare allows" in record.getMessage() for record in caplog.records)
     run = fallback.run_python(
         "import socket\ns = socket.socket()\ns.settimeout(2)\nprint(s.connect_ex(('127.0.0.1', 9)))\n"
         "print(sorted(name for _, name in socket.if_nameindex()))"

@@ -128,3 +128,23 @@ def test_a_flooding_tenant_leaves_the_other_a_slot(service):
     assert any("fair share" in reason for reason in reasons), reasons  # one of hers gave bob its slot
     for job in long:
         assert alice.wait(alice.cancel(job.id).id, timeout=120, poll_s=0.3).status == "cancelled"
+
+
+def test_sigterm_during_a_giant_step_hands_the_job_back_after_the_grace(service):
+    """Last in this module: it stops the worker. SIGTERM while a giant step generates (grace 2 s): the worker stops
+    that generation, hands the job back to the queue (not counted as a try) and exits, well before the step would
+    have ended."""
+    import signal
+
+    alice, _, workers, _ = service
+    giant = alice.submit(NEVER, budget=2048, baselines=[], method="best-of-k",
+                         settings={"attempts_per_step": 1024, "max_new_tokens": 32})
+    wait_for(lambda: alice.get(giant.id).status == "running", timeout=120, message="the giant job running")
+    worker = workers.processes[0]
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)  # the step alone takes about a minute on this model, and it had just begun
+    job = alice.get(giant.id)
+    assert job.status == "queued" and job.attempts == 0, job
+    reasons = [event.data.get("reason") or "" for event in alice.event_page(giant.id).data]
+    assert "worker shut down" in reasons, reasons
+    alice.cancel(giant.id)

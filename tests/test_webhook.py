@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import socket
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from sdpo_core.problem import Problem
 from sdpo_core.verifiers import build_verifier
-from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV, refusal
+from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV, embedded_ipv4, non_public, refusal
 
 SECRET = "webhook-test-secret-0123456789"
 
@@ -150,6 +151,45 @@ def test_private_loopback_and_link_local_addresses_are_refused(monkeypatch, url)
     assert "non-public address" in (refusal(url) or "")
     verdict = check(webhook_problem(url))
     assert verdict.reward == 0.0 and "was not called" in verdict.feedback and ALLOW_PRIVATE_ENV in verdict.feedback
+
+
+# IPv6 forms that carry an IPv4 address (issue 17, item 7): each is screened as the IPv4 address it reaches.
+EMBEDDING = [
+    ("64:ff9b::7f00:1", "127.0.0.1"),  # NAT64, well-known prefix
+    ("64:ff9b::a9fe:a9fe", "169.254.169.254"),  # NAT64 to the cloud metadata service
+    ("2002:7f00:1::1", "127.0.0.1"),  # 6to4
+    ("2002:a00:1::", "10.0.0.1"),
+    ("::7f00:1", "127.0.0.1"),  # IPv4-compatible
+    ("::c0a8:1", "192.168.0.1"),
+    ("::ffff:10.0.0.1", "10.0.0.1"),  # IPv4-mapped
+    ("2001:0:808:808::80ff:fffe", "127.0.0.1"),  # Teredo: relay 8.8.8.8, client 127.0.0.1 (stored inverted)
+]
+
+
+@pytest.mark.parametrize(("address", "inner"), EMBEDDING)
+def test_ipv6_forms_that_carry_a_private_ipv4_address_are_refused(monkeypatch, address, inner):
+    monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
+    ip = ipaddress.IPv6Address(address)
+    assert ipaddress.IPv4Address(inner) in embedded_ipv4(ip)
+    assert inner in (non_public(ip) or "")
+    why = refusal(f"http://[{address}]:9/v") or ""
+    assert "non-public address" in why and inner in why
+    verdict = check(webhook_problem(f"http://[{address}]:9/v"))
+    assert verdict.reward == 0.0 and "was not called" in verdict.feedback
+
+
+def test_the_local_use_nat64_prefix_is_refused_whatever_it_carries(monkeypatch):
+    """64:ff9b:1::/48 is an operator's own translator (RFC 8215), where the IPv4 part sits depends on its prefix
+    length: the whole block is refused."""
+    monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
+    for address in ("64:ff9b:1::808:808", "64:ff9b:1:7f00:1::"):
+        assert "local-use NAT64" in (refusal(f"http://[{address}]:9/v") or "")
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111",
+                                     "8.8.8.8"])
+def test_public_addresses_in_those_forms_pass_the_screen(address):
+    assert non_public(ipaddress.ip_address(address)) is None
 
 
 def test_the_operator_setting_allows_private_addresses(monkeypatch):

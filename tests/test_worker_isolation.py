@@ -4,6 +4,7 @@
 - jobs with different LoRA target modules and ranks share generation batches, then a default job runs, and the
   worker is left with no adapter;
 - a checkpoint planted in the store (a pickle that would run code) fails its job clearly and runs nothing;
+- an older checkpoint of the same job, validly signed, put in place of the current one fails its job clearly;
 - where the sandbox is below the required isolation, a code-running job fails with the reason.
 """
 
@@ -17,9 +18,12 @@ import httpx
 import pytest
 import redis
 import torch
-from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
+from service_env import CHECKPOINT_KEY, KEYS, ApiServer, Workers, api_settings, wait_for
 
+from sdpo_core.runs import comparison_settings
 from service.client import Client
+from workers.checkpoint import checkpoint_name, encode
+from workers.jobs import JobSpec
 
 NEVER = {"id": "never", "prompt": "Say the secret",
          "verifier": {"type": "regex", "pattern": "QQQQQQQQQQ", "target": "completion"}}
@@ -105,6 +109,28 @@ def test_a_planted_checkpoint_fails_its_job_and_runs_nothing(service, tmp_path):
     assert job.status == "failed" and job.error.code == "checkpoint_rejected", (job, workers.logs())
     assert "not in this service's checkpoint format" in job.error.message
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_replayed_older_checkpoint_fails_its_job_clearly(service):
+    """Rollback (issue 17, item 7): jobs wait in a batch while their current checkpoints (named on their records)
+    are replaced by validly signed older ones: another lease generation's blob, and an earlier step of the same
+    blob. The worker refuses both and fails each job with checkpoint_rejected saying why; nothing is resumed."""
+    client, workers, r, prefix = service
+    batch = client.submit_batch([NEVER, {**NEVER, "id": "gen"}, {**NEVER, "id": "step"}], budget=8,
+                                settings=SMALL, baselines=[], concurrency=1)
+    current = checkpoint_name(3)
+    for job_id, written_as, step in ((batch.job_ids[1], checkpoint_name(1), 5), (batch.job_ids[2], current, 1)):
+        spec = JobSpec.model_validate_json(r.hget(f"{prefix}:job:{job_id}", "spec"))
+        states = {key: {"problem": spec.problem.model_dump(mode="json"), "settings": settings.model_dump(mode="json"),
+                        "step": step} for key, settings in comparison_settings(spec.settings, 0).items()}
+        (workers.checkpoint_dir / job_id).mkdir()
+        (workers.checkpoint_dir / job_id / current).write_bytes(
+            encode(states, job_id=job_id, key=CHECKPOINT_KEY.encode(), name=written_as))
+        r.hset(f"{prefix}:job:{job_id}", mapping={"checkpoint": current, "checkpoint_step": 2})
+    generation, earlier = (client.wait(job_id, timeout=300, poll_s=0.3) for job_id in batch.job_ids[1:])
+    for job, says in ((generation, f"{current} was written as {checkpoint_name(1)}"), (earlier, "holds step 1")):
+        assert job.status == "failed" and job.error.code == "checkpoint_rejected", (job, workers.logs())
+        assert says in job.error.message and job.attempts == 0
 
 
 def test_a_code_job_below_the_required_isolation_fails_with_the_reason(service):

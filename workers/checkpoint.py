@@ -79,9 +79,11 @@ class CheckpointConfigError(ValueError):
 # A checkpoint is data, never code: JSON for the structure, safetensors for the tensors, under an HMAC-SHA256 with
 # the workers' shared key that also binds the job id. Nothing is unpickled, and bytes whose tag does not verify are
 # not parsed at all, so a writer of the store without the key (sandboxed code, a shared volume, leaked storage
-# credentials) can neither run code in a worker nor substitute another job's or a forged state.
+# credentials) can neither run code in a worker nor substitute another job's or a forged state. The signed JSON
+# names the blob it was written as (its lease generation), so an older checkpoint of the same job copied over the
+# current one is refused too; the job record's checkpoint_step refuses an older step of the same generation.
 #
-#     MAGIC | tag (32 bytes) | JSON length (8 bytes, big-endian) | JSON | safetensors
+#     MAGIC | tag (32 bytes) | JSON length (8 bytes, big-endian) | JSON {"name", "runs"} | safetensors
 MAGIC = b"SDPO-CKPT-2\n"
 KEY_ENV, KEY_FILE_ENV = "SDPO_CHECKPOINT_KEY", "SDPO_CHECKPOINT_KEY_FILE"
 _TAG_BYTES = 32
@@ -118,16 +120,19 @@ def _tag(key: bytes, job_id: str, body: bytes) -> bytes:
     return hmac.new(key, job_id.encode() + b"\0" + body, hashlib.sha256).digest()
 
 
-def encode(states: States, *, job_id: str, key: bytes) -> bytes:
+def encode(states: States, *, job_id: str, key: bytes, name: str = FILENAME) -> bytes:
+    """The checkpoint blob `name` of the job, signed."""
     from safetensors.torch import save
 
     tensors: dict[str, Any] = {}
-    header = json.dumps({"runs": _to_json(states, tensors)}).encode()
+    header = json.dumps({"name": name, "runs": _to_json(states, tensors)}).encode()
     body = struct.pack(">Q", len(header)) + header + (save(tensors) if tensors else b"")
     return MAGIC + _tag(key, job_id, body) + body
 
 
-def decode(data: bytes, *, job_id: str, key: bytes) -> States:
+def decode(data: bytes, *, job_id: str, key: bytes, name: str = FILENAME) -> States:
+    """The runs' states of the job's checkpoint blob `name`; CheckpointRejected unless it was signed for this job
+    and written as that blob."""
     from safetensors.torch import load
 
     if not data.startswith(MAGIC):
@@ -138,8 +143,13 @@ def decode(data: bytes, *, job_id: str, key: bytes) -> States:
         raise CheckpointRejected(f"the job's checkpoint does not carry this job's signature: it was changed, belongs "
                                  f"to another job, or the workers do not share one {KEY_ENV}; it was not loaded")
     (length,) = struct.unpack(">Q", body[:8])
-    header, weights = body[8: 8 + length], body[8 + length:]
-    return _from_json(json.loads(header), load(weights) if weights else {})["runs"]
+    header, weights = json.loads(body[8: 8 + length]), body[8 + length:]
+    written_as = header.get("name")
+    if written_as != name:
+        origin = f"was written as {written_as}" if written_as else "names no blob (an older version wrote it)"
+        raise CheckpointRejected(f"the job's checkpoint {name} {origin}: an older checkpoint of the job was put in "
+                                 "its place; it was not loaded")
+    return _from_json(header, load(weights) if weights else {})["runs"]
 
 
 def _to_json(value: Any, tensors: dict[str, Any]) -> Any:
@@ -179,13 +189,13 @@ def _from_json(value: Any, tensors: dict[str, Any]) -> Any:
 
 def save_states(store: CheckpointStore, job_id: str, states: States, name: str = FILENAME) -> None:
     """Write the runs' states, signed for this job, as the job's checkpoint `name`."""
-    store.save(job_id, encode(states, job_id=job_id, key=signing_key()), name)
+    store.save(job_id, encode(states, job_id=job_id, key=signing_key(), name=name), name)
 
 
 def load_states(store: CheckpointStore, job_id: str, name: str = FILENAME) -> States | None:
     """The runs' states of the job's checkpoint `name`, or None if it has none; CheckpointRejected if not trusted."""
     data = store.load(job_id, name)
-    return None if data is None else decode(data, job_id=job_id, key=signing_key())
+    return None if data is None else decode(data, job_id=job_id, key=signing_key(), name=name)
 
 
 def checkpoint_name(generation: int) -> str:

@@ -20,7 +20,7 @@ from sdpo_core.statuses import FINISHED, JobStatus
 class JobSpec(BaseModel):
     """Everything a worker needs to run one job (stored as the job's `spec` JSON)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     problem: Problem
     settings: RunSettings
     baseline_attempts: int = Field(default=0, ge=0, description="best-of-k samples to compare against; 0 = none.")
@@ -63,9 +63,14 @@ class JobHead(JobProgress):
     error_message: str = ""
     last_error: str = ""
     attempts_stored: int | None = Field(default=None, description="Attempts in the attempts list (a prefix).")
-    stored_bytes: int = Field(default=0, description="Bytes of spec, metadata, summary and attempts: the tenant's "
-                              "quota.")
+    stored_bytes: int = Field(default=0, description="Bytes of every value stored for the job (record fields, "
+                              "attempts, events): what it takes of its tenant's quota.")
+    quota_bytes: int = Field(default=0, description="The tenant's quota when the job was submitted; 0 = none.")
+    quota_reached_at: float | None = Field(default=None, description="When the quota first refused an attempt or an "
+                                           "event of this job.")
+    events_not_stored: int = Field(default=0, description="Progress events the quota refused.")
     checkpoint: str = Field(default="", description="The name of the job's current checkpoint blob.")
+    checkpoint_step: int = Field(default=0, description="The method's step that checkpoint holds (older: refused).")
     adapter: bool = Field(default=False, description="The finished adapter is in the checkpoint store.")
 
     @field_validator("*", mode="before")
@@ -93,7 +98,7 @@ class JobRecord(JobHead):
 
 
 _OPTIONAL = {"first_success_attempt", "baseline_samples", "started_at", "finished_at", "cancel_requested_at",
-             "attempts_stored"}
+             "attempts_stored", "quota_reached_at"}
 
 
 class JobFailure(RunFailure):

@@ -15,10 +15,10 @@ key                                type         what it holds
 {p}:tenant:{t}:jobs                zset         the tenant's job ids (score 0, ordered by the time-sortable id)
 {p}:tenant:{t}:status:{s}          zset         the tenant's job ids with status ``s`` (same ordering)
 {p}:tenant:{t}:batches             zset         the tenant's batch ids
-{p}:tenant:{t}:bytes               string       bytes the tenant's kept jobs hold (specs and attempts): its quota
+{p}:tenant:{t}:bytes               string       bytes the tenant's kept jobs hold (records, attempts, events): quota
 {p}:tenant:{t}:rate:{window}       string       requests in the current rate-limit window (expires)
 {p}:idem:{t}:{kind}:{key}          string       an Idempotency-Key's request fingerprint and resulting id (expires)
-{p}:batch:{id}                     hash         the batch record: tenant, settings, counts, timestamps
+{p}:batch:{id}                     hash         the batch record: tenant, settings, timestamps; finished: its outcome
 {p}:batch:{id}:jobs                list         the batch's job ids in problem order
 {p}:batch:{id}:waiting             list         job ids not yet on the queue (the batch's concurrency limit)
 {p}:retiring                       zset         finished job ids, scored by when their retention ends

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from sdpo_core.failures import RunFailure
 from sdpo_core.methods import learns
-from sdpo_core.runs import comparison_runs, comparison_settings
+from sdpo_core.runs import METHOD, comparison_runs, comparison_settings
 from workers import checkpoint
 from workers.checkpoint import CheckpointStore
 from workers.jobs import JobFailure, JobRecord, JobSpec, now, step_too_large
@@ -59,7 +59,7 @@ class JobLifecycle:
             states = await asyncio.to_thread(checkpoint.load_states, self.checkpoints, lease.job_id,
                                              record.checkpoint or checkpoint.FILENAME)
             if states:
-                check_restored(job.spec, states)
+                check_restored(job.spec, states, checkpoint_step=record.checkpoint_step)
             job.runs = await asyncio.to_thread(
                 comparison_runs, job.spec.problem, job.spec.settings, self.serving.policy,
                 baseline_samples=job.spec.baseline_attempts, name=lease.job_id, verify=verify, sink_for=job.sink,
@@ -123,10 +123,11 @@ class JobLifecycle:
         if await self.queue.trim(job.lease, keep) < 0:
             return False
         rows = [a.model_dump_json() for a in attempts[:keep]]
-        added = await self.queue.publish(job.lease, StepRecord(
+        stored = await self.queue.publish(job.lease, StepRecord(
             attempts=rows, first_index=1, fields=job.progress(),
             events=[("resumed", {"at": now(), "worker": self.queue.worker_id, "attempts": len(attempts)})]))
-        return added >= 0
+        job.stored_upto(stored)
+        return stored >= 0
 
     # ---- each step --------------------------------------------------------------------------------------------
     async def after_step(self, job: ActiveJob, seconds: float) -> None:
@@ -134,17 +135,18 @@ class JobLifecycle:
         fields = job.progress()
         try:
             await asyncio.to_thread(checkpoint.save_states, self.checkpoints, job.id, job.states(), job.checkpoint)
-            fields["checkpoint"] = job.checkpoint
+            fields["checkpoint"], fields["checkpoint_step"] = job.checkpoint, job.method.step
         except Exception:  # noqa: BLE001 - the job goes on; a takeover would resume from the previous checkpoint
             log.exception("job %s: checkpoint to %s failed", job.id, self.checkpoints.url)
         new = job.method.attempts[job.published:]
         plan = job.to_store(self.settings.max_attempt_bytes)
         counters, histogram = step_metrics([verifier_outcome(a.verdict) for a in new], seconds)
-        added = await self.queue.publish(job.lease, StepRecord(
+        stored = await self.queue.publish(job.lease, StepRecord(
             attempts=plan.rows, first_index=plan.first_index, fields=fields, events=job.take_events(),
             counters=counters, histogram=histogram, seconds=seconds))
         job.commit(plan)
-        if added < 0:
+        job.stored_upto(stored)
+        if stored < 0:
             log.warning("job %s: lease lost; another worker holds it now", job.id)
             job.lost = True
         elif "checkpoint" in fields and job.previous_checkpoint not in ("", job.checkpoint):
@@ -164,11 +166,13 @@ class JobLifecycle:
         if learns(job.spec.settings.method) and status != "cancelled":
             fields["adapter"] = "1" if await self._save_adapter(job) else "0"
         plan = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
-        if await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
-                                                          events=job.take_events())) < 0:
+        stored = await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
+                                                                events=job.take_events()))
+        if stored < 0:
             job.lost = True
             return
         job.commit(plan)
+        job.stored_upto(stored)
         outcome = await self.queue.change(job.lease, allowed_from=["running"], to=status, fields=fields,
                                           event={"attempts": len(method.attempts)}, ack=True, release=True)
         log.info("job %s: %s after %d attempts", job.id, status, len(method.attempts))
@@ -220,9 +224,11 @@ class JobLifecycle:
             log.exception("job %s: deleting its blobs failed", job_id)
 
 
-def check_restored(spec: JobSpec, states: checkpoint.States) -> None:
+def check_restored(spec: JobSpec, states: checkpoint.States, *, checkpoint_step: int = 0) -> None:
     """A checkpoint must hold exactly the job's runs, each with the job's problem (and verifier) and settings as
-    stored in Redis: what runs is always what was submitted, never what a checkpoint says."""
+    stored in Redis: what runs is always what was submitted, never what a checkpoint says. Its method run must be
+    at least at `checkpoint_step`, the step the job's record says its current checkpoint holds: an older one of the
+    same blob (a replayed earlier step, validly signed) would silently roll the job back."""
     wanted = comparison_settings(spec.settings, spec.baseline_attempts)
     if set(states) != set(wanted):
         raise JobFailure("checkpoint_mismatch", f"the job's checkpoint holds the runs {sorted(states)}, the job has "
@@ -233,3 +239,8 @@ def check_restored(spec: JobSpec, states: checkpoint.States) -> None:
             if states[key].get(part) != expected:
                 raise JobFailure("checkpoint_mismatch", f"the {part} in the job's checkpoint ({key} run) differs "
                                                         "from the job's; it was not resumed")
+    step = states[METHOD].get("step", 0)
+    if step < checkpoint_step:
+        raise checkpoint.CheckpointRejected(f"the job's checkpoint holds step {step}, older than step "
+                                            f"{checkpoint_step} that its record names: an older checkpoint was put "
+                                            "in its place; it was not resumed")

@@ -56,6 +56,18 @@ def _ids(record: logging.LogRecord) -> dict[str, str]:
     return ids
 
 
+# What could end a text log line early or start a forged one (a path with %0A, a tenant's string): C0 and C1 control
+# characters, DEL, and the characters Python's splitlines and some viewers take for line breaks. Written escaped.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in (0x85, 0x2028, 0x2029)}  # json.dumps leaves them raw
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that could break a log line written as an escape."""
+    return text.translate(_ESCAPES)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, the ids, other `extra=` fields, exc_info."""
 
@@ -70,22 +82,30 @@ class JsonFormatter(logging.Formatter):
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(line, ensure_ascii=False)
+        return json.dumps(line, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with the ids appended as key=value."""
+    """The classic line, with the ids appended as key=value. A record is exactly one line that starts at the left
+    margin: the message and ids have their control characters escaped, and a traceback below it is indented, so
+    nothing a request carries can start a line that reads as another record."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        ids = " ".join(f"{k}={v}" for k, v in _ids(record).items())
-        if not ids:
-            return text
-        first, newline, rest = text.partition("\n")  # keep a traceback below the line
-        return f"{first} [{ids}]{newline}{rest}"
+        record.message = one_line(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        ids = " ".join(f"{k}={one_line(v)}" for k, v in _ids(record).items())
+        if ids:
+            text += f" [{ids}]"
+        details = [self.formatException(record.exc_info)] if record.exc_info else []
+        if record.stack_info:
+            details.append(self.formatStack(record.stack_info))
+        for detail in details:
+            text += "".join(f"\n    {one_line(line)}" for line in detail.splitlines())
+        return text
 
 
 def configure(log_format: str = "text", level: str | int = "INFO") -> None:

@@ -55,7 +55,7 @@ class ActiveJob:
     published: int = 0  # method attempts already published (stored or counted past the cap)
     stored: int = 0  # method attempts in the job's attempts list
     stored_bytes: int = 0
-    storage_full: bool = False  # an attempt did not fit: none after it is stored
+    storage_full: bool = False  # an attempt did not fit (the job's cap or the tenant's quota): none after it is stored
     lost: bool = False  # the lease was lost: another worker may hold the job now
     checkpoint: str = ""  # the blob name of this lease's checkpoints
     previous_checkpoint: str = ""  # a former holder's, deleted once ours is committed
@@ -108,6 +108,12 @@ class ActiveJob:
     def commit(self, plan: StoragePlan) -> None:
         self.published, self.stored, self.stored_bytes, self.storage_full = (
             plan.published, plan.stored, plan.stored_bytes, plan.full)
+
+    def stored_upto(self, stored: int) -> None:
+        """The attempts list's length after a publication: shorter than planned when the tenant's storage quota
+        refused attempts, after which this job stores none (the list stays a prefix; the job still counts them)."""
+        if 0 <= stored < self.stored:
+            self.stored, self.storage_full = stored, True
 
     def restart_storage(self, attempts: Sequence[Attempt], max_bytes: int) -> int:
         """After a restore: which prefix of the checkpoint's attempts the list holds; returns its length."""

@@ -35,6 +35,7 @@ from workers.isolation import (
     limits_argv,
     python_paths,
     unshare_argv,
+    userns_filter_fd,
 )
 from workers.uids import UidLease, UidPool, kill_processes_of, processes_of
 
@@ -93,14 +94,15 @@ class SubprocessSandbox:
 
     def _command(
         self, workdir: Path, staged: list[str], limits: RunLimits, lease: UidLease | None, env: dict[str, str],
-        site_packages: bool,
+        site_packages: bool, filter_fd: int | None,
     ) -> list[str]:
         python = [self.options.python, "-I", "-B", *([] if site_packages else ["-S"]), SCRIPT_NAME]
         inner = (drop_argv(lease.uid) if lease else []) + limits_argv(limits, with_nproc=lease is not None or
                                                                        self.isolation != "rlimits") + python
         if self.isolation == "bwrap":
+            assert filter_fd is not None
             return bwrap_argv(workdir=workdir, files=staged, extra_ro=self._ro_paths, env=env,
-                              disk_mb=limits.max_disk_mb, proc=self._proc) + inner
+                              disk_mb=limits.max_disk_mb, proc=self._proc, filter_fd=filter_fd) + inner
         if self.isolation == "unshare":
             return unshare_argv() + inner
         return inner
@@ -109,18 +111,21 @@ class SubprocessSandbox:
         self, workdir: Path, staged: list[str], stdin_file: IO[bytes], limits: RunLimits, lease: UidLease | None,
         site_packages: bool,
     ) -> RunResult:
-        result_r, result_w = os.pipe()
-        home = SANDBOX_DIR if self.isolation == "bwrap" else str(workdir)
-        env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", RESULT_FD_ENV: str(result_w)}
-        command = self._command(workdir, staged, limits, lease, env, site_packages)
-        started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(result_w,),
-                start_new_session=True, cwd=workdir, env=env,
-            )
-        finally:
-            os.close(result_w)
+        with userns_filter_fd() if self.isolation == "bwrap" else contextlib.nullcontext() as filter_fd:
+            result_r, result_w = os.pipe()
+            home = SANDBOX_DIR if self.isolation == "bwrap" else str(workdir)
+            env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                   RESULT_FD_ENV: str(result_w)}
+            command = self._command(workdir, staged, limits, lease, env, site_packages, filter_fd)
+            started = time.monotonic()
+            try:
+                proc = subprocess.Popen(
+                    command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=(result_w,) if filter_fd is None else (result_w, filter_fd),
+                    start_new_session=True, cwd=workdir, env=env,
+                )
+            finally:
+                os.close(result_w)
         try:
             captured = _collect(proc, result_r, limits, started, lease.uid if lease else None)
         finally:

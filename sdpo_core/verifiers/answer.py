@@ -39,7 +39,7 @@ def _normalize(text: str, case_sensitive: bool) -> str:
 class ExactSpec(BaseModel):
     """The extracted answer equals `answer` after normalisation (whitespace, case, trailing period, numbers)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["exact"] = "exact"
     answer: str = Field(min_length=1, description="The expected final answer.")
     extract: ExtractMode = Field(default="auto", description="How the final answer is taken from the attempt.")
@@ -64,7 +64,7 @@ class ExactSpec(BaseModel):
 class NumericSpec(BaseModel):
     """The extracted answer is a number within `abs_tol` or `rel_tol` of `answer`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["numeric"] = "numeric"
     answer: float = Field(description="The expected value.")
     rel_tol: float = Field(default=1e-6, ge=0.0)
@@ -73,13 +73,6 @@ class NumericSpec(BaseModel):
     reveal_direction: bool = Field(
         default=False, description="Say whether a wrong answer is too high or too low (a hint, not the answer)."
     )
-
-    @field_validator("answer")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("answer must be a finite number")
-        return value
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         given = extract_answer(completion[-MAX_SCAN_CHARS:], self.extract, numeric=True)
@@ -102,7 +95,7 @@ class NumericSpec(BaseModel):
 class RegexSpec(BaseModel):
     """The extracted answer (or the whole attempt) matches `pattern`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["regex"] = "regex"
     pattern: str = Field(min_length=1, max_length=2000, description="A Python regular expression.")
     target: Literal["answer", "completion"] = Field(
@@ -115,9 +108,11 @@ class RegexSpec(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, pattern: str) -> str:
+        """Compiled here, so that whatever `re` refuses (a syntax error, a repeat count over 2**32-1, nesting too deep
+        for its parser) is a 422 naming the field, never an error later."""
         try:
             re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
         return pattern
 

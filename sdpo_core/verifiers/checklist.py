@@ -25,7 +25,6 @@ handling, no user-supplied patterns, so nothing here can stall the worker.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -54,7 +53,7 @@ def _has_phrase(text: str, phrase: str, case_sensitive: bool) -> bool:
 
 
 class _Check(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     feedback: str | None = Field(default=None, max_length=500, description="Message when the check fails.")
 
 
@@ -96,9 +95,6 @@ class NumberCheck(_Check):
 
     @model_validator(mode="after")
     def _bounds(self) -> NumberCheck:
-        for bound in (self.min, self.max):
-            if bound is not None and not math.isfinite(bound):
-                raise ValueError("number check: min and max must be finite")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"number check: min ({self.min}) is larger than max ({self.max})")
         return self
@@ -160,7 +156,7 @@ Check = Annotated[ContainsCheck | ExcludesCheck | NumberCheck | WordsCheck, Fiel
 class ChecklistSpec(BaseModel):
     """Every check must pass; feedback names the ones that failed (or only the first), plain or inside a log."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["checklist"] = "checklist"
     checks: list[Check] = Field(min_length=1, max_length=50)
     extract: ExtractMode = Field(default="full", description="Which part of the attempt the checks read.")

@@ -29,7 +29,7 @@ Outcome = Literal["pass", "wrong", "runtime", "time", "output"]
 class IOTest(BaseModel):
     """One test: the program's stdin and the stdout it must produce."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     input: str = Field(default="", max_length=10_000_000, description="What the program reads on stdin.")
     output: str = Field(max_length=10_000_000, description="What the program must write on stdout.")
 
@@ -37,7 +37,7 @@ class IOTest(BaseModel):
 class CodeIOSpec(BaseModel):
     """A stdin/stdout program (Python) checked on public tests (quoted in feedback) and hidden tests."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["code_io"] = "code_io"
     public_tests: list[IOTest] = Field(min_length=1, max_length=1000, description="Failures here are quoted.")
     hidden_tests: list[IOTest] = Field(

@@ -26,7 +26,7 @@ CALL_LABEL = "Last Executed Call"
 class CodeFunctionalSpec(BaseModel):
     """A Python function `entry_point` checked by `test` (HumanEval's `def check(candidate)` with asserts)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["code_functional"] = "code_functional"
     entry_point: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The function's name.")
     test: str = Field(

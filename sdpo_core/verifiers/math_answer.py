@@ -36,7 +36,7 @@ NO_BOX_FEEDBACK = "No final answer was found in your response. Finish with the f
 class MathSpec(BaseModel):
     """A math answer checked for equivalence by math-verify (LaTeX or plain expressions)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["math"] = "math"
     answer: str = Field(min_length=1, max_length=MAX_ANSWER_CHARS, description="The gold answer, e.g. \\frac{1}{2}.")
     timeout_s: int = Field(default=5, ge=1, le=60, description="Per parse and per comparison (main thread only).")

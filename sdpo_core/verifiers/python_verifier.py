@@ -27,7 +27,7 @@ EXPECTED_SHAPE = 'a bool, a number in [0, 1] or {"reward": number in [0, 1], "fe
 class PythonSpec(BaseModel):
     """Python source that defines `verify(completion)`; it runs sandboxed, without network."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["python"] = "python"
     source: str = Field(min_length=1, max_length=500_000, description="Defines verify(completion: str).")
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="For loading the source and one call.")

@@ -11,7 +11,7 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from sdpo_core.verifiers.base import Verdict, VerifierError
 from sdpo_core.verifiers.extract import answer_tag
@@ -26,17 +26,18 @@ FORMAT_HINT = "Put only your final answer between <answer> and </answer>, in the
 class ReasoningGymSpec(BaseModel):
     """A reasoning-gym task entry; reward = the dataset's score of the answer in [0, 1]."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["reasoning_gym"] = "reasoning_gym"
     dataset: str = Field(pattern=r"^[a-z0-9_]+$", max_length=100, description="A reasoning-gym dataset name.")
-    config: dict[str, Any] = Field(default_factory=dict, description="The dataset's config, without seed and size.")
+    config: dict[str, JsonValue] = Field(default_factory=dict, description="The dataset's config, without seed and "
+                                         "size (JSON; numbers finite).")
     seed: int = Field(default=0, ge=0, lt=2**32)
     index: int = Field(default=0, ge=0, lt=100_000, description="Which entry of the dataset is the problem.")
     solved_at: float = Field(default=1.0, gt=0, le=1, description="Score at which the task counts as solved.")
 
     @field_validator("config")
     @classmethod
-    def _no_seed_or_size(cls, config: dict[str, Any]) -> dict[str, Any]:
+    def _no_seed_or_size(cls, config: dict[str, JsonValue]) -> dict[str, JsonValue]:
         if {"seed", "size"} & config.keys():
             raise ValueError("give seed as its own field; size is derived from index")
         return config

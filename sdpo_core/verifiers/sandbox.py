@@ -26,7 +26,7 @@ class RunLimits:
     memory_mb: int = 1024  # address space per process (RLIMIT_AS), and private memory of all its processes together
     max_processes: int = 32  # processes and threads of the run (RLIMIT_NPROC on a uid of its own)
     max_file_mb: int = 16  # largest file it may write (RLIMIT_FSIZE)
-    max_disk_mb: int = 64  # what it may write in its directory, and again in /tmp (bwrap: tmpfs sizes)
+    max_disk_mb: int = 64  # what it may write in its directory, again in /tmp and /dev/shm (bwrap: tmpfs sizes)
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output_bytes: int = 4_000_000  # stdout and stderr each; beyond this the run is stopped
     max_result_bytes: int = 1_000_000  # the result channel

@@ -3,8 +3,9 @@
 Each request body is signed: X-SDPO-Signature is "sha256=" + HMAC-SHA256(secret, timestamp + "." + body) and
 X-SDPO-Timestamp the Unix time, so the receiver can check that the call comes from this service and is fresh.
 Requests have a timeout, a bounded number of retries (on connection errors, timeouts, 429 and 5xx) and never follow
-redirects. Private, loopback, link-local and other non-public addresses are refused, so a job cannot make the
-service probe its own network, unless the operator sets SDPO_WEBHOOK_ALLOW_PRIVATE=1. The host name is resolved
+redirects. Private, loopback, link-local and other non-public addresses are refused, IPv6 forms that carry such an
+IPv4 address included (NAT64, 6to4, Teredo, IPv4-mapped and -compatible), so a job cannot make the service probe
+its own network, unless the operator sets SDPO_WEBHOOK_ALLOW_PRIVATE=1. The host name is resolved
 once per verification, the addresses are checked, and the request goes to the checked address (the name kept in
 the Host header and, for https, in TLS's SNI and certificate check): a name that resolves differently a moment
 later (DNS rebinding) cannot redirect the call.
@@ -43,7 +44,7 @@ RETRY_BACKOFF_S = 0.5
 class WebhookSpec(BaseModel):
     """An HTTP(S) endpoint that scores attempts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["webhook"] = "webhook"
     url: AnyHttpUrl = Field(description="Where attempts are POSTed as JSON.")
     secret: str = Field(min_length=16, max_length=512, description="Shared secret for the HMAC-SHA256 signature.")
@@ -131,12 +132,43 @@ def pin(url: str) -> PinnedTarget | str:
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if os.environ.get(ALLOW_PRIVATE_ENV) != "1":
         for address in addresses:
-            if not address.is_global or address.is_multicast:
-                return (f"{host} resolves to the non-public address {address}, which this service does not call "
+            if (why := non_public(address)) is not None:
+                return (f"{host} resolves to the non-public address {why}, which this service does not call "
                         f"(an operator can allow it with {ALLOW_PRIVATE_ENV}=1)")
     original = httpx.URL(url)
     return PinnedTarget(url=str(original.copy_with(host=str(addresses[0]))), host=original.netloc.decode("ascii"),
                         sni_hostname=host if parsed.scheme == "https" else None)
+
+
+# IPv6 forms that carry an IPv4 address to a translator or tunnel, which then delivers to that IPv4 address.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: an operator's own translator, never public
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291 (deprecated): ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses `address` reaches through NAT64, 6to4, Teredo, IPv4-mapped or IPv4-compatible forms."""
+    found = [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)] if address in NAT64 or address in IPV4_COMPATIBLE else []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)  # the relay server and the (de-obfuscated) client
+    return found
+
+
+def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """`address` as the refusal names it when it is not a public unicast address, or None when it is. An IPv6
+    address that carries an IPv4 address is screened as that IPv4 address too: `64:ff9b::7f00:1` is 127.0.0.1 to
+    a NAT64 gateway, yet Python calls it global."""
+    if address.version == 6:
+        if address in NAT64_LOCAL:
+            return f"{address} (a local-use NAT64 address)"
+        for inner in embedded_ipv4(address):
+            if non_public(inner) is not None:
+                return f"{address} (it carries {inner})"
+    return str(address) if not address.is_global or address.is_multicast else None
 
 
 def refusal(url: str) -> str | None:

@@ -22,6 +22,7 @@ from workers.store import scripts
 
 RATE_WINDOW_S = 60  # /metrics: attempts per second over this window
 HEAD_FIELDS = tuple(JobHead.model_fields)
+LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 
 @dataclass
@@ -72,8 +73,8 @@ class JobStore:
         self.redis, self.keys = redis, keys
         self.events_maxlen, self.retention_s = events_maxlen, retention_s
         self.scripts = {name: redis.register_script(getattr(scripts, name))
-                        for name in ("SUBMIT", "TRANSITION", "ACK", "DEFER", "CLAIM", "RENEW", "PUBLISH", "TRIM",
-                                     "FORGET")}
+                        for name in ("SUBMIT", "TRANSITION", "REQUEST_CANCEL", "ACK", "DEFER", "CLAIM", "RENEW",
+                                     "PUBLISH", "TRIM", "FORGET")}
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -104,6 +105,7 @@ class JobStore:
             "idem_ttl": idempotency_ttl_s, "max_active": max_active_jobs, "max_bytes": max_tenant_bytes,
             "now": str(now()), "result_id": result_id, "enqueue": len(jobs) if enqueue is None else enqueue,
             "batch_id": batch_id, "batch_fields": {f: str(v) for f, v in (batch_fields or {}).items()},
+            "maxlen": self.events_maxlen,
         })]
         for job in jobs:
             keys += [k.job(job.id), k.events(job.id)]
@@ -153,6 +155,8 @@ class JobStore:
 
     async def events(self, job_id: str, *, after: str | None, limit: int) -> list[tuple[str, dict[str, str]]]:
         """Up to `limit` events after the stream id `after` (None = from the start)."""
+        if after == LAST_STREAM_ID:  # Redis refuses an exclusive start there; nothing can follow it
+            return []
         start = f"({after}" if after and after != "0" else "-"
         return await self.redis.xrange(self.keys.events(job_id), min=start, count=limit)
 
@@ -166,10 +170,13 @@ class JobStore:
     async def batch_job_ids(self, batch_id: str) -> list[str]:
         return await self.redis.lrange(self.keys.batch_jobs(batch_id), 0, -1)
 
-    async def expire_batch(self, batch_id: str) -> None:
-        """A finished batch goes when its jobs go."""
-        await self.redis.expire(self.keys.batch(batch_id), self.retention_s)
-        await self.redis.expire(self.keys.batch_jobs(batch_id), self.retention_s)
+    async def finish_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Keep what a finished batch shows (its counts and curve) on its record; it goes when its jobs go."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.batch(batch_id), mapping=fields)
+            pipe.expire(self.keys.batch(batch_id), self.retention_s)
+            pipe.expire(self.keys.batch_jobs(batch_id), self.retention_s)
+            await pipe.execute()
 
     async def request_batch_cancel(self, batch_id: str) -> None:
         await self.redis.hsetnx(self.keys.batch(batch_id), "cancel_requested_at", now())
@@ -199,7 +206,8 @@ class JobStore:
             "fields": {f: "" if v is None else str(v) for f, v in fields.items()}, "incr": change.incr,
         }
         keys = [k.job(job_id), k.events(job_id), k.attempts(job_id), k.lease(job_id), k.queue,
-                k.batch_waiting(batch_id), k.jobs_by_status, k.counters, k.retiring, *k.tenant_statuses(tenant)]
+                k.batch_waiting(batch_id), k.jobs_by_status, k.counters, k.retiring, k.tenant_bytes(tenant),
+                *k.tenant_statuses(tenant)]
         outcome, old = await self.scripts["TRANSITION"](keys=keys, args=[json.dumps(args)])
         return outcome, old
 
@@ -209,13 +217,11 @@ class JobStore:
                                              to="cancelled", fields={"error_code": "", "error_message": ""})
         if outcome != "refused" or old != "running":
             return "cancelled" if outcome == "ok" else old
-        if await self.redis.hsetnx(self.keys.job(record.id), "cancel_requested_at", now()):
-            await self.add_event(record.id, "cancel_requested", {"at": now()})
+        k, at = self.keys, now()
+        await self.scripts["REQUEST_CANCEL"](
+            keys=[k.job(record.id), k.events(record.id), k.tenant_bytes(record.tenant)],
+            args=[json.dumps({"at": str(at), "event": json.dumps({"at": at}), "maxlen": self.events_maxlen})])
         return "running"
-
-    async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        await self.redis.xadd(self.keys.events(job_id), {"type": kind, "data": json.dumps(data)},
-                              maxlen=self.events_maxlen, approximate=True)
 
     # ---- retention --------------------------------------------------------------------------------------------
     async def sweep(self, *, limit: int = 200) -> int:

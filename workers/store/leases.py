@@ -95,8 +95,9 @@ class WorkerQueue:
 
     # ---- fenced writes ----------------------------------------------------------------------------------------
     async def publish(self, lease: Lease, step: StepRecord) -> int:
-        """Append the attempts the list lacks, set fields, add events and metrics; the attempts added, or -1 when
-        the lease is no longer ours (nothing was written)."""
+        """Append the attempts the list lacks (while the tenant's quota has room), set fields, add events (likewise)
+        and metrics; the attempts stored after it (the list's length), or -1 when the lease is no longer ours
+        (nothing was written)."""
         k, job_id = self.keys, lease.job_id
         args = {
             "token": lease.token, "first_index": step.first_index,
@@ -104,7 +105,7 @@ class WorkerQueue:
             "events": [[kind, json.dumps(data)] for kind, data in step.events], "maxlen": self.store.events_maxlen,
             "counters": step.counters, "histogram": step.histogram,
             "seconds": "" if step.seconds is None else repr(step.seconds),
-            "log_n": step.counters.get("attempts", 0), "log_maxlen": self.log_maxlen,
+            "log_n": step.counters.get("attempts", 0), "log_maxlen": self.log_maxlen, "now": str(now()),
         }
         keys = [k.lease(job_id), k.job(job_id), k.attempts(job_id), k.events(job_id), k.tenant_bytes(lease.tenant),
                 k.counters, k.step_seconds, k.attempts_log]

@@ -14,20 +14,30 @@ from service.deps import IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
 from service.schemas import Batch, BatchCreate, BatchList
 from service.submission import fingerprint, job_spec, new_job, submission_error
-from service.views import batch_view
+from service.views import BatchOutcome, batch_counts, batch_outcome, batch_view
 from workers.jobs import new_id, now
 from workers.store import JobStore
 
 router = APIRouter(prefix="/batches", tags=["batches"])
+OUTCOME = "outcome"  # the batch record's field with its BatchOutcome, once finished
 
 
 async def _view(store: JobStore, record: dict[str, str]) -> Batch:
+    """A finished batch is read from its record (counts and curve, stored once when the view first finds every job
+    finished); an unfinished one from its jobs' heads, without a curve (it exists once every problem has ended: an
+    average over the early finishers would favour the problems solved fast)."""
     job_ids = await store.batch_job_ids(record["id"])
+    if record.get(OUTCOME):
+        outcome = BatchOutcome.model_validate_json(record[OUTCOME])
+        return batch_view(record, job_ids, outcome.counts, outcome.curve, finished=True)
     summaries = await read_summaries(store, job_ids)  # never the problems: a batch has up to 1000
     jobs = [job for job in summaries if job is not None]
-    if jobs and all(job.status in FINISHED for job in jobs):  # finished: expire with its jobs
-        await store.expire_batch(record["id"])
-    return await asyncio.to_thread(batch_view, record, job_ids, jobs)
+    finished = all(job.status in FINISHED for job in jobs)
+    if not jobs or not finished:
+        return batch_view(record, job_ids, batch_counts(jobs), None, finished=finished)
+    outcome = await asyncio.to_thread(batch_outcome, record, jobs)
+    await store.finish_batch(record["id"], {OUTCOME: outcome.model_dump_json()})  # and it expires with its jobs
+    return batch_view(record, job_ids, outcome.counts, outcome.curve, finished=True)
 
 
 @router.post("", status_code=201, response_model=Batch, responses={**ERRORS, 413: {}, 422: {}, 429: {}})

@@ -27,7 +27,7 @@ from workers.jobs import JobHead, JobSpec
 from workers.store import JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")  # a Redis stream id: two unsigned 64-bit numbers
 ERRORS = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such job"}}
 
 
@@ -104,8 +104,14 @@ def _event(entry_id: str, fields: dict[str, str]) -> JobEvent:
 
 
 def _cursor(value: str | None, name: str) -> str | None:
-    if value is not None and not STREAM_ID.match(value):
-        raise ApiError(400, f"{name} must be an event id like '1712345678901-0'", code="invalid_cursor")
+    """An event id as Redis takes it: checked here, so that a malformed or out-of-range one is a 400 naming the
+    parameter, not an error from Redis."""
+    if value is None:
+        return None
+    found = STREAM_ID.match(value)
+    if found is None or any(int(part) >= 2**64 for part in found.groups()):
+        message = "must be an event id like '1712345678901-0': two whole numbers below 2^64"
+        raise ApiError(400, f"{name} {message}", code="invalid_cursor", errors=[{"field": name, "message": message}])
     return value
 
 
