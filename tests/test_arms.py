@@ -133,3 +133,44 @@ def test_a_context_budget_of_one_feedback_holds_the_latest_and_drops_the_older(t
     assert feedback_kept(TWO_WORDS, tiny_policy.chat_ids, [first, second], budget) == 1  # the newest only
     assert feedback_kept(TWO_WORDS, tiny_policy.chat_ids, [first, second],
                          feedback_budget(TWO_WORDS, tiny_policy, verify_attempts, 2)) == 2
+
+
+def test_a_product_of_experts_target_sums_each_feedbacks_clipped_ratio():
+    import torch
+
+    from sdpo_core.loss import contrastive_target
+
+    anchor, control = torch.zeros(1, 3), torch.zeros(1, 3)
+    first, second = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 9.0, 0.0]])
+    assert torch.equal(contrastive_target(anchor, first, control, 2.0, 5.0), torch.tensor([[4.0, 0.0, 0.0]]))
+    both = contrastive_target(anchor, [first, second], control, 2.0, 5.0)
+    assert torch.equal(both, torch.tensor([[4.0, 10.0, 0.0]]))  # each clipped to 5 before the sum
+
+
+def test_the_each_teacher_gives_every_sample_the_other_distinct_feedbacks_as_experts(tiny_policy):
+    completions = [Completion(token_ids=[5, 6], logprobs=[-1.0, -1.0], truncated=False, text="x")] * 2
+    new = [attempt(3, "Use 'gull'.", 2), attempt(4, "Use 'lighthouse'.", 2)]
+    earlier = ["Use 'lighthouse'.", "Use 'tide'.", "Use 'gull'."]
+    prompt = tiny_policy.chat_ids(TWO_WORDS.chat())
+    samples = distill_samples(TWO_WORDS, tiny_policy, SDPOSettings(teacher_feedback="each"), prompt, completions, new,
+                              earlier_feedback=earlier)
+    texts = [[tiny_policy.tokenizer.decode(p) for p in s.earlier_prompt_ids] for s in samples]
+    assert [len(t) for t in texts] == [2, 2]
+    assert "'lighthouse'" in texts[0][0] and "'tide'" in texts[0][1]  # the own feedback is not an expert again
+    assert "'tide'" in texts[1][0] and "'gull'" in texts[1][1]
+    plain = distill_samples(TWO_WORDS, tiny_policy, SDPOSettings(), prompt, completions, new, earlier_feedback=earlier)
+    assert all(s.earlier_prompt_ids == [] for s in plain)
+
+
+def test_replay_distils_the_latest_attempt_of_a_feedback_the_step_no_longer_gets(tiny_policy):
+    from sdpo_core.loop import replay_samples
+
+    prompt = tiny_policy.chat_ids(TWO_WORDS.chat())
+    earlier = [attempt(1, "Use 'lighthouse'."), attempt(2, "Use 'lighthouse'."), attempt(3, "Use 'gull'.", 2)]
+    earlier[1] = earlier[1].model_copy(update={"text": "the latest one"})
+    now = [attempt(4, "Use 'gull'.", 3)]
+    assert replay_samples(TWO_WORDS, tiny_policy, SDPOSettings(), prompt, earlier, now) == []  # replay 0: off
+    [sample] = replay_samples(TWO_WORDS, tiny_policy, SDPOSettings(replay=2), prompt, earlier, now)
+    assert "'lighthouse'" in tiny_policy.tokenizer.decode(sample.teacher_prompt_ids)  # only what the step lacks
+    assert tiny_policy.tokenizer.decode(sample.response_ids).startswith("the latest one")
+    assert sample.response_logprobs is None  # re-tokenised: no importance weight
