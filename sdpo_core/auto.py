@@ -8,12 +8,15 @@ prompt (multi-turn), and distil that feedback into the problem's adapter (SDPO);
                                try the feedback in context for one step: it costs nothing to measure, and where
                                the model can use the feedback this is the fastest way to a solution
     after a step in context that failed, and every later failed step:
-      shift = mean per-token [log q(y | x, f) - log q(y | x, c)] over the failed attempts so far (up to 16),
-              the base model reading each attempt's feedback f against a content-free control c
+      shift = mean per-token [log q(y | x, C, f) - log q(y | x, C, c)] over the failed attempts so far (up to
+              16), the base model reading each attempt's feedback f against a content-free control c, both after
+              the feedback C the attempt was sampled with (none for the plain prompt): an attempt that met the
+              requirement it was told about is likely under C either way, so only what the new feedback does
+              is measured (without C, a partly right attempt looked like copying)
       shift < 0   the feedback's content makes the failed attempts less likely: the model can use it
                   -> keep sampling with the feedback in context (with the adapter once it has learned), and
                      distil each step sampled that way that failed (the context alone did not get there, and the
-                     adapter keeps what it learns when the context fills)
+                     adapter keeps what falls out of the prompt once it fills: the decision says when it has)
       shift >= 0  reading the feedback makes the model likelier to repeat its failures (it copies the wrong
                   answer the feedback quotes): the feedback cannot help this model
                   -> sample the plain prompt from the base model, no update
@@ -26,6 +29,7 @@ reason is a progress event.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
-from sdpo_core.reprompt import fit_prompt
+from sdpo_core.reprompt import fit_feedbacks
 from sdpo_core.settings import SDPOSettings
 
 SIGNAL_ATTEMPTS = 16  # failed attempts scored over a run: the mean is settled by then
@@ -51,17 +55,23 @@ class Decision:
 
 @torch.no_grad()
 def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt],
-                   token_ids: list[list[int]], settings: SDPOSettings, limit: int) -> tuple[list[float], int]:
-    """Per failed attempt (at most `limit`), mean per-token log q(y|x,f) - log q(y|x,c) under the base model; and
-    the tokens scored. All reprompts go through one forward pass (their common prefix once)."""
-    control = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
+                   token_ids: list[list[int]], settings: SDPOSettings, limit: int,
+                   context: Sequence[str] = ()) -> tuple[list[float], int]:
+    """Per failed attempt (at most `limit`), mean per-token log q(y|x,C,f) - log q(y|x,C,c) under the base model;
+    and the tokens scored. C is the feedback the attempts were sampled with (none for the plain prompt): it is in
+    both reprompts, so what it already made likely (the requirement an attempt met because it was told) cancels and
+    only the new feedback f is measured. All reprompts go through one forward pass (their common prefix once)."""
+    earlier = list(context)
+    control = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, None,
+                            earlier + [settings.control_feedback])
     picked = [(a, ids) for a, ids in zip(attempts, token_ids, strict=True)
               if not a.solved and a.judged and a.feedback and ids][:limit]  # a verifier failure says nothing
     if not picked:
         return [], 0
     sequences, lengths = [], []
     for attempt, ids in picked:
-        teacher = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, attempt.feedback)
+        teacher = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, None,
+                                [f for f in earlier if f != attempt.feedback] + [attempt.feedback])
         sequences += [teacher + ids, control + ids]
         lengths += [len(ids), len(ids)]
     hidden = policy.response_hidden(sequences, lengths, None)  # (sum of lengths, H), in sequence order
@@ -72,9 +82,11 @@ def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt]
     return shifts, sum(len(seq) for seq in sequences)
 
 
-def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: bool) -> Decision:
-    """Auto's rule, from the shifts measured so far, how the step that just failed was sampled, and whether any
-    step has been sampled with feedback in context yet."""
+def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: bool,
+           context_holds: tuple[int, int] = (0, 0)) -> Decision:
+    """Auto's rule, from the shifts measured so far, how the step that just failed was sampled, whether any step has
+    been sampled with feedback in context yet, and how many of the run's distinct feedbacks the prompt holds (of
+    how many)."""
     if not tried_in_context:
         return Decision(False, True, "new feedback: try it in context for a step (nothing to measure yet; the "
                         "signal decides if that fails too)")
@@ -84,7 +96,10 @@ def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: boo
     if shift >= 0:
         return Decision(False, False, f"the feedback makes failed attempts likelier (shift {shift:+.3f} nats/token):"
                         " this model cannot use it, sample the base model")
+    held, distinct = context_holds
+    full = (f"the prompt holds {held} of its {distinct} distinct feedbacks, the adapter keeps the rest; "
+            if held < distinct else "")
     return Decision(step_was_in_context, True,
-                    f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token): "
+                    f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token): " + full
                     + ("the context alone did not find it, distil it and " if step_was_in_context else "")
                     + "sample with it in context")

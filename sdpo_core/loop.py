@@ -30,12 +30,13 @@ from sdpo_core.methods import METHODS
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt, EventSink, ProgressEvent, RunResult, RunStatus, StepMetrics, ignore_events
-from sdpo_core.reprompt import AttemptOutcome, fit_prompt, multi_turn_prompt, teacher_sections
+from sdpo_core.reprompt import AttemptOutcome, fit_feedbacks, fit_prompt, multi_turn_prompt, teacher_sections
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.update import DistillSample
 from sdpo_core.verifiers import Verdict, VerifyFn, verify_attempts
 
 STATE_VERSION = 1
+MAX_EXPERTS = 4  # teacher_feedback "each": the own feedback and the 3 most recent other distinct ones
 
 
 class ProblemRun:
@@ -196,27 +197,69 @@ class ProblemRun:
 def distill_samples(
     problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
     completions: Sequence[Completion], attempts: Sequence[Attempt], sampled_with: list[int] | None = None,
+    earlier_feedback: Sequence[str] = (),
 ) -> list[DistillSample]:
     """The step's attempts that have a teacher context, each with its reprompt (the others get zero loss).
 
     `prompt_ids` is the student's prompt (the plain question); `sampled_with` the prompt the attempts were sampled
     from, when it differs (the hybrid samples with feedback in context): then their sampling log-probs are not the
-    student's and carry no importance weight. An attempt the verifier failed on (error, timeout) gets no teacher
-    context: its feedback is about the verifier, and whether the attempt was right is unknown."""
+    student's and carry no importance weight. An attempt the verifier failed on (error, timeout, not run) gets no
+    teacher context: its feedback is about the verifier, and whether the attempt was right is unknown. With
+    `teacher_feedback="distinct"`, the teacher reads `earlier_feedback` (the run's distinct feedback before this
+    step) before the attempt's own."""
     outcomes = [AttemptOutcome(a.text, a.reward, a.feedback if a.judged else "") for a in attempts]
     on_policy = sampled_with is None or sampled_with == prompt_ids
     control = (fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
                if settings.teacher_context == "contrastive" else None)
+    experts: dict[str, list[int]] = {}  # teacher_feedback "each": one reprompt per earlier distinct feedback
+
+    def expert(feedback: str) -> list[int]:
+        if feedback not in experts:
+            experts[feedback] = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, feedback)
+        return experts[feedback]
+
     samples = []
     for completion, attempt, sections in zip(completions, attempts, teacher_sections(outcomes, settings),
                                              strict=True):
         if sections is None or not completion.token_ids or not attempt.judged:
             continue  # zero loss: the teacher would know nothing more than the student
         solution, feedback = sections
-        teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)
+        sample_control = control
+        if feedback and settings.teacher_feedback == "distinct":
+            feedbacks = [f for f in earlier_feedback if f != feedback] + [feedback]
+            teacher_prompt = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedbacks)
+            if control is not None and len(feedbacks) > 1:  # the same numbered list of content-free feedback
+                sample_control = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, None,
+                                               [settings.control_feedback] * len(feedbacks))
+        else:
+            teacher_prompt = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, solution, feedback)
+        earlier = []
+        if feedback and settings.teacher_feedback == "each" and control is not None:
+            earlier = [expert(f) for f in [f for f in earlier_feedback if f != feedback][-MAX_EXPERTS + 1:]]
         samples.append(DistillSample(prompt_ids, teacher_prompt, completion.token_ids,
-                                     completion.logprobs if on_policy else None, control))
+                                     completion.logprobs if on_policy else None, sample_control, earlier))
     return samples
+
+
+def replay_samples(problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
+                   earlier: Sequence[Attempt], now: Sequence[Attempt]) -> list[DistillSample]:
+    """The latest failed attempt of each of the `settings.replay` most recent earlier distinct feedbacks that no
+    attempt of this step got, as samples with their own feedback (re-tokenised from their text; no importance
+    weight): the adapter keeps hearing what an earlier requirement taught it after the feedback has moved on."""
+    if settings.replay == 0:
+        return []
+    current = {a.feedback for a in now}
+    latest: dict[str, Attempt] = {}
+    for attempt in earlier:
+        if attempt.feedback and attempt.judged and not attempt.solved and attempt.feedback not in current:
+            latest.pop(attempt.feedback, None)
+            latest[attempt.feedback] = attempt
+    picked = list(latest.values())[-settings.replay:]
+    eos = policy.tokenizer.eos_token_id
+    completions = [Completion(token_ids=policy.tokenizer.encode(a.text, add_special_tokens=False)
+                              + ([eos] if eos is not None and not a.truncated else []), logprobs=[], truncated=False)
+                   for a in picked]
+    return distill_samples(problem, policy, settings, prompt_ids, completions, picked, sampled_with=[])
 
 
 @dataclass

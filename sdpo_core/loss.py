@@ -87,15 +87,18 @@ def token_losses(
     return per_token, sampled_lp
 
 
-def contrastive_target(anchor_lp: torch.Tensor, feedback_lp: torch.Tensor, control_lp: torch.Tensor,
-                       strength: float, clip: float) -> torch.Tensor:
-    """log q* = log anchor + beta * clip(log q_feedback - log q_control), unnormalised (N, V).
+def contrastive_target(anchor_lp: torch.Tensor, feedback_lp: torch.Tensor | list[torch.Tensor],
+                       control_lp: torch.Tensor, strength: float, clip: float) -> torch.Tensor:
+    """log q* = log anchor + beta * sum_f clip(log q_f - log q_control), unnormalised (N, V).
 
     The control reprompt is the feedback reprompt with content-free feedback: whatever any reprompt does to the
     model (talking about feedback, "Sure, here is", copying what the feedback quotes back) is in both and cancels;
     what the feedback's content makes more likely survives. The clip keeps rare tokens with a huge ratio in place.
+    Several feedbacks (each read alone, each against the same control) make a product of experts: the target meets
+    every requirement they name, where one reprompt listing them all is read less well by a small model.
     """
-    return anchor_lp + strength * (feedback_lp - control_lp).clamp(-clip, clip)
+    feedbacks = feedback_lp if isinstance(feedback_lp, list) else [feedback_lp]
+    return anchor_lp + strength * sum((f - control_lp).clamp(-clip, clip) for f in feedbacks)
 
 
 def chunked_loss(

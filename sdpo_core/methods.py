@@ -89,6 +89,16 @@ class MultiTurn(DiscoveryMethod):
         return distinct_feedback(self.run.attempts)
 
 
+class MultiTurnFIFO(DiscoveryMethod):
+    """The paper's multi-turn baseline: every failed attempt's feedback in order, repeats included."""
+
+    name = "multi-turn-fifo"
+    summary = "the prompt plus every earlier attempt's feedback in order (oldest dropped first), frozen model"
+
+    def prompt_feedback(self) -> list[str] | None:
+        return [a.feedback for a in self.run.attempts if a.feedback and a.judged]
+
+
 class LearningMethod(DiscoveryMethod):
     """A method that owns an adapter: created (with its teacher and optimizer) with the run, in its checkpoints,
     updated by `distil`, freed with the run."""
@@ -110,12 +120,14 @@ class LearningMethod(DiscoveryMethod):
 
     def distil(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
         """One SDPO update of the adapter from the step's attempts (sdpo_core.update)."""
-        from sdpo_core.loop import distill_samples
+        from sdpo_core.loop import distill_samples, replay_samples
         from sdpo_core.update import sdpo_update
 
         run = self.run
         samples = distill_samples(run.problem, run.policy, run.settings.sdpo, run.prompt_ids, completions, new,
-                                  sampled_with=request.prompt_ids)
+                                  sampled_with=request.prompt_ids, earlier_feedback=distinct_feedback(run.attempts))
+        samples += replay_samples(run.problem, run.policy, run.settings.sdpo, run.prompt_ids,
+                                  run.attempts[: len(run.attempts) - len(new)], new)
         return sdpo_update(run.policy, self.optimizer, run.name, samples, run.settings.sdpo, run.settings.temperature)
 
     def state_dict(self) -> dict[str, Any]:
@@ -147,11 +159,19 @@ class SDPO(LearningMethod):
     name = "sdpo"
     summary = "the plain prompt from the run's adapter; every failed step's feedback distilled into it"
 
-    def prompt_feedback(self) -> list[str] | None:
-        return distinct_feedback(self.run.attempts) if self.run.settings.sdpo.sample_with_feedback else None
-
     def after_step(self, request, completions, new) -> StepMetrics:
         return self.distil(request, completions, new)
+
+
+class Hybrid(SDPO):
+    """SDPO that samples with the feedback in context: the context acts at once, the adapter keeps what the
+    context cannot hold."""
+
+    name = "hybrid"
+    summary = "the prompt plus each distinct feedback, from the run's adapter; every failed step distilled into it"
+
+    def prompt_feedback(self) -> list[str] | None:
+        return distinct_feedback(self.run.attempts)
 
 
 class Auto(LearningMethod):
@@ -178,19 +198,25 @@ class Auto(LearningMethod):
         """Decide the next step (scoring the failed attempts' feedback once the in-context bet has failed), distil
         if the decision says so."""
         from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift
+        from sdpo_core.reprompt import feedback_kept
 
         if any(a.solved for a in new):
             return StepMetrics()  # a full-curve run that solved: nothing to decide
         run, clock = self.run, time.perf_counter()
         in_context = request.prompt_ids != run.prompt_ids
         self.tried_in_context |= in_context
+        sampled_with = distinct_feedback(run.attempts[: len(run.attempts) - len(new)]) if in_context else []
         shifts, scored = [], 0
         if self.tried_in_context and len(self.shifts) < SIGNAL_ATTEMPTS:
             shifts, scored = feedback_shift(run.policy, run.problem, new, [c.token_ids for c in completions],
-                                            run.settings.sdpo, limit=SIGNAL_ATTEMPTS - len(self.shifts))
+                                            run.settings.sdpo, limit=SIGNAL_ATTEMPTS - len(self.shifts),
+                                            context=sampled_with)
         self.shifts += shifts
         signal_seconds = time.perf_counter() - clock
-        decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context)
+        distinct = distinct_feedback(run.attempts)
+        held = feedback_kept(run.problem, run.policy.chat_ids, distinct, run.settings.max_prompt_tokens)
+        decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context,
+                          context_holds=(held, len(distinct)))
         metrics = self.distil(request, completions, new) if decision.distil else StepMetrics()
         self.adapter_trained |= decision.distil
         self.in_context = decision.in_context
@@ -213,7 +239,8 @@ class Auto(LearningMethod):
         self.tried_in_context = plan.get("tried_in_context", self.tried_in_context)
 
 
-METHODS: dict[str, type[DiscoveryMethod]] = {cls.name: cls for cls in (Auto, SDPO, BestOfK, MultiTurn)}
+METHODS: dict[str, type[DiscoveryMethod]] = {
+    cls.name: cls for cls in (Auto, SDPO, BestOfK, MultiTurn, MultiTurnFIFO, Hybrid)}
 DEFAULT_METHOD = "auto"
 
 

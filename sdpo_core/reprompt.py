@@ -108,19 +108,46 @@ def fit_prompt(
     return ids  # a question too long on its own stays whole, as the student saw it
 
 
+def joined_feedback(feedbacks: Sequence[str]) -> str:
+    """Several feedbacks as one section's text, oldest first, numbered as the attempts they came from."""
+    return "\n\n".join(f"Attempt {i + 1}: {fb}" for i, fb in enumerate(feedbacks))
+
+
+def fit_feedbacks(problem: Problem, tokenize: Tokenize, max_tokens: int, solution: str | None,
+                  feedbacks: Sequence[str]) -> list[int]:
+    """Prompt ids of the reprompt with several feedbacks (oldest first, numbered; one alone is the plain reprompt):
+    the oldest are dropped whole until it fits, and the last one left is shortened if it alone does not."""
+    kept = list(feedbacks)
+    while len(kept) > 1:
+        ids = tokenize(problem.chat(question=reprompt_text(problem.question, solution, joined_feedback(kept))))
+        if len(ids) <= max_tokens:
+            return ids
+        kept.pop(0)
+    return fit_prompt(problem, tokenize, max_tokens, solution, kept[0] if kept else None)
+
+
 def multi_turn_text(question: str, feedbacks: Sequence[str]) -> str:
     """The multi-turn baseline's user message: the question, earlier feedback (oldest first), the instruction."""
     if not feedbacks:
         return question
-    joined = "\n\n".join(f"Attempt {i + 1}: {fb}" for i, fb in enumerate(feedbacks))
-    return f"{question}{MULTI_FEEDBACK_TEMPLATE.format(feedback=joined)}{INSTRUCTION}"
+    return f"{question}{MULTI_FEEDBACK_TEMPLATE.format(feedback=joined_feedback(feedbacks))}{INSTRUCTION}"
 
 
 def multi_turn_prompt(problem: Problem, tokenize: Tokenize, feedbacks: Sequence[str], max_tokens: int) -> list[int]:
     """Prompt ids with as much recent feedback as fits: the oldest feedback is dropped first."""
+    return _multi_turn_fit(problem, tokenize, feedbacks, max_tokens)[0]
+
+
+def feedback_kept(problem: Problem, tokenize: Tokenize, feedbacks: Sequence[str], max_tokens: int) -> int:
+    """How many of `feedbacks` (the newest) the multi-turn prompt holds within `max_tokens`."""
+    return _multi_turn_fit(problem, tokenize, feedbacks, max_tokens)[1]
+
+
+def _multi_turn_fit(problem: Problem, tokenize: Tokenize, feedbacks: Sequence[str], max_tokens: int
+                    ) -> tuple[list[int], int]:
     kept = list(feedbacks)
     while True:
         ids = tokenize(problem.chat(question=multi_turn_text(problem.question, kept)))
         if len(ids) <= max_tokens or not kept:
-            return ids
+            return ids, len(kept)
         kept.pop(0)

@@ -41,6 +41,7 @@ def _method_schema(schema: dict[str, Any]) -> None:
 Method = Annotated[str, AfterValidator(_known_method), Field(json_schema_extra=_method_schema)]
 TeacherKind = Literal["ema", "frozen", "trust-region"]
 TeacherContext = Literal["feedback", "contrastive"]
+TeacherFeedback = Literal["own", "distinct", "each"]
 ContrastAnchor = Literal["teacher", "student"]
 
 # All attention and MLP projections of Llama/Qwen/Mistral-style decoders.
@@ -94,11 +95,18 @@ class SDPOSettings(BaseModel):
     )
     control_feedback: str = Field(default="Your answer is not correct.", min_length=1, max_length=500,
                                   description="Contrastive: the content-free feedback of the control reprompt.")
-    sample_with_feedback: bool = Field(
-        default=False, description="Sample each step's attempts with the earlier feedback in the prompt (as "
-        "multi-turn does) while the adapter distils it into the plain prompt (the hybrid).",
-    )
     include_feedback: bool = Field(default=True, description="Put the verifier's feedback in the teacher's context.")
+    replay: int = Field(
+        default=0, ge=0, le=8, description="Each update also distils the latest failed attempt of up to this many "
+        "earlier distinct feedbacks that this step's attempts did not get (each with its own feedback), so that what "
+        "an earlier requirement taught the adapter is not unlearned once the feedback moves on to the next one.")
+    teacher_feedback: TeacherFeedback = Field(
+        default="own", description="own: the teacher reads the attempt's own feedback (the paper). distinct: one "
+        "reprompt with every distinct feedback the run has seen so far, the attempt's own last (oldest dropped "
+        "first to fit max_reprompt_tokens). each: the own feedback and up to 3 earlier distinct ones, each read "
+        "alone, their contrastive log-ratios summed (a product of experts; contrastive teacher only). The last two "
+        "keep what earlier feedback taught the adapter in its target when the feedback moves on to another "
+        "requirement.")
     feedback_only_without_solution: bool = Field(
         default=True, description="Use feedback only for samples that have no successful sibling to imitate."
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,8 @@ class DistillSample:
     response_ids: list[int]
     response_logprobs: list[float] | None  # under the sampling policy (pi_old); None: sampled in another context
     control_prompt_ids: list[int] | None = None  # the contrastive teacher's control reprompt
+    # teacher_feedback "each": the reprompts of the run's other distinct feedbacks, each a contrastive expert
+    earlier_prompt_ids: list[list[int]] = field(default_factory=list)
 
 
 def make_optimizer(policy: LoraPolicy, adapter: str, settings: SDPOSettings) -> torch.optim.AdamW:
@@ -58,15 +60,21 @@ def target_fn(policy: LoraPolicy, adapter: str, settings: SDPOSettings, mb: list
     feedback:    log q(. | x, f, y<t)
     contrastive: log anchor(. | x, y<t) + beta * clip(log q(. | x, f, y<t) - log q(. | x, c, y<t))
                  anchor = the teacher on the plain prompt, or the current student (detached)
+                 with earlier feedbacks f_j (teacher_feedback "each"), a product of experts: the sum over f and
+                 every f_j of its clipped log-ratio against the control
     """
     lengths = [len(s.response_ids) for s in mb]
     contexts = {"feedback": [s.teacher_prompt_ids for s in mb]}
     contrastive = settings.teacher_context == "contrastive"
+    experts = max(len(s.earlier_prompt_ids) for s in mb) if contrastive else 0
     if contrastive:
         assert all(s.control_prompt_ids is not None for s in mb), "contrastive teacher needs control reprompts"
         contexts["control"] = [s.control_prompt_ids for s in mb]
         if settings.contrast_anchor == "teacher":
             contexts["anchor"] = [s.prompt_ids for s in mb]
+        for j in range(experts):  # a sample with fewer earlier feedbacks reads its control: a log-ratio of 0
+            contexts[f"earlier{j}"] = [s.earlier_prompt_ids[j] if j < len(s.earlier_prompt_ids)
+                                       else s.control_prompt_ids for s in mb]
     hidden = {
         name: teacher_hidden(policy, adapter, settings, [p + s.response_ids for p, s in zip(prompts, mb)], lengths)
         for name, prompts in contexts.items()
@@ -80,8 +88,9 @@ def target_fn(policy: LoraPolicy, adapter: str, settings: SDPOSettings, mb: list
             return log_probs("feedback", piece)
         anchor = (log_probs("anchor", piece) if settings.contrast_anchor == "teacher"
                   else F.log_softmax(student_logits.float(), dim=-1))
-        return contrastive_target(anchor, log_probs("feedback", piece), log_probs("control", piece),
-                                  settings.contrast, settings.contrast_clip)
+        control = log_probs("control", piece)
+        feedback = [log_probs("feedback", piece)] + [log_probs(f"earlier{j}", piece) for j in range(experts)]
+        return contrastive_target(anchor, feedback, control, settings.contrast, settings.contrast_clip)
 
     return target
 
@@ -90,7 +99,7 @@ def scored_prompts(sample: DistillSample, settings: SDPOSettings) -> list[list[i
     """The prompts the update runs the sample's response after: the student's and the teacher's contexts."""
     prompts = [sample.prompt_ids, sample.teacher_prompt_ids]
     if settings.teacher_context == "contrastive":
-        prompts.append(sample.control_prompt_ids or [])
+        prompts += [sample.control_prompt_ids or [], *sample.earlier_prompt_ids]
         if settings.contrast_anchor == "teacher":
             prompts.append(sample.prompt_ids)
     return prompts

@@ -52,8 +52,10 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     methods = args.methods.split(",")
     variants = dict(parse_variant(v) for v in args.variant or [])
     methods += [name for name in variants if name not in methods]
+    by_feedbacks = args.max_prompt_tokens.startswith("feedbacks:")
     settings = RunSettings(max_attempts=args.budget, attempts_per_step=args.attempts_per_step,
-                           max_new_tokens=args.max_new_tokens)
+                           max_new_tokens=args.max_new_tokens,
+                           max_prompt_tokens=4096 if by_feedbacks else int(args.max_prompt_tokens))
     policy, label = _policy(args)
     engine = _engine(policy, args)
     baseline = args.baseline_samples or args.budget * args.seeds
@@ -69,6 +71,8 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
                 problems, policy, engine, methods=methods, seeds=args.seeds, settings=settings,
                 baseline_samples=baseline, concurrency=args.concurrency, family=name, variants=variants,
                 verify_for=verify_function, on_progress=lambda task=task: progress.advance(task),
+                against=args.against.split(",") if args.against else (),
+                context_feedbacks=int(args.max_prompt_tokens.split(":")[1]) if by_feedbacks else None,
             )
         out = Path(args.out) / name if "," in args.problems else Path(args.out)
         report.write(out)
@@ -77,11 +81,18 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     return 0
 
 
+def context_label(report) -> str:
+    if report.context_feedbacks is not None:
+        return f"holds {report.context_feedbacks} feedback(s) per problem"
+    return f"{report.max_prompt_tokens} tokens"
+
+
 def print_discovery_report(console: Console, report, label: str) -> None:
     """Per problem P@budget and mean attempts; averaged: mean costs and matched ratios with their intervals."""
     budget = report.budget
     table = Table(title=f"discovery on {report.family}: {len(report.problems)} problems x {report.seeds} seeds, "
-                        f"budget {budget} ({label}); P@{budget} / mean attempts to the first success")
+                        f"budget {budget}, context {context_label(report)} ({label}); P@{budget} / mean attempts "
+                        "to the first success")
     table.add_column("problem")
     for m in report.methods:
         table.add_column(m, justify="right")
@@ -107,6 +118,14 @@ def print_discovery_report(console: Console, report, label: str) -> None:
         ratios.add_row(m, *(show(per_axis[a]) if per_axis else "1" for a in ("attempts", "seconds", "tokens")),
                        f"{cost['attempts']:.1f}", f"{cost['seconds']:.1f}", f"{cost['tokens']:.0f}")
     console.print(ratios)
+    for reference, table in report.ratios_against.items():
+        against = Table(title=f"{report.family}: cost to reach {reference}'s P@{budget}, ratio {reference} / method "
+                              "(90% bootstrap interval over problems)")
+        for col in ("method", "attempts", "seconds", "tokens"):
+            against.add_column(col, justify="left" if col == "method" else "right")
+        for m, per_axis in table.items():
+            against.add_row(m, *(show(per_axis[a]) for a in ("attempts", "seconds", "tokens")))
+        console.print(against)
     console.print(report.note)
 
 
@@ -120,7 +139,7 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
     engine = _engine(policy, args)
     console = Console(width=200)
     table = Table(title=f"feedback signal: {label}, {args.samples} samples per problem, {args.max_new_tokens} new tokens")
-    for col in ("problem", "base pass@1", "with feedback", "KL fb", "KL contrast", "peak", "shift fb",
+    for col in ("problem", "base pass@1", "with feedback", "all told", "KL fb", "KL contrast", "peak", "shift fb",
                 "shift fb-ctrl"):
         table.add_column(col, justify="right" if col != "problem" else "left")
     rows = []
@@ -136,12 +155,15 @@ def cmd_bench_signal(args: argparse.Namespace) -> int:
                 Path(args.json).write_text(json.dumps([r.model_dump() for r in rows], indent=2))
             table.add_row(signal.problem_id, f"{signal.base_solved}/{signal.samples} = {signal.base_rate:.3f}",
                           f"{signal.feedback_solved}/{signal.feedback_samples} = {signal.feedback_rate:.3f}",
+                          "-" if signal.all_told_rate is None else
+                          f"{signal.all_told_solved}/{signal.all_told_samples} = {signal.all_told_rate:.3f}",
                           f"{signal.gap_feedback:.3f}", f"{signal.gap_contrastive:.3f}",
                           f"{signal.peak_contrastive:.2f}", f"{signal.shift_feedback:+.3f}",
                           f"{signal.shift_contrastive:+.3f}")
             progress.advance(task)
     console.print(table)
-    console.print("KL: mean per-token KL(teacher || student) on failed base attempts, nats; peak: the largest "
+    console.print("all told: pass@1 with every requirement in the prompt at once ('-': the verifier cannot state "
+                  "them); KL: mean per-token KL(teacher || student) on failed base attempts, nats; peak: the largest "
                   "per-token KL of an attempt, averaged; shift: mean per-token log-prob change of the failed "
                   "attempt's own tokens (positive: the teacher copies it)")
     if args.json:
@@ -194,9 +216,41 @@ def cmd_bench_trace(args: argparse.Namespace) -> int:
                       *(f"{m:.2f}" for m in mean), "", f"{sum(t.steps[-1].meta_talk for t in mine) / len(mine):.2f}",
                       f"{sum(t.steps[-1].distinct2 for t in mine) / len(mine):.2f}")
     console.print(table)
+    if any(t.steps[0].requirement_rates for t in traces):
+        console.print(requirement_table(traces, steps))
     if args.json:
         Path(args.json).write_text(json.dumps([t.model_dump() for t in traces], indent=2))
     return 0
+
+
+def requirement_table(traces, steps) -> Table:
+    """Per checklist problem and variant: each requirement's plain-prompt rate after each update (* once the
+    training feedback has named it), and how much of its peak the first requirement keeps at the end."""
+    table = Table(title="per requirement: plain-prompt pass rate of each check after each update (* named by the "
+                        "training feedback by then); r1 kept = r1's last rate / its peak after the next was named")
+    table.add_column("problem")
+    table.add_column("variant")
+    for u in steps:
+        table.add_column(f"u{u}", justify="right")
+    table.add_column("r1 kept", justify="right")
+    for t in traces:
+        if not t.steps[0].requirement_rates:
+            continue
+        cells = [" ".join(f"{rate:.2f}{'*' if seen else ''}" for rate, seen in zip(s.requirement_rates, s.revealed))
+                 for s in t.steps]
+        kept = first_requirement_kept(t)
+        table.add_row(t.problem_id, t.variant, *cells, "-" if kept is None else f"{kept:.2f}")
+    return table
+
+
+def first_requirement_kept(trace) -> float | None:
+    """Requirement 1's rate at the last update over its peak, once requirement 2 has been named (None before, or
+    when requirement 1 never passed)."""
+    named = next((i for i, s in enumerate(trace.steps) if len(s.revealed) > 1 and s.revealed[1]), None)
+    if named is None:
+        return None
+    peak = max(s.requirement_rates[0] for s in trace.steps)
+    return trace.steps[-1].requirement_rates[0] / peak if peak > 0 else None
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
@@ -240,7 +294,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench", required=True)
 
     d = kinds.add_parser("discovery", help="methods vs best-of-k per attempt, second and token, several seeds")
-    d.add_argument("--problems", default="informative,binary", help="built-in families (informative, binary) or "
+    d.add_argument("--problems", default="informative,binary", help="built-in families (informative, binary, accumulate) or "
                    "JSONL files, comma-separated; each is reported on its own")
     d.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     d.add_argument("--variant", action="append", help="NAME=key:value,... an SDPO variant as one more method "
@@ -249,6 +303,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--budget", type=int, default=64, help="attempt budget per run")
     d.add_argument("--attempts-per-step", type=int, default=8)
     d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--max-prompt-tokens", default="4096", help="the context budget of the in-context methods' "
+                   "prompt: the oldest feedback is dropped beyond it; a number of tokens, or 'feedbacks:N' for a "
+                   "budget per problem that holds N of its feedbacks")
+    d.add_argument("--against", default="", help="more references for the matched ratios, comma-separated "
+                   "methods (e.g. multi-turn,multi-turn-fifo: the in-context arms the learning is judged against)")
     d.add_argument("--baseline-samples", type=int, default=0, help="best-of-k samples per problem (default budget x seeds)")
     d.add_argument("--concurrency", type=int, default=8, help="runs sharing generation batches")
     d.add_argument("--max-batch-size", type=int, default=64)
@@ -260,7 +319,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
     g = kinds.add_parser("signal", help="per problem: base pass@1, pass@1 with the feedback in the prompt, and the "
                          "student-teacher gap on base attempts")
-    g.add_argument("--problems", help="a family (informative, binary) or a JSONL of problems (default: informative)",
+    g.add_argument("--problems", help="a family (informative, binary, accumulate) or a JSONL of problems (default: informative)",
                    default="informative")
     g.add_argument("--samples", type=int, default=64, help="plain-prompt attempts per problem (base pass@1)")
     g.add_argument("--feedback-samples", type=int, default=None, help="attempts with the feedback in the prompt "
@@ -275,7 +334,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_bench_signal)
 
     r = kinds.add_parser("trace", help="the student's plain-prompt pass@1 after each SDPO update, per variant")
-    r.add_argument("--problems", default="informative", help="a family (informative, binary) or a JSONL of problems")
+    r.add_argument("--problems", default="informative", help="a family (informative, binary, accumulate) or a JSONL of problems")
     r.add_argument("--variant", action="append", help="NAME=key:value,... SDPO settings overrides (repeatable; "
                    "values are JSON, 'none' is None), e.g. fkl=alpha:0,top_k:none")
     r.add_argument("--updates", type=int, default=6)

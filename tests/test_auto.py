@@ -41,8 +41,9 @@ def test_the_shift_of_a_batch_equals_each_attempt_scored_alone(tiny_policy):
 
 @pytest.mark.parametrize("shift,in_context", [(-0.5, True), (0.5, False)])
 def test_auto_run_follows_its_decisions_and_reports_them(tiny_policy, monkeypatch, shift, in_context):
-    monkeypatch.setattr(auto, "feedback_shift", lambda policy, problem, attempts, ids, settings, limit:
-                        ([shift] * len(attempts), 10 * len(attempts)))
+    contexts = []
+    monkeypatch.setattr(auto, "feedback_shift", lambda policy, problem, attempts, ids, settings, limit, context=():
+                        contexts.append(list(context)) or ([shift] * len(attempts), 10 * len(attempts)))
     events = []
     settings = RunSettings(method="auto", max_attempts=16, attempts_per_step=4, max_new_tokens=8)
     run = ProblemRun(UNSOLVABLE, settings, tiny_policy, name="job", on_event=events.append)
@@ -63,6 +64,30 @@ def test_auto_run_follows_its_decisions_and_reports_them(tiny_policy, monkeypatc
     assert (step2.metrics.distilled_samples > 0) == in_context
     decisions = [e for e in events if e.type == "decision"]
     assert len(decisions) == 2 and all(d.reason for d in decisions)
+    assert contexts[0] == sorted({a.feedback for a in run.attempts if a.step == 1})  # measured after what it read
     assert run.result().seconds > 0 and run.result().tokens > 0
     run.close()
     assert tiny_policy.adapters == []
+
+
+def test_auto_says_when_the_prompt_holds_only_part_of_the_feedback(tiny_policy, monkeypatch):
+    """Two distinct feedbacks and a prompt budget that holds one: the decision to keep distilling says so."""
+    monkeypatch.setattr(auto, "feedback_shift", lambda *a, **k: ([-0.5] * len(a[2]), 10))
+    problem = Problem.model_validate({"prompt": "Write one sentence.", "verifier": {
+        "type": "checklist", "checks": [{"kind": "contains", "text": "lighthouse"}, {"kind": "contains",
+                                                                                   "text": "gull"}], "report": "first"}})
+    events = []
+    from sdpo_core.measure.discovery import feedback_budget
+    from sdpo_core.verifiers import verify_attempts
+
+    one_feedback = feedback_budget(problem, tiny_policy, verify_attempts, 1)
+    settings = RunSettings(method="auto", max_attempts=16, attempts_per_step=4, max_new_tokens=8,
+                           max_prompt_tokens=one_feedback)
+    run = ProblemRun(problem, settings, tiny_policy, name="job", on_event=events.append)
+    engine = TransformersEngine(tiny_policy)
+    run_step([run], engine)
+    run.attempts[-1] = run.attempts[-1].model_copy(update={"feedback": "The answer must use the word 'gull'."})
+    run_step([run], engine)
+    reasons = [e.reason for e in events if e.type == "decision"]
+    assert "the prompt holds 1 of its 2 distinct feedbacks, the adapter keeps the rest" in reasons[-1], reasons
+    run.close()

@@ -73,9 +73,20 @@ def test_mean_attempts_conventions():
 
 
 def test_builtin_problem_families_load():
-    for family in ("binary", "informative"):
+    for family in ("binary", "informative", "accumulate"):
         problems = load_problems(family)
         assert len(problems) >= 8 and all(p.id for p in problems)
+
+
+def test_accumulate_problems_hide_several_requirements_told_one_at_a_time():
+    problems = load_problems("accumulate")
+    assert all(p.verifier.type == "checklist" and p.verifier.report == "first" for p in problems)
+    assert all(2 <= len(p.verifier.checks) <= 4 for p in problems)
+    long_feedback = [p for p in problems if p.verifier.feedback_format != "plain"]
+    assert 3 * len(long_feedback) >= len(problems)
+    for p in problems:  # the prompt does not give the hidden words away
+        hidden = [c.text for c in p.verifier.checks if c.kind == "contains"]
+        assert not any(word.lower() in p.prompt.lower() for word in hidden)
 
 
 def test_ratios_on_every_axis_at_matched_probability():
@@ -119,6 +130,37 @@ def test_signal_bench_reports_base_and_in_context_rates_and_the_gap(tmp_path, ti
     assert word["feedback_examples"] == ["The answer must use the word 'zebra'."]
     assert word["gap_feedback"] > 0 and word["gap_contrastive"] >= 0 and word["peak_contrastive"] >= 0
     assert "with feedback" in proc.stdout
+
+
+def test_signal_bench_measures_pass_at_1_with_all_requirements_told(tmp_path, tiny_model_dir):
+    """A checklist states its requirements at once; a verifier that cannot (regex) shows '-' there."""
+    path = tmp_path / "told.jsonl"
+    path.write_text(
+        json.dumps({"id": "regex", "prompt": "Say anything.",
+                    "verifier": {"type": "regex", "pattern": "(?s).*", "target": "completion"}}) + "\n"
+        + json.dumps({"id": "never-said", "prompt": "Say something.", "verifier": {
+            "type": "checklist", "report": "first", "checks": [{"kind": "excludes", "text": "zzyzx"}]}}) + "\n"
+        + json.dumps({"id": "hidden-words", "prompt": "Say something.", "verifier": {
+            "type": "checklist", "report": "first", "feedback_format": "test_log",
+            "checks": [{"kind": "contains", "text": "zebra"}, {"kind": "contains", "text": "quokka"}]}}) + "\n")
+    out = tmp_path / "signal.json"
+    proc = subprocess.run([SDPO, "bench", "signal", "--problems", str(path), "--model", str(tiny_model_dir),
+                           "--samples", "5", "--feedback-samples", "3", "--gap-attempts", "2",
+                           "--max-new-tokens", "6", "--json", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["problem_id"]: r for r in json.loads(out.read_text())}
+    assert rows["regex"]["all_told_samples"] is None and rows["regex"]["all_told_solved"] is None
+    assert rows["never-said"]["all_told_samples"] == 5 and rows["never-said"]["all_told_solved"] == 5
+    hidden = rows["hidden-words"]
+    assert hidden["all_told_samples"] == 5 and hidden["all_told_solved"] == 0  # the tiny model never says them
+    assert hidden["feedback_samples"] == 3 and hidden["base_solved"] == 0
+    [log] = hidden["feedback_examples"]  # only the first requirement, inside the log
+    assert "AssertionError: The answer must use the word 'zebra'." in log and "quokka" not in log
+    table = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.count("│") > 3}
+    assert "all told" in proc.stdout
+    assert table["regex"].split("│")[4].strip() == "-"
+    assert table["never-said"].split("│")[4].strip() == "5/5 = 1.000"
 
 
 def test_trace_bench_evaluates_the_plain_prompt_after_every_update(tmp_path, tiny_model_dir):

@@ -1,10 +1,19 @@
-"""The checklist verifier: requirements on an answer's text, feedback that names each unmet one."""
+"""The checklist verifier: requirements on an answer's text, feedback that names each unmet one (or the first, or
+inside a test-runner or build log)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from sdpo_core.problem import Problem
 from sdpo_core.verifiers import verify_attempts
+from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS
+
+SDPO = str(Path(sys.executable).parent / "sdpo")
 
 
 def checklist(*checks: dict, **options) -> Problem:
@@ -66,3 +75,98 @@ def test_bad_specs_are_refused_with_the_reason():
         checklist()
     with pytest.raises(ValidationError):
         checklist({"kind": "regex", "text": "(a|a)*"})  # no user patterns: nothing here can stall a worker
+
+
+# ---- report: "first" and log-like feedback (issue 16: the accumulate family) ----------------------------------
+
+WORDS = ("lighthouse", "seagull", "anchor")
+
+
+def hidden_words(**options) -> Problem:
+    return checklist(*({"kind": "contains", "text": w} for w in WORDS), report="first", **options)
+
+
+def test_report_first_names_only_the_first_unmet_check_in_the_lists_order():
+    p = hidden_words()
+    none = verdict(p, "The sea was calm.")
+    assert none.feedback == "The answer must use the word 'lighthouse'."
+    assert none.reward == 0.0 and not none.solved
+    second = verdict(p, "A lighthouse watched the calm sea.")
+    assert second.feedback == "The answer must use the word 'seagull'."
+    assert second.reward == pytest.approx(1 / 3)  # the reward still counts every check passed
+    assert verdict(p, "A seagull and a lighthouse.").feedback == "The answer must use the word 'anchor'."
+    solved = verdict(p, "A seagull sat on the anchor below the lighthouse.")
+    assert solved.solved and solved.reward == 1.0 and solved.feedback == ""
+    assert verdict(checklist(*({"kind": "contains", "text": w} for w in WORDS)), "Sea.").feedback.count("must") == 3
+
+
+def test_all_requirements_states_every_check_without_an_attempt():
+    p = checklist({"kind": "contains", "text": "candles"}, {"kind": "number", "min": 6, "max": 9, "unit": "cm"},
+                  {"kind": "excludes", "text": "very"}, {"kind": "words", "max": 12},
+                  {"kind": "contains", "text": "cake", "feedback": "Say what was eaten."}, report="first")
+    assert p.verifier.all_requirements() == (
+        "The answer must use the word 'candles'. The answer's first number must be between 6 and 9 in cm. "
+        "The answer must not use the word 'very'. The answer must have at most 12 words. Say what was eaten.")
+
+
+@pytest.mark.parametrize("fmt", ["test_log", "build_log"])
+def test_log_feedback_carries_only_the_first_unmet_requirement(fmt):
+    p = hidden_words(feedback_format=fmt)
+    v = verdict(p, "A lighthouse watched the calm sea.")
+    assert not v.solved and v.reward == pytest.approx(1 / 3)
+    assert "The answer must use the word 'seagull'." in v.feedback
+    assert "lighthouse" not in v.feedback and "anchor" not in v.feedback  # nothing about other requirements
+    assert 800 <= len(v.feedback) <= FEEDBACK_MAX_CHARS  # a few hundred tokens, inside the service's cap
+    assert len(v.feedback.splitlines()) >= 15
+    assert verdict(p, "A lighthouse on a rock.").feedback == v.feedback  # same requirement, same text
+    assert verdict(p, "The sea.").feedback != v.feedback
+    assert verdict(p, "A seagull sat on the anchor below the lighthouse.").solved
+
+
+def test_log_feedback_depends_on_the_problem_not_on_chance():
+    first = hidden_words(feedback_format="test_log")
+    other = Problem.model_validate({**first.model_dump(), "prompt": "Write one sentence about a harbour."})
+    text = "The sea was calm."
+    assert verdict(first, text).feedback == verdict(first, text).feedback
+    assert verdict(other, text).feedback != verdict(first, text).feedback
+    assert "The answer must use the word 'lighthouse'." in verdict(other, text).feedback
+
+
+@pytest.mark.parametrize("fmt", ["test_log", "build_log"])
+def test_a_long_message_keeps_whole_and_the_log_fits_the_cap(fmt):
+    message = "Requirement: " + "mention the harbour master by name and rank " * 10
+    p = checklist({"kind": "contains", "text": "harbour", "feedback": message.strip()}, report="first",
+                  feedback_format=fmt)
+    v = verdict(p, "The sea.")
+    assert message.strip() in v.feedback and len(v.feedback) <= FEEDBACK_MAX_CHARS
+
+
+def test_report_all_in_a_log_names_every_failed_check():
+    p = checklist(*({"kind": "contains", "text": w} for w in WORDS), feedback_format="build_log")
+    v = verdict(p, "A seagull.")
+    assert "'lighthouse'" in v.feedback and "'anchor'" in v.feedback and "'seagull'" not in v.feedback
+    assert len(v.feedback) <= FEEDBACK_MAX_CHARS
+
+
+def test_unknown_report_and_format_are_refused_naming_the_field():
+    with pytest.raises(ValidationError, match="report"):
+        checklist({"kind": "contains", "text": "owl"}, report="last")
+    with pytest.raises(ValidationError, match="feedback_format"):
+        checklist({"kind": "contains", "text": "owl"}, feedback_format="xml")
+
+
+def test_sdpo_verify_reports_the_first_requirement_inside_the_log(tmp_path):
+    problem = tmp_path / "problem.json"
+    problem.write_text(json.dumps({"prompt": "Write one sentence about the sea.", "verifier": {
+        "type": "checklist", "report": "first", "feedback_format": "test_log",
+        "checks": [{"kind": "contains", "text": w} for w in WORDS]}}))
+    (tmp_path / "wrong.txt").write_text("A lighthouse watched the calm sea.")
+    (tmp_path / "right.txt").write_text("A seagull sat on the anchor below the lighthouse.")
+    wrong = subprocess.run([SDPO, "verify", str(problem), str(tmp_path / "wrong.txt")], capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 1, wrong.stderr
+    feedback = json.loads(wrong.stdout)["feedback"]
+    assert "AssertionError: The answer must use the word 'seagull'." in feedback and "anchor" not in feedback
+    right = subprocess.run([SDPO, "verify", str(problem), str(tmp_path / "right.txt")], capture_output=True,
+                           text=True, timeout=120)
+    assert right.returncode == 0 and json.loads(right.stdout)["solved"] is True

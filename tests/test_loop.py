@@ -146,7 +146,7 @@ def test_hybrid_samples_with_feedback_in_context_and_distils_into_the_plain_prom
     captured = []
     monkeypatch.setattr(update, "sdpo_update", lambda policy, opt, name, samples, *a: captured.append(samples)
                         or StepMetrics())
-    run = ProblemRun(UNSOLVABLE, settings(max_attempts=12, sdpo={"sample_with_feedback": True}), tiny_policy,
+    run = ProblemRun(UNSOLVABLE, settings(max_attempts=12, method="hybrid"), tiny_policy,
                      name="job")
     engine = TransformersEngine(tiny_policy)
     first = run.next_request()

@@ -43,12 +43,14 @@ from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
+from sdpo_core.reprompt import multi_turn_prompt
 from sdpo_core.runs import DiscoveryRuns, baseline_settings
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
 DATA = Path(__file__).parent.parent / "data"
-FAMILIES = {"binary": DATA / "binary.jsonl", "informative": DATA / "informative.jsonl"}
+FAMILIES = {"binary": DATA / "binary.jsonl", "informative": DATA / "informative.jsonl",
+            "accumulate": DATA / "accumulate.jsonl"}
 BUILTIN_SET = FAMILIES["binary"]
 BASELINE_SEED = 10_000  # best-of-k samples are independent of the sequential runs (seeds 0..S-1)
 BASELINE = "best-of-k"
@@ -138,6 +140,11 @@ class DiscoveryReport(BaseModel):
     average_curves: list[DiscoveryCurve]
     mean_cost: dict[str, dict[str, float]]
     ratios: dict[str, dict[str, Ratio]]
+    # method -> axis -> the same matched ratio against another reference method (`against`), e.g. the best
+    # in-context arm: that method's cost for its own P@budget over the method's cost for the same P
+    ratios_against: dict[str, dict[str, dict[str, Ratio]]] = {}
+    max_prompt_tokens: int | None = None  # the in-context methods' context budget in this run, in tokens
+    context_feedbacks: int | None = None  # or: each problem's budget holds this many of its feedbacks
     note: str
 
     def write(self, out_dir: Path) -> None:
@@ -199,12 +206,18 @@ def bench_discovery(
     variants: dict[str, dict[str, Any]] | None = None,
     verify_for: Callable[[Problem], VerifyFn] = lambda problem: verify_attempts,
     on_progress: Callable[[], None] = lambda: None,
-    on_event: EventSink = ignore_events,
+    on_event: EventSink = ignore_events, against: Sequence[str] = (), context_feedbacks: int | None = None,
 ) -> DiscoveryReport:
+    """`context_feedbacks`: instead of settings.max_prompt_tokens, each problem's context budget holds that many of
+    its own feedbacks (feedback_budget): the same share of the context whatever a problem's feedback length."""
     budget, variants = settings.max_attempts, variants or {}
     pending: list[tuple[tuple[str, str], Callable[[], ProblemRun]]] = []  # (problem, method) -> a run to start
+    base_settings = settings
     for p in problems:
         verify = verify_for(p)  # each problem its own verifier (answer types in-process, code in the sandbox pool)
+        if context_feedbacks is not None:
+            settings = base_settings.model_copy(update={
+                "max_prompt_tokens": feedback_budget(p, policy, verify, context_feedbacks)})
         for method in methods:
             if method == BASELINE:  # i.i.d. samples: big steps finish sooner, the estimate is the same
                 cfg = baseline_settings(settings, baseline_samples, seed=BASELINE_SEED, attempts_per_step=min(
@@ -238,7 +251,21 @@ def bench_discovery(
                                                  run_seconds=[r.seconds for r in results],
                                                  run_tokens=[r.tokens for r in results])
         reports.append(problem_report(p.id, outcomes, budget))
-    return summarize(reports, list(methods), budget, seeds, baseline_samples, family)
+    report = summarize(reports, list(methods), budget, seeds, baseline_samples, family, against=against)
+    report.max_prompt_tokens = None if context_feedbacks is not None else base_settings.max_prompt_tokens
+    report.context_feedbacks = context_feedbacks
+    return report
+
+
+FEEDBACK_SLACK_TOKENS = 16  # a later feedback a few tokens longer than the first still fits alone
+
+
+def feedback_budget(problem: Problem, policy: LoraPolicy, verify: VerifyFn, feedbacks: int) -> int:
+    """A context budget that holds `feedbacks` feedbacks of this problem: the multi-turn prompt's length with that
+    many copies of the feedback on an empty answer (plus a little slack); at least the settings' minimum."""
+    feedback = verify(problem, [""])[0].feedback or "x"
+    ids = multi_turn_prompt(problem, policy.chat_ids, [feedback] * feedbacks, 10**9)
+    return max(64, len(ids) + FEEDBACK_SLACK_TOKENS)
 
 
 def problem_report(problem_id: str, outcomes: dict[str, MethodOutcome], budget: int) -> ProblemReport:
@@ -272,7 +299,8 @@ def cost_to_reach(per_problem: Sequence[Callable[[float], float]], breakpoints: 
 
 def matched_ratio(method: Sequence[MethodOutcome], baseline: Sequence[MethodOutcome], budget: int,
                   axis: Axis) -> float | None:
-    """Best-of-k's cost for its (averaged) P@budget over the method's cost for the same P; None if undefined."""
+    """The baseline's (best-of-k's, or another reference method's) cost for its (averaged) P@budget over the
+    method's cost for the same P; None if undefined."""
     target = sum(b.discovery(budget)(budget) for b in baseline) / len(baseline)
     if target <= 0:
         return None
@@ -284,28 +312,39 @@ def matched_ratio(method: Sequence[MethodOutcome], baseline: Sequence[MethodOutc
 
 
 def summarize(reports: list[ProblemReport], methods: list[str], budget: int, seeds: int, baseline_samples: int,
-              family: str = "problems", n_boot: int = 1000) -> DiscoveryReport:
-    """Average curves over problems, the matched ratios with a bootstrap interval over problems, a note."""
+              family: str = "problems", n_boot: int = 1000, against: Sequence[str] = ()) -> DiscoveryReport:
+    """Average curves over problems, the matched ratios (against best-of-k, and against each method of `against`)
+    with a bootstrap interval over problems, a note."""
     ks = curve_grid(budget)
     average = [average_curve([r.outcomes[m].discovery(budget) for r in reports], ks, label=m) for m in methods]
     rng = random.Random(0)
     samples = [[reports[rng.randrange(len(reports))] for _ in reports] for _ in range(n_boot)]
-    ratios: dict[str, dict[str, Ratio]] = {}
-    for m in (m for m in methods if m != BASELINE and BASELINE in methods):
-        ratios[m] = {}
+    ratios = ratio_table(reports, samples, methods, BASELINE, budget) if BASELINE in methods else {}
+    others = {ref: ratio_table(reports, samples, methods, ref, budget)
+              for ref in against if ref != BASELINE and ref in methods}
+    mean_cost = {m: {axis: statistics.mean(r.mean_cost[m][axis] for r in reports) for axis in AXES} for m in methods}
+    return DiscoveryReport(family=family, budget=budget, seeds=seeds, baseline_samples=baseline_samples,
+                           methods=methods, problems=reports, average_curves=average, mean_cost=mean_cost,
+                           ratios=ratios, ratios_against=others, note=_note(ratios, average, budget))
+
+
+def ratio_table(reports: Sequence[ProblemReport], samples: Sequence[Sequence[ProblemReport]], methods: Sequence[str],
+                reference: str, budget: int) -> dict[str, dict[str, Ratio]]:
+    """Per method (but the reference) and axis: the matched ratio against `reference` over all problems, with its
+    90% interval over the bootstrap `samples` of problems."""
+    table: dict[str, dict[str, Ratio]] = {}
+    for m in (m for m in methods if m != reference):
+        table[m] = {}
         for axis in AXES:
             def ratio_of(sample: Sequence[ProblemReport], m: str = m, axis: Axis = axis) -> float | None:
-                return matched_ratio([r.outcomes[m] for r in sample], [r.outcomes[BASELINE] for r in sample],
+                return matched_ratio([r.outcomes[m] for r in sample], [r.outcomes[reference] for r in sample],
                                      budget, axis)
 
             defined = sorted(r for r in (ratio_of(s) for s in samples) if r is not None)
             ci = (defined[int(0.05 * (len(defined) - 1))], defined[math.ceil(0.95 * (len(defined) - 1))]) \
                 if defined else None
-            ratios[m][axis] = Ratio(value=ratio_of(reports), ci=ci, defined=len(defined) / n_boot)
-    mean_cost = {m: {axis: statistics.mean(r.mean_cost[m][axis] for r in reports) for axis in AXES} for m in methods}
-    return DiscoveryReport(family=family, budget=budget, seeds=seeds, baseline_samples=baseline_samples,
-                           methods=methods, problems=reports, average_curves=average, mean_cost=mean_cost,
-                           ratios=ratios, note=_note(ratios, average, budget))
+            table[m][axis] = Ratio(value=ratio_of(reports), ci=ci, defined=len(defined) / len(samples))
+    return table
 
 
 def _note(ratios: dict[str, dict[str, Ratio]], average: list[DiscoveryCurve], budget: int) -> str:

@@ -5,6 +5,9 @@ Per problem, from the frozen model:
 - pass@1 with the feedback in the prompt: the same number of attempts, each prompt carrying the feedback of one
   failed base attempt (the multi-turn prompt): how much the feedback helps when the model reads it, the
   self-teacher's headroom;
+- pass@1 with every requirement told at once (`samples` attempts, the same multi-turn prompt with the verifier's
+  `all_requirements()` as its one feedback), for verifiers that can state them (StatesRequirements): whether a
+  problem whose feedback arrives one piece at a time is solvable at all once everything is known; None otherwise;
 - the per-token gap between the student and its self-teacher on failed base attempts: KL(teacher || student) for
   the feedback teacher and for the contrastive target (anchor * (q_feedback / q_control)^beta), its peak position,
   and the shift: how much more likely the teacher finds the failed attempt's own tokens than the student does
@@ -28,7 +31,7 @@ from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.reprompt import fit_prompt, multi_turn_prompt
 from sdpo_core.settings import SDPOSettings
-from sdpo_core.verifiers import VerifyFn, verify_attempts
+from sdpo_core.verifiers import StatesRequirements, VerifyFn, verify_attempts
 
 SIGNAL_SEED = 20_000  # attempts of the signal report are independent of the benchmarks' runs
 
@@ -39,6 +42,8 @@ class ProblemSignal(BaseModel):
     base_solved: int
     feedback_samples: int
     feedback_solved: int
+    all_told_samples: int | None = None  # None: the verifier cannot state all its requirements
+    all_told_solved: int | None = None
     gap_attempts: int
     gap_feedback: float  # mean per-token KL(q_feedback || student), nats
     gap_contrastive: float  # mean per-token KL(q* || student)
@@ -54,6 +59,10 @@ class ProblemSignal(BaseModel):
     @property
     def feedback_rate(self) -> float:
         return self.feedback_solved / self.feedback_samples
+
+    @property
+    def all_told_rate(self) -> float | None:
+        return None if not self.all_told_samples else (self.all_told_solved or 0) / self.all_told_samples
 
 
 def _sample(engine: GenerationEngine, prompts: Sequence[list[int]], seed: int, max_new_tokens: int,
@@ -104,6 +113,12 @@ def measure_signal(
     with_feedback = _sample(engine, in_context, SIGNAL_SEED + 1, max_new_tokens, temperature)
     feedback_solved = sum(v.solved for v in verify(problem, [c.text for c in with_feedback]))
 
+    all_told_solved = None
+    if isinstance(problem.verifier, StatesRequirements):
+        told = multi_turn_prompt(problem, policy.chat_ids, [problem.verifier.all_requirements()], max_prompt_tokens)
+        all_told = _sample(engine, [told] * samples, SIGNAL_SEED + 2, max_new_tokens, temperature)
+        all_told_solved = sum(v.solved for v in verify(problem, [c.text for c in all_told]))
+
     control = fit_prompt(problem, policy.chat_ids, settings.max_reprompt_tokens, None, settings.control_feedback)
     gaps: dict[str, list[float]] = {k: [] for k in ("fb", "cst", "peak", "shift", "shift_c")}
     for completion, feedback in failed[:gap_attempts]:
@@ -126,7 +141,9 @@ def measure_signal(
 
     return ProblemSignal(
         problem_id=problem.id or "problem", samples=samples, base_solved=sum(v.solved for v in verdicts),
-        feedback_samples=feedback_samples, feedback_solved=feedback_solved, gap_attempts=len(gaps["fb"]), gap_feedback=mean(gaps["fb"]),
+        feedback_samples=feedback_samples, feedback_solved=feedback_solved,
+        all_told_samples=samples if all_told_solved is not None else None, all_told_solved=all_told_solved,
+        gap_attempts=len(gaps["fb"]), gap_feedback=mean(gaps["fb"]),
         gap_contrastive=mean(gaps["cst"]), peak_contrastive=mean(gaps["peak"]), shift_feedback=mean(gaps["shift"]),
         shift_contrastive=mean(gaps["shift_c"]),
         feedback_examples=sorted({fb for _, fb in failed if fb})[:3],

@@ -27,7 +27,9 @@ from sdpo_core.records import ProgressEvent
 from sdpo_core.reprompt import multi_turn_prompt
 from sdpo_core.runs import DiscoveryRuns
 from sdpo_core.settings import RunSettings, SDPOSettings
-from sdpo_core.verifiers import VerifyFn, verify_attempts
+from sdpo_core.verifiers import ChecklistSpec, VerifyFn, verify_attempts
+from sdpo_core.verifiers.checklist import MAX_SCAN_CHARS
+from sdpo_core.verifiers.extract import extract_answer
 
 EVAL_SEED = 30_000  # evaluation attempts are independent of the training attempts (seed 0)
 
@@ -43,6 +45,10 @@ class TraceStep(BaseModel):
     loss: float | None = None
     seconds: float = 0.0  # this step's generate + verify + update, seconds
     examples: list[str] = []
+    # Checklist problems: per check, its pass rate on the eval attempts, and whether the training feedback has
+    # named it by now (a requirement the adapter can have learned)
+    requirement_rates: list[float] | None = None
+    revealed: list[bool] | None = None
 
     @property
     def eval_rate(self) -> float:
@@ -69,6 +75,19 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             overrides[key.strip()] = raw.strip()
     SDPOSettings(**overrides)  # fail early on a bad key or value
     return name.strip(), overrides
+
+
+def requirement_trace(problem: Problem, texts: Sequence[str], feedbacks: Sequence[str]
+                      ) -> tuple[list[float] | None, list[bool] | None]:
+    """For a checklist problem: each check's pass rate on `texts`, and whether its requirement appears in any of
+    `feedbacks` (the run's training feedback so far); (None, None) for other verifiers."""
+    spec = problem.verifier
+    if not isinstance(spec, ChecklistSpec):
+        return None, None
+    answers = [extract_answer(text[:MAX_SCAN_CHARS], spec.extract) for text in texts]
+    rates = [sum(a is not None and check.failure(a) is None for a in answers) / max(1, len(texts))
+             for check in spec.checks]
+    return rates, [any(check.requirement() in f for f in feedbacks) for check in spec.checks]
 
 
 def _eval_requests(runs: Sequence[ProblemRun], update: int, samples: int, max_new_tokens: int
@@ -129,7 +148,9 @@ def trace(
             feedbacks = {a.feedback for a in run.attempts if a.feedback} | {v.feedback for v in verdicts if v.feedback}
             new = [a for a in run.attempts if a.step == update] if update else []
             metrics = last_step[run.name].metrics if update else None
+            rates, revealed = requirement_trace(run.problem, texts, [a.feedback for a in run.attempts])
             record.steps.append(TraceStep(
+                requirement_rates=rates, revealed=revealed,
                 update=update, train_solved=sum(a.solved for a in new) if update else None,
                 train_samples=len(new) if update else None, eval_solved=sum(v.solved for v in verdicts),
                 eval_samples=len(texts), meta_talk=sum(meta_talk(t, feedbacks) for t in texts) / len(texts),

@@ -18,6 +18,7 @@ from pydantic import Field
 from sdpo_core.verifiers.answer import ExactSpec, NumericSpec, RegexSpec
 from sdpo_core.verifiers.base import (
     JUDGED,
+    StatesRequirements,
     Verdict,
     VerdictStatus,
     Verifier,
@@ -98,6 +99,6 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
 __all__ = [
     "JUDGED", "SANDBOXED_TYPES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec",
     "NumericSpec", "PythonSpec", "VerdictStatus", "verifier_failed",
-    "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "Verdict", "Verifier", "VerifierError",
+    "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "StatesRequirements", "Verdict", "Verifier", "VerifierError",
     "VerifierSpec", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
 ]

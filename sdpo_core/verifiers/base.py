@@ -66,6 +66,14 @@ class Verifier(Protocol):
     def verify(self, problem: Problem, completion: str) -> Verdict: ...
 
 
+@runtime_checkable
+class StatesRequirements(Protocol):
+    """A verifier spec that can tell every requirement at once (checklist): for measuring whether a problem whose
+    feedback arrives one piece at a time can be solved at all once everything is known (`sdpo bench signal`)."""
+
+    def all_requirements(self) -> str: ...
+
+
 class VerifierError(ValueError):
     """A verifier spec that cannot be built (bad pattern, unknown type, missing dependency)."""
 

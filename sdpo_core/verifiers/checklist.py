@@ -12,10 +12,15 @@ check carries a message, by default one that says exactly what the check wants:
         {"kind": "words", "max": 20}                                 -> The answer has 31 words; at most 20 are allowed.
     ]}
 
-The attempt is solved when every check passes; the reward is the share of checks passed, and the feedback lists
-the failed checks' messages (a user who wants a binary reward sets `partial_credit: false`). Checks run on the
-attempt's final answer (`extract`, default the whole text) in-process: plain string and number handling, no
-user-supplied patterns, so nothing here can stall the worker.
+The attempt is solved when every check passes; the reward is the share of all checks passed (every check is
+evaluated, whatever the feedback reports; a user who wants a binary reward sets `partial_credit: false`), and the
+feedback lists the failed checks' messages. Two options shape the feedback as real tools do:
+- `report: "first"` names only the first failed check in the list's order, as a compiler or a test runner that
+  stops at the first failure: the requirements arrive one at a time and a method must keep them;
+- `feedback_format: "test_log" | "build_log"` embeds the message(s) in a few hundred tokens of deterministic
+  test-runner or build output (feedback_log.py), at most FEEDBACK_MAX_CHARS characters.
+Checks run on the attempt's final answer (`extract`, default the whole text) in-process: plain string and number
+handling, no user-supplied patterns, so nothing here can stall the worker.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sdpo_core.verifiers.base import Verdict
+from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS, Verdict
 from sdpo_core.verifiers.extract import ExtractMode, extract_answer
+from sdpo_core.verifiers.feedback_log import log_seed, render_log
 
 if TYPE_CHECKING:
     from sdpo_core.problem import Problem
@@ -58,10 +64,11 @@ class ContainsCheck(_Check):
     text: str = Field(min_length=1, max_length=200)
     case_sensitive: bool = False
 
-    def failure(self, answer: str) -> str | None:
-        if _has_phrase(answer, self.text, self.case_sensitive):
-            return None
+    def requirement(self) -> str:
         return self.feedback or f"The answer must use the word '{self.text}'."
+
+    def failure(self, answer: str) -> str | None:
+        return None if _has_phrase(answer, self.text, self.case_sensitive) else self.requirement()
 
 
 class ExcludesCheck(_Check):
@@ -71,10 +78,11 @@ class ExcludesCheck(_Check):
     text: str = Field(min_length=1, max_length=200)
     case_sensitive: bool = False
 
-    def failure(self, answer: str) -> str | None:
-        if not _has_phrase(answer, self.text, self.case_sensitive):
-            return None
+    def requirement(self) -> str:
         return self.feedback or f"The answer must not use the word '{self.text}'."
+
+    def failure(self, answer: str) -> str | None:
+        return self.requirement() if _has_phrase(answer, self.text, self.case_sensitive) else None
 
 
 class NumberCheck(_Check):
@@ -90,6 +98,18 @@ class NumberCheck(_Check):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"number check: min ({self.min}) is larger than max ({self.max})")
         return self
+
+    def requirement(self) -> str:
+        if self.feedback:
+            return self.feedback
+        unit = f" in {self.unit}" if self.unit else ""
+        if self.min is not None and self.max is not None:
+            return f"The answer's first number must be between {self.min:g} and {self.max:g}{unit}."
+        if self.min is not None:
+            return f"The answer's first number must be at least {self.min:g}{unit}."
+        if self.max is not None:
+            return f"The answer's first number must be at most {self.max:g}{unit}."
+        return f"The answer must contain a number{unit}."
 
     def failure(self, answer: str) -> str | None:
         found = _NUMBER_WITH_UNIT.search(answer)
@@ -112,6 +132,15 @@ class WordsCheck(_Check):
     min: int | None = Field(default=None, ge=0)
     max: int | None = Field(default=None, ge=1)
 
+    def requirement(self) -> str:
+        if self.feedback:
+            return self.feedback
+        if self.min is not None and self.max is not None:
+            return f"The answer must have between {self.min} and {self.max} words."
+        if self.min is not None:
+            return f"The answer must have at least {self.min} words."
+        return f"The answer must have at most {self.max} words." if self.max is not None else ""
+
     def failure(self, answer: str) -> str | None:
         count = len(_words(answer))
         if self.min is not None and count < self.min:
@@ -125,21 +154,40 @@ Check = Annotated[ContainsCheck | ExcludesCheck | NumberCheck | WordsCheck, Fiel
 
 
 class ChecklistSpec(BaseModel):
-    """Every check must pass; feedback names the ones that failed."""
+    """Every check must pass; feedback names the ones that failed (or only the first), plain or inside a log."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["checklist"] = "checklist"
     checks: list[Check] = Field(min_length=1, max_length=50)
     extract: ExtractMode = Field(default="full", description="Which part of the attempt the checks read.")
     partial_credit: bool = Field(default=True, description="Reward = share of checks passed (else 0 or 1).")
+    report: Literal["all", "first"] = Field(
+        default="all", description="all: the feedback names every failed check; first: only the first failed check "
+        "in the list's order, as a compiler or a test runner that stops at the first failure.")
+    feedback_format: Literal["plain", "test_log", "build_log"] = Field(
+        default="plain", description="plain: the messages alone; test_log / build_log: the messages inside a few "
+        "hundred tokens of deterministic test-runner or compiler output.")
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         answer = extract_answer(completion[:MAX_SCAN_CHARS], self.extract)
         if answer is None:
             return Verdict(reward=0.0, solved=False, feedback="No final answer was found in your response.")
-        failures = [message for check in self.checks if (message := check.failure(answer)) is not None]
-        if not failures:
+        outcomes = [(i, check.failure(answer)) for i, check in enumerate(self.checks)]
+        failed = [message for _, message in outcomes if message is not None]
+        if not failed:
             return Verdict(reward=1.0, solved=True, answer=answer)
-        passed = 1 - len(failures) / len(self.checks)
-        return Verdict(reward=passed if self.partial_credit else 0.0, solved=False, answer=None,
-                       feedback=" ".join(failures))
+        passed = 1 - len(failed) / len(self.checks)
+        if self.report == "first":  # what a runner that stops at the first failure has seen
+            first = next(i for i, message in outcomes if message is not None)
+            outcomes, failed = outcomes[: first + 1], failed[:1]
+        if self.feedback_format == "plain":
+            feedback = " ".join(failed)
+        else:
+            seed = log_seed(problem.question, self.model_dump_json())
+            feedback = render_log(self.feedback_format, seed, outcomes, FEEDBACK_MAX_CHARS)
+        return Verdict(reward=passed if self.partial_credit else 0.0, solved=False, answer=None, feedback=feedback)
+
+    def all_requirements(self) -> str:
+        """Every check's requirement in one plain feedback, as if all were unmet: what `sdpo bench signal` tells
+        the model to measure whether a problem can be solved at all once its hidden requirements are known."""
+        return " ".join(r for check in self.checks if (r := check.requirement()))
