@@ -29,7 +29,7 @@ NEVER = {"id": "never", "prompt": "Say the word.", "verifier": {"type": "exact",
 
 def test_the_registry_is_the_one_list_of_methods():
     assert list(METHODS)[:4] == ["auto", "sdpo", "best-of-k", "multi-turn"] and TOY in METHODS
-    assert [name for name in METHODS if learns(name)] == ["auto", "sdpo"]
+    assert [name for name in METHODS if learns(name)] == ["auto", "sdpo", "hybrid"]
     assert RunSettings(method=TOY).method == TOY
     with pytest.raises(ValueError, match="unknown method 'nope': choose among auto, sdpo"):
         RunSettings(method="nope")
