@@ -1,8 +1,9 @@
 """A victim job's seconds per step alone and beside each attacker of issue 17, on one scheduler and verifier pool.
 
 The worker's own arrangement, in one process: DiscoveryRuns (shared generation batches, verification beside
-generation, a step's attempts at most 32 to a generation call) and a VerifierPool with a lane per job. The victim samples 8 attempts of 48 tokens a step from the
-frozen model and a regex accepts every one; each attacker is a job a tenant may submit:
+generation, a step's attempts at most max_batch_size to a generation call) and a VerifierPool with a lane per job.
+The victim samples 8 attempts of 48 tokens a step from the frozen model and a regex accepts every one; each attacker
+is a job a tenant may submit:
 
     alone              the victim by itself (the baseline, measured in the same process)
     sleeping-verifier  a python verifier that sleeps 100 s on every attempt
@@ -31,8 +32,9 @@ from sdpo_core.problem import Problem
 from sdpo_core.runs import DiscoveryRuns
 from sdpo_core.settings import RunSettings
 from workers.pool import VerifierPool
+from workers.settings import WorkerSettings
 
-WORKER_BATCH = 32  # the worker's default max_batch_size, which is also its chunk of a step's attempts
+WORKER_BATCH = WorkerSettings.model_fields["max_batch_size"].default  # also the worker's chunk of a step's attempts
 VICTIM = Problem.model_validate({"id": "victim", "prompt": "Write one sentence about the sea.",
                                  "verifier": {"type": "regex", "pattern": "(?s).*", "target": "completion"}})
 NEVER = {"type": "regex", "pattern": "QQQQQQQQQQ", "target": "completion"}

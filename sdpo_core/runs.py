@@ -240,7 +240,8 @@ class DiscoveryRuns:
             sampling = self._sampling[id(piece.run)]
             if piece.request.stopped:  # cancelled (the caller ends the run) or past its wall clock
                 del self._sampling[id(piece.run)]
-                if group not in self._stopping:
+                past_clock = sampling.deadline is not None and time.monotonic() > sampling.deadline
+                if past_clock and group not in self._stopping:
                     report.failures[group] = step_timeout(piece.run, self.step_seconds)
                 continue
             sampling.completions += piece.completions
