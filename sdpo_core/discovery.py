@@ -26,7 +26,58 @@ BASELINE_SAMPLES_PER_BUDGET = 2
 
 
 def default_baseline_samples(budget: int) -> int:
+    """The most samples a baseline draws by default; it stops sooner once `baseline_settled`."""
     return BASELINE_SAMPLES_PER_BUDGET * budget
+
+
+# A baseline stops drawing once the 90% interval of best-of-k's P(solved within the budget) is this narrow.
+BASELINE_PRECISION = 0.10
+BASELINE_CONFIDENCE = 0.9
+
+
+def _binomial_tail(n: int, c: int, p: float) -> float:
+    """P(X >= c) for X ~ Binomial(n, p)."""
+    if c <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return min(1.0, sum(math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+                        for k in range(c, n + 1)))
+
+
+def success_rate_interval(n: int, c: int, confidence: float = BASELINE_CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a per-sample success rate from c successes in n samples: it never
+    collapses to a point, so 0 of 20 says "at most ~14%", not "0%"."""
+    if n < 1:
+        return 0.0, 1.0
+    alpha = (1 - confidence) / 2
+
+    def solve(c_tail: int, target: float) -> float:  # the p at which P(X >= c_tail) = target (increasing in p)
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _binomial_tail(n, c_tail, mid) < target else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if c == 0 else solve(c, alpha)
+    high = 1.0 if c == n else solve(c + 1, 1 - alpha)
+    return low, high
+
+
+def best_of_k_interval(n: int, c: int, k: int, confidence: float = BASELINE_CONFIDENCE) -> tuple[float, float]:
+    """The interval of best-of-k's P(solved within k) = 1 - (1 - p)^k, from the exact interval of p."""
+    low, high = success_rate_interval(n, c, confidence)
+    return 1.0 - (1.0 - low) ** k, 1.0 - (1.0 - high) ** k
+
+
+def baseline_settled(n: int, c: int, budget: int, precision: float = BASELINE_PRECISION) -> bool:
+    """Whether n samples with c successes pin best-of-k's P(solved within `budget`) to an interval of at most
+    `precision`: more samples would not change what the comparison says."""
+    low, high = best_of_k_interval(n, c, budget)
+    return n > 0 and high - low <= precision
 
 
 class DiscoveryCurve(BaseModel):
@@ -201,6 +252,10 @@ class Comparison(BaseModel):
         "attempts the method needs for the same probability (None: undefined, see note)."
     )
     baseline_at_budget: float | None = None
+    baseline_interval: tuple[float, float] | None = Field(
+        default=None, description=f"The {BASELINE_CONFIDENCE:.0%} interval of best-of-k's P(solved within the "
+        "budget) from its samples (exact binomial): wide when it rests on few samples.")
+    baseline_samples: int = 0
     method_at_budget: float
     note: str
 
@@ -222,6 +277,7 @@ def compare_to_best_of_k(
     curves.append(best_of_k_curve(baseline_outcomes, ks, n_boot=n_boot, confidence=confidence, seed=seed))
     n, c = len(baseline_outcomes), sum(baseline_outcomes)
     baseline_at = pass_at_k(n, c, budget)
+    interval = best_of_k_interval(n, c, budget)
     ratio = attempts_ratio(lambda k: discovery_at_k(first_success, k), lambda k: pass_at_k(n, c, k), budget)
     runs = f"{len(first_success)} run" + ("s" if len(first_success) > 1 else "")
     solved = [t for t in first_success if t is not None]
@@ -232,7 +288,8 @@ def compare_to_best_of_k(
         note = (f"{method} ({runs}) solved only in the first step (attempt {at}), before any feedback or update: "
                 f"that is the base model sampling, as best-of-k does; no ratio is claimed")
     elif c == 0:
-        note = f"best-of-k found no solution in {n} samples: the ratio is undefined"
+        note = (f"best-of-k found no solution in {n} samples (its P@{budget} is at most {interval[1]:.2f}): the "
+                "ratio is undefined")
     elif ratio is None:
         note = f"{method} ({runs}) did not reach best-of-k's {baseline_at:.2f} at {budget} attempts"
     else:
@@ -246,4 +303,4 @@ def compare_to_best_of_k(
     elif budget == n and c > 0:
         note += f"; pass@{n} from {n} samples is 1 whenever one succeeded: sample more than the budget"
     return Comparison(budget=budget, curves=curves, attempts_ratio=ratio, baseline_at_budget=baseline_at,
-                      method_at_budget=method_at, note=note)
+                      baseline_interval=interval, baseline_samples=n, method_at_budget=method_at, note=note)
