@@ -111,6 +111,12 @@ class ProblemRun:
             self.status = "cancelled"
             self.emit("finished")
 
+    def settle(self) -> None:
+        """End a run that has sampled enough before its budget (a baseline whose estimate is settled)."""
+        if not self.done:
+            self.status = "succeeded" if self.first_success else "exhausted"
+            self.emit("finished")
+
     # ---- one step ---------------------------------------------------------------------------------------------
     def next_request(self) -> GenerationRequest | None:
         """The attempts of the next step, or None when the run is over."""

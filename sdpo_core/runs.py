@@ -19,6 +19,8 @@ batches, each run sampling with its own adapter.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +55,21 @@ def baseline_settings(settings: RunSettings, samples: int, *, seed: int | None =
         "method": "best-of-k", "max_attempts": max(samples, step), "attempts_per_step": step,
         "stop_at_first_success": False, "seed": settings.seed if seed is None else seed,
     })
+
+
+def baseline_key(problem: Problem, settings: RunSettings, model: str) -> str:
+    """What a baseline's samples are samples of: the question and verifier (not the problem's label), the model
+    and the sampling settings. Jobs with the same key may share their samples; a different seed is not a different
+    distribution."""
+    what = {"problem": problem.model_dump(mode="json", exclude={"id"}), "model": model,
+            "temperature": settings.temperature, "max_new_tokens": settings.max_new_tokens}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def continuation_seed(key: str, drawn: int) -> int:
+    """The seed of samples drawn after `drawn` earlier ones of `key`: a stream of its own, so that a continuation
+    never repeats a sample (each attempt's stream is keyed by (seed, attempt index))."""
+    return int(hashlib.sha256(f"{key}:{drawn}".encode()).hexdigest()[:15], 16)
 
 
 def self_baseline(settings: RunSettings) -> bool:
@@ -106,6 +123,7 @@ class StepReport:
     the groups that failed, each with its exception."""
 
     advanced: set[str] = field(default_factory=set)
+    runs: set[int] = field(default_factory=set)  # id() of each run that finished a step
     events: list[ProgressEvent] = field(default_factory=list)
     failures: dict[str, Exception] = field(default_factory=dict)
 
@@ -144,21 +162,27 @@ class DiscoveryRuns:
     step of more attempts is sampled over several calls, so that a job of 1024 attempts a step does not hold every
     job sharing its batches for the whole of it. `step_seconds` bounds a step's generation: a run
     whose generation runs past it fails (RunFailure step_timeout); `stop(group)` ends a group's generation within a
-    few tokens (its job was cancelled)."""
+    few tokens (its job was cancelled). A group's `background` runs (a job's best-of-k baseline) sample only in the
+    room the others leave: up to `chunk_attempts` with them, or alone when no other run is ready."""
 
     def __init__(self, engine: GenerationEngine, *, patience_s: float | None = 1.0,
                  step_seconds: float | None = None, chunk_attempts: int | None = None) -> None:
         self.engine = engine
         self.patience_s, self.step_seconds, self.chunk_attempts = patience_s, step_seconds, chunk_attempts
         self.groups: dict[str, dict[str, ProblemRun]] = {}
+        self._background: dict[str, frozenset[str]] = {}  # group -> keys of its background runs
+        self._freed: set[int] = set()  # id(run) of runs closed before their group
         self._sampling: dict[int, _Sampling] = {}  # by id(run): a step sampled in pieces
         self._verifying: dict[int, _Verifying] = {}  # by id(run)
         self._stopping: set[str] = set()  # groups whose generation must stop (read from the generation thread)
         self._threads = ThreadPoolExecutor(max_workers=VERIFYING_THREADS, thread_name_prefix="verify")
 
-    def add(self, group: str, runs: Mapping[str, ProblemRun] | ProblemRun) -> None:
+    def add(self, group: str, runs: dict[str, ProblemRun] | ProblemRun, *, background: Sequence[str] = ()) -> None:
+        """Step `runs` as one group. A dict is kept, not copied: a run its owner adds later (a baseline that starts
+        drawing) is stepped too; keys in `background` are sampled at lower priority."""
         assert group not in self.groups, f"group {group!r} is already running"
-        self.groups[group] = dict(runs) if isinstance(runs, Mapping) else {"run": runs}
+        self.groups[group] = runs if isinstance(runs, dict) else {"run": runs}
+        self._background[group] = frozenset(background)
 
     def runs(self, group: str) -> dict[str, ProblemRun]:
         return self.groups[group]
@@ -183,10 +207,7 @@ class DiscoveryRuns:
         samples alone to find the one at fault; a group whose step raises fails alone: the others advance."""
         chosen = [g for g in (self.active if groups is None else groups) if g in self.groups]
         report = StepReport()
-        ready = [(g, run) for g in chosen for run in self.groups[g].values()
-                 if not run.done and id(run) not in self._verifying]
-        ready = [(g, run, sampling.next_piece(self.chunk_attempts, self._stop_check(g, sampling.deadline)))
-                 for g, run in ready if (sampling := self._sampling_of(g, run)) is not None]
+        ready = self._pieces(chosen)
         if ready:
             started = self._generate(ready, report)
             wait(started, timeout=self.patience_s)
@@ -204,13 +225,37 @@ class DiscoveryRuns:
             if failures:
                 raise next(iter(failures.values()))
 
-    def _sampling_of(self, group: str, run: ProblemRun) -> _Sampling | None:
-        """The step the run is sampling: the one begun, or its next one (its wall clock starts now)."""
+    def _pieces(self, chosen: Sequence[str]) -> list[tuple[str, ProblemRun, GenerationRequest]]:
+        """The next piece of every ready run's step: foreground runs first, then background runs in the room left
+        under `chunk_attempts` (all of it when no foreground run is ready)."""
+        foreground, background = [], []
+        for g in chosen:
+            for key, run in self.groups[g].items():
+                if not run.done and id(run) not in self._verifying:
+                    (background if key in self._background[g] else foreground).append((g, run))
+        pieces = []
+        for g, run in foreground:
+            if (sampling := self._sampling_of(g, run)) is not None:
+                pieces.append((g, run, sampling.next_piece(self.chunk_attempts, self._stop_check(g, sampling.deadline))))
+        room = None if not pieces else (self.chunk_attempts or 0) - sum(len(p.attempt_indices) for *_, p in pieces)
+        for g, run in background:
+            if room is not None and room <= 0:
+                break
+            if (sampling := self._sampling_of(g, run, timed=False)) is not None:
+                chunk = self.chunk_attempts if room is None else min(room, self.chunk_attempts or room)
+                piece = sampling.next_piece(chunk, self._stop_check(g, None))
+                pieces.append((g, run, piece))
+                room = None if room is None else room - len(piece.attempt_indices)
+        return pieces
+
+    def _sampling_of(self, group: str, run: ProblemRun, *, timed: bool = True) -> _Sampling | None:
+        """The step the run is sampling: the one begun, or its next one (its wall clock starts now, unless it is
+        a background run's, whose pieces wait for room)."""
         if id(run) not in self._sampling:
             request = run.next_request()
             if request is None:
                 return None
-            deadline = None if self.step_seconds is None else time.monotonic() + self.step_seconds
+            deadline = None if self.step_seconds is None or not timed else time.monotonic() + self.step_seconds
             self._sampling[id(run)] = _Sampling(group, request, deadline)
         return self._sampling[id(run)]
 
@@ -271,6 +316,7 @@ class DiscoveryRuns:
             try:
                 report.events.append(verifying.step.finish(self.engine, verifying.verdicts.result()))
                 report.advanced.add(verifying.group)
+                report.runs.add(id(verifying.step.run))
             except Exception as exc:  # noqa: BLE001 - this group's fault
                 report.failures[verifying.group] = exc
 
@@ -279,15 +325,31 @@ class DiscoveryRuns:
         running for it is ignored when it ends)."""
         runs = self.groups.pop(group, {})
         for run in runs.values():
-            self._verifying.pop(id(run), None)
-            self._sampling.pop(id(run), None)
-            try:
-                run.close()
-                if run.adapter is not None:
-                    self.engine.drop_adapter(run.adapter)
-            except Exception:  # noqa: BLE001 - freeing one run must not stop the others
-                log.exception("closing run %s failed", run.name)
+            self._free(run)
+            self._freed.discard(id(run))
         self._stopping.discard(group)
+        self._background.pop(group, None)
+
+    def free(self, group: str, key: str) -> None:
+        """Free one run's adapter and state before its group ends (a job's method is over, its baseline goes on);
+        the run stays in the group, finished."""
+        run = self.groups[group][key]
+        run.cancel()  # a finished run stays finished; a running one samples no more
+        self._free(run)
+
+    def _free(self, run: ProblemRun) -> None:
+        self._verifying.pop(id(run), None)
+        self._sampling.pop(id(run), None)
+        if id(run) in self._freed:
+            return
+        self._freed.add(id(run))
+        try:
+            adapter = run.adapter
+            run.close()
+            if adapter is not None:
+                self.engine.drop_adapter(adapter)
+        except Exception:  # noqa: BLE001 - freeing one run must not stop the others
+            log.exception("closing run %s failed", run.name)
 
     def close_all(self) -> None:
         for group in list(self.groups):

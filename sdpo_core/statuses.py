@@ -12,3 +12,8 @@ JobStatus = Literal["queued", "running", "succeeded", "exhausted", "failed", "ca
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 FINISHED: frozenset[str] = frozenset({"succeeded", "exhausted", "failed", "cancelled"})  # no way out of these
 WITH_CURVE: frozenset[str] = frozenset({"succeeded", "exhausted"})  # finished with a discovery curve to show
+
+# A job's best-of-k comparison, a part of the job with its own state (workers.baseline): it never holds the job's
+# status back. `interrupted`: its worker stopped after the job's outcome was final (the counts so far stand).
+BaselineState = Literal["pending", "running", "done", "skipped", "cancelled", "interrupted"]
+BASELINE_LIVE: frozenset[str] = frozenset({"pending", "running"})
