@@ -14,7 +14,7 @@ from sdpo_core.discovery import Comparison, DiscoveryCurve
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
 from sdpo_core.settings import Method, RunSettings
-from sdpo_core.statuses import FINISHED, JobStatus
+from sdpo_core.statuses import FINISHED, BaselineState, JobStatus
 
 Metadata = dict[str, str]
 BatchStatus = Literal["in_progress", "completed", "cancelled"]
@@ -108,8 +108,15 @@ class JobError(BaseModel):
 
 
 class BaselineProgress(BaseModel):
-    samples: int = Field(description="Baseline attempts made.")
+    """The job's best-of-k comparison: a part of the job with its own state; the job's status never waits for it."""
+
+    samples: int = Field(description="Best-of-k samples behind the estimate (drawn by this job or reused).")
     successes: int
+    state: BaselineState | None = Field(default=None, description="pending (another job draws the same samples), "
+                                        "running, done (its estimate settled or its cap reached), skipped, "
+                                        "cancelled, interrupted (its worker stopped after the job's outcome).")
+    reused_samples: int = Field(default=0, description="Of `samples`, those your earlier jobs on the same problem, "
+                                "verifier, model and sampling settings drew.")
 
 
 class Job(BaseModel):
@@ -222,6 +229,8 @@ class JobCurve(BaseModel):
 
     job_id: str
     status: JobStatus
+    baseline: BaselineProgress | None = Field(default=None, description="Where the comparison stands: while its "
+                                              "state is pending or running, the curve shows the samples so far.")
     comparison: Comparison
 
 

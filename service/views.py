@@ -7,9 +7,10 @@ import json
 from pydantic import BaseModel
 
 from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
-from sdpo_core.statuses import WITH_CURVE
+from sdpo_core.runs import self_baseline
+from sdpo_core.statuses import BASELINE_LIVE, WITH_CURVE
 from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError, JobSummary
-from workers.jobs import JobHead, JobRecord
+from workers.jobs import JobHead, JobRecord, JobSpec
 
 
 def _float(value: str | None) -> float | None:
@@ -26,8 +27,7 @@ def job_view(record: JobRecord) -> Job:
         quota_reached_at=r.quota_reached_at, events_not_stored=r.events_not_stored, steps=r.steps,
         best_reward=r.best_reward, solved=r.first_success_attempt is not None,
         first_success_attempt=r.first_success_attempt,
-        baseline=BaselineProgress(samples=r.baseline_samples, successes=r.baseline_successes)
-        if r.baseline_samples is not None else None,
+        baseline=baseline_progress(r, spec),
         error=JobError(code=r.error_code, message=r.error_message) if r.error_code else None,
         problem=spec.problem, settings=spec.settings, metadata=json.loads(r.metadata or "{}"),
     )
@@ -41,11 +41,20 @@ def job_summary_view(head: JobHead) -> JobSummary:
         cancel_requested_at=h.cancel_requested_at, batch_id=h.batch_id or None, attempts=h.attempts, steps=h.steps,
         best_reward=h.best_reward, solved=h.first_success_attempt is not None,
         first_success_attempt=h.first_success_attempt,
-        baseline=BaselineProgress(samples=h.baseline_samples, successes=h.baseline_successes)
-        if h.baseline_samples is not None else None,
+        baseline=baseline_progress(h),
         error=JobError(code=h.error_code, message=h.error_message) if h.error_code else None,
         metadata=json.loads(h.metadata or "{}"), **json.loads(h.summary),
     )
+
+
+def baseline_progress(head: JobHead, spec: JobSpec | None = None) -> BaselineProgress | None:
+    """The job's comparison; a job no worker has started yet shows the baseline it asked for as pending."""
+    if head.baseline_samples is None and head.baseline_state in ("", "skipped"):
+        asked = spec is not None and spec.baseline_attempts > 0 and not self_baseline(spec.settings)
+        return BaselineProgress(samples=0, successes=0, state="pending") if asked and not head.baseline_state \
+            else None
+    return BaselineProgress(samples=head.baseline_samples or 0, successes=head.baseline_successes,
+                            state=head.baseline_state or None, reused_samples=head.baseline_reused)
 
 
 def baseline_outcomes(job: Job | JobSummary) -> list[bool]:
@@ -56,8 +65,13 @@ def baseline_outcomes(job: Job | JobSummary) -> list[bool]:
 
 
 def job_comparison(job: Job) -> Comparison:
-    return compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget,
-                                first_step=job.settings.attempts_per_step)
+    """The job's curve against best-of-k; while the baseline still draws, against its samples so far (said)."""
+    comparison = compare_to_best_of_k(job.method, [job.first_success_attempt], baseline_outcomes(job), job.budget,
+                                      first_step=job.settings.attempts_per_step)
+    if job.baseline is not None and job.baseline.state in BASELINE_LIVE:
+        comparison.note = (f"the best-of-k baseline is still {job.baseline.state} ({job.baseline.samples} samples "
+                           f"so far): this curve will change; " + comparison.note)
+    return comparison
 
 
 def batch_curve(jobs: list[JobSummary], budget: int, method: str) -> BatchCurve | None:

@@ -148,8 +148,8 @@ def test_a_restored_run_must_match_the_job_in_redis(tiny_policy, change):
                                                  "case_sensitive": False}
     elif change == "settings":
         states[METHOD]["settings"]["max_attempts"] = 1_000_000
-    else:
-        states["baseline"] = states[METHOD]
+    else:  # a run the job does not have (a baseline run is ignored: its samples live in Redis, not checkpoints)
+        states["extra"] = states[METHOD]
     with pytest.raises(JobFailure) as caught:
         check_restored(spec, states)
     assert caught.value.code == "checkpoint_mismatch" and "not resumed" in caught.value.message

@@ -36,6 +36,8 @@ class JobProgress(BaseModel):
     first_success_attempt: int | None = None
     baseline_samples: int | None = None
     baseline_successes: int = 0
+    baseline_state: str = Field(default="", description="workers.baseline's states; '' in records from before.")
+    baseline_reused: int = Field(default=0, description="Baseline samples drawn by the tenant's earlier jobs.")
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump()

@@ -21,6 +21,9 @@ key                                type         what it holds
 {p}:batch:{id}                     hash         the batch record: tenant, settings, timestamps; finished: its outcome
 {p}:batch:{id}:jobs                list         the batch's job ids in problem order
 {p}:batch:{id}:waiting             list         job ids not yet on the queue (the batch's concurrency limit)
+{p}:baseline:{t}:{key}             hash         best-of-k samples drawn for one (problem, verifier, model, sampling):
+                                                ``samples``, ``successes``; shared by the tenant's jobs; expires
+{p}:baseline:{t}:{key}:drawer      string       ``<job id>|<lease token>`` of the one job drawing more of them; expires
 {p}:retiring                       zset         finished job ids, scored by when their retention ends
 {p}:blobs_to_delete                set          job ids whose stored blobs (the adapter) a worker must delete
 {p}:workers                        hash         worker id -> JSON {seen_at, model, jobs}: liveness for /readyz
@@ -95,6 +98,12 @@ class Keys:
 
     def batch_waiting(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:waiting"
+
+    def baseline(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:baseline:{tenant}:{key}"
+
+    def baseline_drawer(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:baseline:{tenant}:{key}:drawer"
 
     @property
     def retiring(self) -> str:

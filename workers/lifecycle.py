@@ -1,4 +1,6 @@
-"""A leased job from start to end: open its runs (fresh or from its checkpoint), publish each step, finish or fail.
+"""A leased job from start to end: open its runs (fresh or from its checkpoint), publish each step, finish or fail;
+then, while its baseline still draws (workers.baseline), add the baseline's samples to the shared record and let
+the job go when it is done.
 
 Every write goes through the fenced store (workers.store.leases): when a write reports `fenced`, another worker
 holds the job now, and this one drops it without touching anything else. A checkpoint is a blob named for the
@@ -8,22 +10,35 @@ lease generation; the step's publication makes it the job's current one, so a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from pydantic import ValidationError
 
 from sdpo_core.failures import RunFailure
+from sdpo_core.loop import ProblemRun
 from sdpo_core.methods import learns
-from sdpo_core.runs import METHOD, comparison_runs, comparison_settings
+from sdpo_core.runs import (
+    BASELINE,
+    METHOD,
+    baseline_key,
+    baseline_settings,
+    comparison_runs,
+    comparison_settings,
+    continuation_seed,
+    self_baseline,
+)
+from sdpo_core.statuses import BaselineState
 from workers import checkpoint
+from workers.baseline import JobBaseline
 from workers.checkpoint import CheckpointStore
 from workers.jobs import JobFailure, JobRecord, JobSpec, now, step_too_large
 from workers.metrics import step_metrics, verifier_outcome
 from workers.runtime import ActiveJob
 from workers.serving import Serving
 from workers.settings import WorkerSettings
-from workers.store import Lease, StepRecord, WorkerQueue
+from workers.store import STORE_UNAVAILABLE, Lease, StepRecord, WorkerQueue
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +77,13 @@ class JobLifecycle:
                 check_restored(job.spec, states, checkpoint_step=record.checkpoint_step)
             job.runs = await asyncio.to_thread(
                 comparison_runs, job.spec.problem, job.spec.settings, self.serving.policy,
-                baseline_samples=job.spec.baseline_attempts, name=lease.job_id, verify=verify, sink_for=job.sink,
-                states=states)
+                baseline_samples=0, name=lease.job_id, verify=verify, sink_for=job.sink, states=states)
+            job.verify = verify
+            if job.spec.baseline_attempts > 0 and not self_baseline(job.spec.settings):
+                job.baseline = JobBaseline(
+                    key=baseline_key(job.spec.problem, job.spec.settings, self.serving.model_name),
+                    cap=job.spec.baseline_attempts, budget=job.spec.settings.max_attempts)
+                await self.advance_baseline(job, publish=False)
         except Exception as exc:  # noqa: BLE001 - the job fails, the worker goes on
             await self.fail(job, exc)
             return None
@@ -160,8 +180,10 @@ class JobLifecycle:
         status = method.status if method.status in ("succeeded", "exhausted", "cancelled") else "exhausted"
         if status == "succeeded" and method.first_success is None:
             status = "exhausted"
-        if any(run.status == "cancelled" for run in job.runs.values()):
+        if method.status == "cancelled":
             status = "cancelled"
+        if status == "cancelled" and job.baseline is not None and job.baseline.live:
+            await self.end_baseline(job, "cancelled")
         fields: dict[str, Any] = {**job.progress(), "error_code": "", "error_message": ""}
         if learns(job.spec.settings.method) and status != "cancelled":
             fields["adapter"] = "1" if await self._save_adapter(job) else "0"
@@ -173,11 +195,76 @@ class JobLifecycle:
             return
         job.commit(plan)
         job.stored_upto(stored)
+        drawing = job.baseline is not None and job.baseline.live  # the lease stays until it is done
         outcome = await self.queue.change(job.lease, allowed_from=["running"], to=status, fields=fields,
-                                          event={"attempts": len(method.attempts)}, ack=True, release=True)
-        log.info("job %s: %s after %d attempts", job.id, status, len(method.attempts))
-        if outcome != "fenced":
+                                          event={"attempts": len(method.attempts)}, ack=not drawing,
+                                          release=not drawing, release_slot=True)
+        job.outcome_final, job.released = True, not drawing
+        log.info("job %s: %s after %d attempts%s", job.id, status, len(method.attempts),
+                 "; its baseline goes on" if drawing else "")
+        if outcome == "fenced":
+            job.lost = True
+        else:
             await self._delete_blobs(job.id, keep=(checkpoint.ADAPTER,))
+
+    # ---- the baseline -----------------------------------------------------------------------------------------
+    async def advance_baseline(self, job: ActiveJob, *, publish: bool = True) -> None:
+        """Move the job's baseline on: add what its run drew to the shared record and end it once enough is drawn;
+        or, while another job draws the same samples, read theirs and take over drawing when that one stops.
+        Publishes the baseline's fields (and an event when its state changes)."""
+        b = job.baseline
+        if b is None or not b.live:
+            return
+        before = (b.state, b.samples)
+        if b.state == "running":
+            samples, successes = b.unrecorded()
+            if samples or b.run.done:
+                totals = await self.queue.baseline_add(job.lease, b.key, samples, successes)
+                if totals is None:  # our turn expired and another job draws now: wait for theirs
+                    b.end("pending")
+                    b.run = None
+                else:
+                    (b.samples, b.successes), b.recorded = totals, b.recorded + samples
+                    if b.enough or b.run.done:
+                        await self.end_baseline(job, "done", publish=False)
+        if b.state == "pending":
+            b.samples, b.successes = await self.queue.baseline_counts(job.lease.tenant, b.key)
+            if b.enough:
+                b.reused = b.reused or b.samples
+                b.state = "done"
+            elif await self.queue.baseline_claim(job.lease, b.key):
+                b.reused = b.reused or b.samples
+                settings = baseline_settings(job.spec.settings, b.cap - b.samples,
+                                             seed=continuation_seed(b.key, b.samples))
+                b.run = ProblemRun(job.spec.problem, settings, self.serving.policy, name=f"{job.id}-baseline",
+                                   verify=job.verify, on_event=job.sink(BASELINE))
+                b.recorded, b.state = 0, "running"
+                job.runs[BASELINE] = b.run  # the scheduler steps it (in the background) from the next batch on
+        if publish and (b.state, b.samples) != before:
+            await self.publish_baseline(job, changed=b.state != before[0])
+
+    async def end_baseline(self, job: ActiveJob, state: BaselineState, *, publish: bool = True) -> None:
+        """Stop the baseline (done, cancelled, interrupted) and give up drawing for its key."""
+        b = job.baseline
+        if b is None or not b.live:
+            return
+        if b.state == "running":
+            with contextlib.suppress(*STORE_UNAVAILABLE):
+                await self.queue.baseline_add(job.lease, b.key, 0, 0, done=True)
+        b.end(state)
+        if publish:
+            await self.publish_baseline(job, changed=True)
+
+    async def publish_baseline(self, job: ActiveJob, *, changed: bool) -> None:
+        b = job.baseline
+        events = [("baseline", {"at": now(), **b.fields()})] if changed else []
+        if await self.queue.publish(job.lease, StepRecord(fields=b.fields(), events=events)) < 0:
+            job.lost = True
+
+    async def release(self, job: ActiveJob) -> None:
+        """The job's baseline is over: let the job go (its batch slot was freed at its final status)."""
+        await self.queue.release(job.lease, release_slot=False)
+        job.released = True
 
     async def _save_adapter(self, job: ActiveJob) -> bool:
         try:
@@ -190,13 +277,21 @@ class JobLifecycle:
             return False
 
     async def fail(self, job: ActiveJob, exc: BaseException) -> None:
-        """A job's error: retried from its checkpoint while tries remain, else it ends `failed`."""
+        """A job's error: retried from its checkpoint while tries remain, else it ends `failed`. Once the job's
+        outcome is final only its baseline can fail: it ends `interrupted` and the outcome stands."""
         lease = job.lease
+        if job.outcome_final:
+            log.warning("job %s: its baseline stopped: %s: %s", lease.job_id, type(exc).__name__, exc)
+            await self.end_baseline(job, "interrupted")
+            await self.release(job)
+            return
         if isinstance(exc, RunFailure):  # the job's own (JobFailure is one): its code and message
             failure = exc
         else:
             log.exception("job %s failed", lease.job_id, exc_info=exc)
             failure = JobFailure("job_error", f"{type(exc).__name__}: {exc}", retryable=True)
+        if job.baseline is not None:  # give up drawing for its key (a retry takes it over again)
+            await self.end_baseline(job, "interrupted", publish=False)
         if failure.retryable and lease.tries < self.settings.max_tries:
             await self.queue.hand_back(lease, reason=f"error, will retry: {failure.message}",
                                        fields={"last_error": failure.message})
@@ -229,7 +324,8 @@ def check_restored(spec: JobSpec, states: checkpoint.States, *, checkpoint_step:
     stored in Redis: what runs is always what was submitted, never what a checkpoint says. Its method run must be
     at least at `checkpoint_step`, the step the job's record says its current checkpoint holds: an older one of the
     same blob (a replayed earlier step, validly signed) would silently roll the job back."""
-    wanted = comparison_settings(spec.settings, spec.baseline_attempts)
+    wanted = comparison_settings(spec.settings, 0)  # a baseline's samples live in the shared record
+    states = {key: state for key, state in states.items() if key != BASELINE}  # checkpoints from before held one
     if set(states) != set(wanted):
         raise JobFailure("checkpoint_mismatch", f"the job's checkpoint holds the runs {sorted(states)}, the job has "
                                                 f"{sorted(wanted)}; it was not resumed")

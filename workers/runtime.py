@@ -1,4 +1,6 @@
-"""One leased job inside a worker: its runs (the method and its baseline), its lease, what it has published.
+"""One leased job inside a worker: its runs (the method and, while it draws, its baseline), its lease, what it has
+published. The job's outcome is final as soon as its method's run ends; the worker keeps the lease while the
+baseline (workers.baseline) still draws, then lets the job go.
 
 The runs' event sinks only buffer events (they fire inside the generation thread); the worker publishes them to the
 job's stream after the step, together with the step's attempts. Attempts are stored in Redis as a prefix of the
@@ -15,7 +17,9 @@ from typing import Any
 
 from sdpo_core.loop import ProblemRun
 from sdpo_core.records import Attempt
-from sdpo_core.runs import METHOD, baseline_of
+from sdpo_core.runs import METHOD, self_baseline
+from sdpo_core.verifiers import VerifyFn
+from workers.baseline import JobBaseline
 from workers.jobs import JobProgress, JobSpec
 from workers.logs import log_context
 from workers.store import Lease
@@ -50,7 +54,11 @@ class ActiveJob:
 
     lease: Lease
     spec: JobSpec
-    runs: dict[str, ProblemRun] = field(default_factory=dict)
+    runs: dict[str, ProblemRun] = field(default_factory=dict)  # the scheduler steps this dict (a baseline joins it)
+    baseline: JobBaseline | None = None  # None: none asked, or the method is its own
+    verify: VerifyFn | None = None  # the job's verifier lane (its baseline's run verifies there too)
+    outcome_final: bool = False  # the job's final status is written; only its baseline may still draw
+    released: bool = False  # its queue entry is acked and its lease dropped: the worker forgets it
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # events buffered during a step
     published: int = 0  # method attempts already published (stored or counted past the cap)
     stored: int = 0  # method attempts in the job's attempts list
@@ -74,8 +82,14 @@ class ActiveJob:
         return self.runs[METHOD]
 
     @property
-    def done(self) -> bool:
-        return all(run.done for run in self.runs.values())
+    def stepping(self) -> bool:
+        """A run of the job (its method, or its baseline) still samples."""
+        return any(not run.done for run in self.runs.values())
+
+    @property
+    def over(self) -> bool:
+        """Its outcome is final and its baseline draws no more: the worker lets the job go."""
+        return self.outcome_final and (self.baseline is None or not self.baseline.live)
 
     def sink(self, run_key: str):
         def on_event(event) -> None:
@@ -87,7 +101,8 @@ class ActiveJob:
         return events
 
     def states(self) -> dict[str, dict[str, Any]]:
-        return {key: run.state_dict() for key, run in self.runs.items()}
+        """What the checkpoint holds: the method's run (a baseline's samples are in the shared record)."""
+        return {METHOD: self.method.state_dict()}
 
     def to_store(self, max_bytes: int) -> StoragePlan:
         """The unpublished attempts that go into the attempts list (JSON) under the byte cap; `commit` the plan once
@@ -130,10 +145,14 @@ class ActiveJob:
             best_reward=max((a.reward for a in method.attempts), default=0.0),
             first_success_attempt=first.index if first else None,
         )
-        baseline = baseline_of(self.runs)
-        if baseline is not None:
-            progress.baseline_samples = len(baseline.attempts)
-            progress.baseline_successes = sum(a.solved for a in baseline.attempts)
+        if self.baseline is not None:
+            progress = progress.model_copy(update=self.baseline.fields())
+        elif self_baseline(method.settings):  # its own attempts are the best-of-k samples
+            progress.baseline_samples = len(method.attempts)
+            progress.baseline_successes = sum(a.solved for a in method.attempts)
+            progress.baseline_state = "done" if method.done else "running"
+        else:
+            progress.baseline_state = "skipped"
         fields = progress.fields()
         if first is not None:
             fields["solution"] = first.model_dump_json()

@@ -8,7 +8,10 @@
                                            (sdpo_core.runs.DiscoveryRuns); each job verifies in a lane of its own
         publish                            for each job that finished a step: checkpoint, then attempts/progress/
                                            events, fenced by the lease
-        finish done jobs                   adapter to the blob store, final status, entry acked, adapters freed
+        baselines                          add what each job's baseline drew to the tenant's shared record; end it
+                                           once its estimate is settled (workers.baseline)
+        finish done jobs                   at the method's end: adapter to the blob store, final status at once,
+                                           adapter freed; the entry is acked once the baseline is over too
 
 Delivery is at-least-once. A heartbeat renews each lease (and keeps its queue entry fresh); an entry idle longer
 than a lease belongs to a dead worker and is reclaimed, and the job resumes from its checkpoint. Every write is
@@ -27,15 +30,17 @@ import signal
 import socket
 import time
 
-from sdpo_core.runs import DiscoveryRuns, StepReport
+from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, StepReport
+from sdpo_core.statuses import BASELINE_LIVE
 from workers import checkpoint
 from workers.hardening import make_undumpable
+from workers.jobs import now
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
 from workers.runtime import ActiveJob
 from workers.serving import load_serving
 from workers.settings import WorkerSettings
-from workers.store import STORE_UNAVAILABLE, StoreFull, WorkerQueue, open_store
+from workers.store import STORE_UNAVAILABLE, StepRecord, StoreFull, WorkerQueue, open_store
 
 log = logging.getLogger(__name__)
 FORGET_WORKERS_AFTER_S = 3600  # a worker silent this long is dropped from the liveness table
@@ -127,6 +132,8 @@ class Worker:
                 with job.log_context():
                     log.warning("job %s: lease lost; dropping it", job.id)
                 job.lost = True
+            elif job.baseline is not None and job.baseline.state == "running":  # keep drawing for its key
+                await self.queue.baseline_add(job.lease, job.baseline.key, 0, 0)
         info = {"model": self.serving.model_name, "jobs": sorted(self.jobs)}
         await self.queue.beat(info, forget_after_s=FORGET_WORKERS_AFTER_S)
         await self.store.sweep()
@@ -136,7 +143,9 @@ class Worker:
     async def _admit_jobs(self) -> None:
         if self.stopping.is_set():
             return
-        free = self.settings.max_jobs - len(self.jobs)
+        # a job whose outcome is final holds no slot while its baseline draws (at most max_jobs of those)
+        deciding = sum(not job.outcome_final for job in self.jobs.values())
+        free = min(self.settings.max_jobs - deciding, 2 * self.settings.max_jobs - len(self.jobs))
         if free <= 0:
             if self.settings.fair_share:
                 await self._share_slots()
@@ -197,12 +206,15 @@ class Worker:
     def _running_by_tenant(self) -> dict[str, list[ActiveJob]]:
         running: dict[str, list[ActiveJob]] = {}
         for job in self.jobs.values():
-            if not job.lost and not job.done:
+            if not job.lost and not job.outcome_final:
                 running.setdefault(job.lease.tenant, []).append(job)
         return running
 
     async def _admit(self, entry_id: str, job_id: str) -> None:
         record = await self.store.get(job_id)
+        if record is not None and record.finished and record.baseline_state in BASELINE_LIVE:
+            await self._interrupted_baseline(entry_id, record)
+            return
         if record is None or record.finished:
             await self.queue.ack(entry_id, batch_id=record.batch_id if record else "")
             return
@@ -213,34 +225,58 @@ class Worker:
         job = await self.lifecycle.start(lease, record)
         if job is not None:
             self.jobs[job.id] = job
-            self.runs.add(job.id, job.runs)
+            self.runs.add(job.id, job.runs, background=(BASELINE,))
+
+    async def _interrupted_baseline(self, entry_id: str, record) -> None:
+        """A job whose worker died after its final status, while its baseline drew: the outcome stands; the
+        baseline ends `interrupted` with the counts it reached (a later job on the problem goes on from them)."""
+        lease = await self.queue.take(entry_id, record)
+        if lease is None:
+            return
+        log.info("job %s: its worker stopped while its baseline drew; the baseline is interrupted", record.id)
+        await self.queue.publish(lease, StepRecord(fields={"baseline_state": "interrupted"},
+                                                   events=[("baseline", {"at": now(), "baseline_state": "interrupted"})]))
+        await self.queue.release(lease, release_slot=False)
 
     # ---- one iteration ----------------------------------------------------------------------------------------
     async def _iteration(self) -> None:
         jobs = [job for job in self.jobs.values() if not job.lost]
         for job, cancel in zip(jobs, await self.store.cancel_requested([j.id for j in jobs]), strict=True):
-            if cancel and not job.done:
-                for run in job.runs.values():
-                    run.cancel()
-                job.pending.clear()  # the runs' "finished" events: the final status event says it
-        stepping = [job for job in jobs if not job.done]
+            if cancel:
+                await self._cancel(job)
+        stepping = [job for job in jobs if job.stepping]
         if stepping:
             clock = time.perf_counter()
             report = await self._step([job.id for job in stepping])
-            seconds = (time.perf_counter() - clock) / max(1, len(report.advanced))
+            seconds = (time.perf_counter() - clock) / max(1, len(report.runs))
             for job in stepping:
                 with job.log_context():
                     if job.id in report.failures:
                         await self.lifecycle.fail(job, report.failures[job.id])
                         self._forget(job)
-                    elif job.id in report.advanced:
+                    elif id(job.method) in report.runs:
                         await self.lifecycle.after_step(job, seconds)
+        elif jobs and all(job.outcome_final for job in jobs):  # only baselines waiting for another job's samples
+            await asyncio.sleep(self.settings.poll_ms / 1000)
         for job in list(self.jobs.values()):
             with job.log_context():
-                if not job.lost and job.done:
+                if not job.lost:
+                    await self.lifecycle.advance_baseline(job)
+                if not job.lost and job.method.done and not job.outcome_final:
                     await self.lifecycle.finish(job)
-                if job.lost or job.done:
+                    if job.id in self.runs.groups:
+                        self.runs.free(job.id, METHOD)  # its adapter is saved: free it while the baseline draws
+                if not job.lost and job.over and not job.released:  # its baseline ended after its outcome
+                    await self.lifecycle.release(job)
+                if job.lost or job.released:
                     self._forget(job)
+
+    async def _cancel(self, job: ActiveJob) -> None:
+        """Its owner cancelled the job (or, once its outcome is final, its comparison): stop what still runs."""
+        if not job.outcome_final:
+            job.method.cancel()
+            job.pending.clear()  # the run's "finished" event: the final status event says it
+        await self.lifecycle.end_baseline(job, "cancelled")
 
     async def _step(self, job_ids: list[str]) -> StepReport:
         """One scheduler step in a thread; meanwhile, every second, a cancelled job's generation is stopped, and
@@ -264,7 +300,10 @@ class Worker:
         for job in list(self.jobs.values()):
             with job.log_context():
                 try:
-                    if not job.lost:  # a handover is not a failure: the try is given back
+                    if not job.lost and job.outcome_final:  # its outcome stands; its baseline stops here
+                        await self.lifecycle.end_baseline(job, "interrupted")
+                        await self.lifecycle.release(job)
+                    elif not job.lost:  # a handover is not a failure: the try is given back
                         await self.queue.hand_back(job.lease, reason="worker shut down", not_a_try=True)
                 except Exception:  # noqa: BLE001 - the lease expiry hands it over anyway
                     log.exception("job %s: hand-back failed", job.id)

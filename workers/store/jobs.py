@@ -74,7 +74,7 @@ class JobStore:
         self.events_maxlen, self.retention_s = events_maxlen, retention_s
         self.scripts = {name: redis.register_script(getattr(scripts, name))
                         for name in ("SUBMIT", "TRANSITION", "REQUEST_CANCEL", "ACK", "DEFER", "CLAIM", "RENEW",
-                                     "PUBLISH", "TRIM", "FORGET")}
+                                     "PUBLISH", "TRIM", "FORGET", "BASELINE_CLAIM", "BASELINE_ADD")}
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -217,11 +217,16 @@ class JobStore:
                                              to="cancelled", fields={"error_code": "", "error_message": ""})
         if outcome != "refused" or old != "running":
             return "cancelled" if outcome == "ok" else old
+        await self.request_cancel(record)
+        return "running"
+
+    async def request_cancel(self, record: JobHead) -> None:
+        """Ask the job's worker to stop what it runs for the job (the job, or once its outcome is final, its
+        baseline); once."""
         k, at = self.keys, now()
         await self.scripts["REQUEST_CANCEL"](
             keys=[k.job(record.id), k.events(record.id), k.tenant_bytes(record.tenant)],
             args=[json.dumps({"at": str(at), "event": json.dumps({"at": at}), "maxlen": self.events_maxlen})])
-        return "running"
 
     # ---- retention --------------------------------------------------------------------------------------------
     async def sweep(self, *, limit: int = 200) -> int:

@@ -120,17 +120,23 @@ class WorkerQueue:
 
     async def change(self, lease: Lease, *, allowed_from: Sequence[str], to: str, fields: dict[str, Any] | None = None,
                      event: dict[str, Any] | None = None, ack: bool = False, requeue: bool = False,
-                     release: bool = False, incr: dict[str, int] | None = None) -> str:
-        """A fenced status change; with `release` the job is over for this worker (entry acked, lease dropped)."""
+                     release: bool = False, incr: dict[str, int] | None = None,
+                     release_slot: bool | None = None) -> str:
+        """A fenced status change; with `release` the job is over for this worker (entry acked, lease dropped).
+        The batch's next job takes the slot when the entry is acked without a requeue, unless `release_slot` says
+        otherwise (a job whose outcome is final frees its slot while its baseline still holds the entry)."""
+        slot = ack and not requeue if release_slot is None else release_slot
         change = StatusChange(token=lease.token, ack=lease.entry_id if ack else "", requeue=requeue,
-                              release_slot=ack and not requeue, drop_lease=release, incr=incr or {})
+                              release_slot=slot, drop_lease=release, incr=incr or {})
         outcome, _ = await self.store.transition(lease.job_id, tenant=lease.tenant, allowed_from=allowed_from, to=to,
                                                  batch_id=lease.batch_id, fields=fields, event=event, change=change)
         return outcome
 
-    async def release(self, lease: Lease) -> str:
-        """Let the job go as it is (no status change): its entry is acked and the lease dropped."""
-        return await self.change(lease, allowed_from=(), to="queued", ack=True, release=True)
+    async def release(self, lease: Lease, *, release_slot: bool = True) -> str:
+        """Let the job go as it is (no status change): its entry is acked and the lease dropped; `release_slot`
+        False when the job's batch slot was freed already (at its final status)."""
+        return await self.change(lease, allowed_from=(), to="queued", ack=True, release=True,
+                                 release_slot=release_slot)
 
     async def hand_back(self, lease: Lease, *, reason: str, fields: dict[str, Any] | None = None,
                         not_a_try: bool = False) -> str:
@@ -138,6 +144,28 @@ class WorkerQueue:
         return await self.change(lease, allowed_from=["running"], to="queued", fields=fields,
                                  event={"reason": reason}, ack=True, requeue=True, release=True,
                                  incr={"tries": -1} if not_a_try else None)
+
+    # ---- the shared best-of-k samples (workers.baseline) -------------------------------------------------------
+    async def baseline_counts(self, tenant: str, key: str) -> tuple[int, int]:
+        """(samples, successes) the tenant's jobs have drawn for the baseline `key`."""
+        samples, successes = await self.redis.hmget(self.keys.baseline(tenant, key), ["samples", "successes"])
+        return int(samples or 0), int(successes or 0)
+
+    async def baseline_claim(self, lease: Lease, key: str) -> bool:
+        """Become the one job drawing more samples for `key` (or stay it); False while another job draws."""
+        return bool(await self.store.scripts["BASELINE_CLAIM"](
+            keys=[self.keys.baseline_drawer(lease.tenant, key)],
+            args=[f"{lease.job_id}|{lease.token}", self.lease_ms, f"{lease.job_id}|"]))
+
+    async def baseline_add(self, lease: Lease, key: str, samples: int, successes: int, *,
+                           done: bool = False) -> tuple[int, int] | None:
+        """Add samples to the shared record as its drawer (0, 0 renews the role); `done` gives the role up. The
+        totals after, or None when this job no longer draws (nothing was added)."""
+        totals = await self.store.scripts["BASELINE_ADD"](
+            keys=[self.keys.baseline(lease.tenant, key), self.keys.baseline_drawer(lease.tenant, key)],
+            args=[f"{lease.job_id}|{lease.token}", samples, successes, self.store.retention_s, self.lease_ms,
+                  "1" if done else ""])
+        return (int(totals[0]), int(totals[1])) if totals else None
 
     # ---- liveness, blobs --------------------------------------------------------------------------------------
     async def beat(self, info: dict[str, Any], *, forget_after_s: float) -> None:

@@ -132,10 +132,10 @@ end
 if a.ack ~= '' then
   redis.call('XACK', KEYS[5], a.group, a.ack)
   redis.call('XDEL', KEYS[5], a.ack)
-  if a.release_slot then
-    local next_id = redis.call('LPOP', KEYS[6])
-    if next_id then redis.call('XADD', KEYS[5], '*', 'job_id', next_id) end
-  end
+end
+if a.release_slot and (outcome == 'ok' or a.ack ~= '') then
+  local next_id = redis.call('LPOP', KEYS[6])
+  if next_id then redis.call('XADD', KEYS[5], '*', 'job_id', next_id) end
 end
 if a.drop_lease then redis.call('DEL', KEYS[4]) end
 return {outcome, status}
@@ -271,4 +271,28 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 for i = 9, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
+"""
+
+# A job's best-of-k baseline shares its samples with the tenant's other jobs on the same (problem, verifier, model,
+# sampling): one job at a time draws more (the drawer), the others wait and read. The drawer's value is
+# `<job id>|<lease token>`: the same job resumed by another worker (a new token) takes the role over; anyone else
+# waits until it expires.
+# KEYS: 1 drawer.  ARGV: value, ttl ms, job prefix (`<job id>|`).  Returns 1 when the caller draws now, else 0.
+BASELINE_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] and string.sub(held, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Add a step's samples to the shared record, only for its drawer, and keep both keys alive.
+# KEYS: 1 record, 2 drawer.  ARGV: value, samples, successes, record ttl s, drawer ttl ms, release ('1' or '').
+# Returns {samples, successes} after, or false when the caller is no longer the drawer (nothing written).
+BASELINE_ADD = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+local n = redis.call('HINCRBY', KEYS[1], 'samples', ARGV[2])
+local c = redis.call('HINCRBY', KEYS[1], 'successes', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[6] == '1' then redis.call('DEL', KEYS[2]) else redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+return {n, c}
 """

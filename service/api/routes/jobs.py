@@ -14,7 +14,7 @@ from starlette.concurrency import iterate_in_threadpool
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.methods import learns
 from sdpo_core.records import Attempt
-from sdpo_core.statuses import FINISHED, WITH_CURVE, JobStatus
+from sdpo_core.statuses import BASELINE_LIVE, FINISHED, WITH_CURVE, JobStatus
 from service.deps import BlobsDep, IdempotencyDep, SettingsDep, StoreDep, TenantDep, owned
 from service.errors import ApiError
 from service.schemas import AttemptList, EventList, Job, JobCreate, JobCurve, JobEvent, JobList, JobSummary, Solution
@@ -89,9 +89,12 @@ async def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
 
 @router.post("/{job_id}/cancel", response_model=Job, responses={**ERRORS, 409: {}})
 async def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
-    """Cancel a job: a queued one at once, a running one within one step. Idempotent."""
+    """Cancel a job: a queued one at once, a running one within one step. Idempotent. A job whose outcome is final
+    while its best-of-k baseline still draws: the baseline stops (the job's status stays)."""
     record = await owned(store, tenant, job_id)
-    if record.status in FINISHED - {"cancelled"}:
+    if record.status in FINISHED and record.baseline_state in BASELINE_LIVE:
+        await store.request_cancel(record)
+    elif record.status in FINISHED - {"cancelled"}:
         raise ApiError(409, f"job '{job_id}' already {record.status}; there is nothing to cancel",
                        code="job_finished")
     await store.cancel(record)
@@ -177,7 +180,8 @@ async def _finished_job(store: StoreDep, tenant: str, job_id: str) -> Job:
 async def job_curve(job_id: str, tenant: TenantDep, store: StoreDep) -> JobCurve:
     """discovery@k of the method and pass@k of best-of-k, with confidence bands."""
     job = await _finished_job(store, tenant, job_id)
-    return JobCurve(job_id=job.id, status=job.status, comparison=await asyncio.to_thread(job_comparison, job))
+    return JobCurve(job_id=job.id, status=job.status, baseline=job.baseline,
+                    comparison=await asyncio.to_thread(job_comparison, job))
 
 
 @router.get("/{job_id}/curve.svg", response_class=Response, responses={
