@@ -91,11 +91,21 @@ def cmd_solve(args: argparse.Namespace) -> int:
     """Run one problem in-process and compare it with best-of-k."""
     problem = load_problem(args.problem)
     settings = run_settings_from_args(args)
-    from service.solve_local import solve_with_baseline
+    from rich.console import Console
+
+    from service.solve_local import print_runs, solve_with_baseline
+
+    def answer(results, baseline_so_far: int | None) -> None:  # printed when the runs end, before the comparison
+        console = Console()
+        print_runs(results, settings.seed, console)
+        if baseline_so_far is not None:
+            console.print(f"the best-of-k comparison goes on ({baseline_so_far} samples so far; --no-baseline skips "
+                          "it)")
 
     report = solve_with_baseline(
-        problem, settings, model=args.model, baseline_attempts=args.baseline_attempts, show_progress=not args.json,
-        engine=args.engine, dtype=args.dtype, seeds=args.seeds,
+        problem, settings, model=args.model, baseline_attempts=0 if args.no_baseline else args.baseline_attempts,
+        show_progress=not args.json, engine=args.engine, dtype=args.dtype, seeds=args.seeds,
+        on_answer=None if args.json else answer,
     )
     if args.curve:
         Path(args.curve).parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +113,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     if args.json:
         print(report.model_dump_json(indent=2, exclude={"svg"}))
     else:
-        report.print_summary(curve_path=args.curve)
+        report.print_summary(curve_path=args.curve, runs_printed=True)
     return 0
 
 
@@ -131,7 +141,9 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
     add_engine_arguments(p)
     p.add_argument("--baseline-attempts", type=int, default=None,
-                   help="best-of-k samples for the comparison (default: twice the attempt budget; 0 = none)")
+                   help="most best-of-k samples for the comparison; it stops sooner once its estimate at the "
+                   "budget is settled (default: twice the attempt budget; 0 = none)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the best-of-k comparison")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     p.add_argument("--curve", help="write the discovery curve against best-of-k to this SVG file")
     p.set_defaults(func=cmd_solve)

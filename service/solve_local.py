@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
+from sdpo_core.discovery import Comparison, baseline_settled, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ProgressEvent, RunResult, ignore_events
@@ -33,17 +33,12 @@ class SolveReport(BaseModel):
         title = f"Discovery: {self.problem_id or 'problem'} ({self.model})"
         return discovery_svg(self.comparison.curves, title=title, note=self.comparison.note)
 
-    def print_summary(self, curve_path: str | None = None, console: Console | None = None) -> None:
+    def print_summary(self, curve_path: str | None = None, console: Console | None = None, *,
+                      runs_printed: bool = False) -> None:
+        """The runs (unless `runs_printed` when they ended), the discovery table and the comparison's note."""
         console = console or Console()
-        r = self.result
-        for seed, run in enumerate([r, *self.more_seeds], start=self.settings.seed):
-            verdict = (f"[green]solved at attempt {run.first_success_attempt}[/]" if run.solved
-                       else f"[red]{run.status}[/]")
-            console.print(f"[bold]{run.method}[/] (seed {seed}): {verdict} after {len(run.attempts)} attempts in "
-                          f"{run.steps} steps, {run.seconds:.1f} s")
-        if r.solution is not None:
-            console.print("[bold]solution:[/]")
-            console.print(r.solution, markup=False, highlight=False)
+        if not runs_printed:
+            print_runs([self.result, *self.more_seeds], self.settings.seed, console)
         table = Table(title=f"discovery@k (budget {self.comparison.budget})")
         table.add_column("k", justify="right")
         for curve in self.comparison.curves:
@@ -55,6 +50,19 @@ class SolveReport(BaseModel):
         console.print(self.comparison.note)
         if curve_path:
             console.print(f"curve written to {curve_path}")
+
+
+def print_runs(results: list[RunResult], first_seed: int, console: Console) -> None:
+    """Each run's outcome, and the first solution: what the user asked for, printed as soon as the runs end."""
+    for seed, run in enumerate(results, start=first_seed):
+        verdict = (f"[green]solved at attempt {run.first_success_attempt}[/]" if run.solved
+                   else f"[red]{run.status}[/]")
+        console.print(f"[bold]{run.method}[/] (seed {seed}): {verdict} after {len(run.attempts)} attempts in "
+                      f"{run.steps} steps, {run.seconds:.1f} s")
+    solution = next((run.solution for run in results if run.solution is not None), None)
+    if solution is not None:
+        console.print("[bold]solution:[/]")
+        console.print(solution, markup=False, highlight=False)
 
 
 @contextmanager
@@ -90,15 +98,19 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
 def solve_with_baseline(
     problem: Problem, settings: RunSettings, *, model: str | None, baseline_attempts: int | None,
     show_progress: bool = True, engine: str | None = None, dtype: str | None = None, seeds: int = 1,
+    on_answer: Callable[[list[RunResult], int | None], None] | None = None,
 ) -> SolveReport:
-    """Run the method (`seeds` independent runs) and its best-of-k baseline together, their attempts sharing
-    generation batches, on `engine` (sdpo_core.engines; weights in `dtype`, sdpo_core.models.choose_dtype), and
-    compare them: one run is a step curve, several make an estimate."""
+    """Run the method (`seeds` independent runs) and its best-of-k baseline on `engine` (sdpo_core.engines; weights
+    in `dtype`, sdpo_core.models.choose_dtype), and compare them: one run is a step curve, several make an estimate.
+
+    The baseline samples only in the room the runs leave in a generation batch, and stops once its estimate of
+    best-of-k at the budget is settled (sdpo_core.discovery.baseline_settled). `on_answer` gets the runs' results
+    as soon as they have all ended, with the baseline's samples so far (None: no baseline, or it is done)."""
     from sdpo_core.engines import make_engine
     from sdpo_core.loop import ProblemRun
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
-    from sdpo_core.runs import METHOD, DiscoveryRuns, baseline_of, comparison_runs
+    from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs
     from workers.verification import verify_function
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -115,17 +127,30 @@ def solve_with_baseline(
             sink_for=lambda key: bar(settings.method, settings.max_attempts) if key == METHOD
             else bar("best-of-k baseline", max(samples, settings.attempts_per_step)))
         scheduler = DiscoveryRuns(engine)
-        scheduler.add("solve", runs)
+        scheduler.add("solve", runs, background=(BASELINE,))
         extra = [f"seed-{settings.seed + i}" for i in range(1, seeds)]
         for i, group in enumerate(extra, start=1):
             seeded = settings.model_copy(update={"seed": settings.seed + i})
             scheduler.add(group, ProblemRun(problem, seeded, policy, name=f"run-{group}", verify=verify,
                                             on_event=bar(f"{settings.method} seed {seeded.seed}",
                                                          settings.max_attempts)))
+        methods = [runs[METHOD], *(scheduler.runs(group)["run"] for group in extra)]
         try:
-            scheduler.run_until_done()
-            result = runs[METHOD].result()
-            more = [scheduler.runs(group)["run"].result() for group in extra]
+            answered = False
+            while scheduler.active:
+                failures = scheduler.step().failures
+                if failures:
+                    raise next(iter(failures.values()))
+                draw = runs.get(BASELINE)
+                if not answered and all(run.done for run in methods):
+                    answered = True
+                    if on_answer is not None:
+                        on_answer([run.result() for run in methods],
+                                  len(draw.attempts) if draw is not None and not draw.done else None)
+                if draw is not None and not draw.done and baseline_settled(
+                        len(draw.attempts), sum(a.solved for a in draw.attempts), settings.max_attempts):
+                    draw.settle()
+            result, *more = [run.result() for run in methods]
             baseline = baseline_of(runs)
             baseline_result = baseline.result() if baseline is not None else None
         finally:

