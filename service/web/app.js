@@ -214,9 +214,13 @@ function renderJob(job) {
   $("job-method").textContent = job.method;
   renderProgress(job.attempts, job.budget, job.best_reward);
   $("job-baseline").textContent = job.baseline
-    ? `${job.baseline.successes} solved of ${job.baseline.samples} samples` : "none";
+    ? `${job.baseline.successes} solved of ${job.baseline.samples} samples` +
+      (job.baseline.state ? ` (${job.baseline.state}` +
+        (job.baseline.reused_samples ? `, ${job.baseline.reused_samples} reused` : "") + ")" : "")
+    : "none";
   showError("job-error", job.error ? `${job.error.code}: ${job.error.message}` : "");
-  $("cancel-job").hidden = TERMINAL.has(job.status);
+  const comparing = job.baseline && ["pending", "running"].includes(job.baseline.state);
+  $("cancel-job").hidden = TERMINAL.has(job.status) && !comparing; // a final job's cancel stops its comparison
 }
 
 function renderProgress(attempts, budget, bestReward) {
@@ -271,6 +275,7 @@ function addEventLine(event) {
   else if (event.type === "progress" && d.type === "decision") text += `: ${d.run} decision after step ${d.step}: ${d.reason}`;
   else if (event.type === "progress") text += `: ${d.run} ${d.type} ${d.step}, ${d.attempts}/${d.max_attempts} attempts`;
   else if (event.type === "resumed") text += `: ${d.attempts} attempts from the checkpoint`;
+  else if (event.type === "baseline") text += `: best-of-k ${d.baseline_state}, ${d.baseline_samples} samples`;
   const at = d.at ? new Date(d.at * 1000).toLocaleTimeString() : "";
   list.append(el("li", `${at} ${text}`.trim()));
   while (list.children.length > 300) list.firstChild.remove();
@@ -298,6 +303,11 @@ async function reloadJob(jobId) {
     await showResults(job);
     $("job-live").textContent = `finished: ${job.status}`;
     await refreshLists();
+    // the event stream ends with the job's outcome; its best-of-k comparison may still be drawing: poll it
+    if (job.baseline && ["pending", "running"].includes(job.baseline.state)) {
+      $("job-live").textContent += ", best-of-k comparison still drawing";
+      setTimeout(() => reloadJob(jobId), 2000);
+    }
   }
 }
 
