@@ -8,9 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import uvicorn
 from conftest import free_port
 
@@ -109,3 +112,16 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str =
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {message}"
         time.sleep(interval)
+
+
+@contextmanager
+def running_service(redis_url: str, prefix: str, model: Path, tmp_path_factory) -> Iterator[tuple[ApiServer, Workers]]:
+    """The API and one worker (max 4 interleaved jobs) under `prefix`, once the worker is live; stopped after."""
+    workers = Workers(redis_url, prefix, model, tmp_path_factory.mktemp("ckpt"), tmp_path_factory.mktemp("log"))
+    with ApiServer(api_settings(redis_url, prefix, checkpoint_dir=workers.checkpoint_dir)) as api:
+        workers.start()
+        try:
+            wait_for(lambda: httpx.get(f"{api.url}/readyz").json()["workers"] >= 1, timeout=120, message="a live worker")
+            yield api, workers
+        finally:
+            workers.stop_all()

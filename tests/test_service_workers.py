@@ -14,7 +14,7 @@ import tarfile
 
 import httpx
 import pytest
-from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
+from service_env import KEYS, ApiServer, Workers, api_settings, running_service, wait_for
 
 from service.client import Client
 
@@ -28,17 +28,9 @@ SMALL = {"attempts_per_step": 4, "max_new_tokens": 8}
 @pytest.fixture(scope="module")
 def service(redis_url, tiny_model_dir, tmp_path_factory):
     """The API and one worker (max 4 interleaved jobs) under a prefix of their own."""
-    prefix = f"e2e-{os.getpid()}"
-    workers = Workers(redis_url, prefix, tiny_model_dir, tmp_path_factory.mktemp("ckpt"), tmp_path_factory.mktemp("log"))
-    with ApiServer(api_settings(redis_url, prefix, checkpoint_dir=workers.checkpoint_dir)) as api:
-        workers.start()
-        client = Client(api.url, KEYS["alice"], timeout=30)
-        wait_for(lambda: httpx.get(f"{api.url}/readyz").json()["workers"] >= 1, timeout=120, message="a live worker")
-        try:
-            yield api, client, workers
-        finally:
-            client.close()
-            workers.stop_all()
+    with running_service(redis_url, f"e2e-{os.getpid()}", tiny_model_dir, tmp_path_factory) as (api, workers), \
+            Client(api.url, KEYS["alice"], timeout=30) as client:
+        yield api, client, workers
 
 
 def test_solve_reports_attempts_curve_and_adapter(service, tmp_path, tiny_model_dir):

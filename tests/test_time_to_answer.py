@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import signal
 
-import httpx
 import pytest
-from service_env import KEYS, ApiServer, Workers, api_settings, wait_for
+from service_env import KEYS, ApiServer, Workers, api_settings, running_service, wait_for
 
 from service.client import Client
 
@@ -30,18 +29,9 @@ CAP = [{"attempts": 512}]
 
 @pytest.fixture(scope="module")
 def service(redis_url, tiny_model_dir, tmp_path_factory):
-    prefix = f"answer-{os.getpid()}"
-    workers = Workers(redis_url, prefix, tiny_model_dir, tmp_path_factory.mktemp("ckpt"), tmp_path_factory.mktemp("log"))
-    with ApiServer(api_settings(redis_url, prefix, checkpoint_dir=workers.checkpoint_dir)) as api:
-        workers.start()
-        alice, bob = Client(api.url, KEYS["alice"], timeout=30), Client(api.url, KEYS["bob"], timeout=30)
-        wait_for(lambda: httpx.get(f"{api.url}/readyz").json()["workers"] >= 1, timeout=120, message="a live worker")
-        try:
-            yield alice, bob, workers
-        finally:
-            alice.close()
-            bob.close()
-            workers.stop_all()
+    with running_service(redis_url, f"answer-{os.getpid()}", tiny_model_dir, tmp_path_factory) as (api, workers), \
+            Client(api.url, KEYS["alice"], timeout=30) as alice, Client(api.url, KEYS["bob"], timeout=30) as bob:
+        yield alice, bob, workers
 
 
 def baseline_ended(client: Client, job_id: str, timeout: float = 180):
