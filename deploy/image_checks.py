@@ -87,8 +87,10 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 # ---- the stack, from outside its containers -------------------------------------------------------------------
-# Problems: a shipped example the offline model solves within a few attempts, and one it never solves.
-SOLVABLE = ROOT / "examples" / "add-12-30.json"
+# Problems: one the offline model solves within a step or two (the shipped examples are hard on purpose: pass@1 of
+# 2-6%, docs/benchmarks.md), and one it never solves.
+SOLVABLE = {"id": "say-hello", "prompt": "Say hello.",
+            "verifier": {"type": "regex", "pattern": "(?i)hello", "target": "completion", "full_match": False}}
 NEVER = {"id": "never", "prompt": "Say the secret",
          "verifier": {"type": "regex", "pattern": "QQQQQQQQQQ", "target": "completion"}}
 SMALL = {"attempts_per_step": 4, "max_new_tokens": 8}
@@ -186,10 +188,11 @@ class Stack:
 
     def job_end_to_end(self) -> None:
         """`sdpo submit --wait` of a shipped example; its curve against best-of-k and its adapter, by the SDK."""
-        settings = self.work / "settings.json"
-        settings.write_text(json.dumps({"attempts_per_step": 8, "max_new_tokens": 24}))
-        budget, started = 16, time.monotonic()
-        cli = self.sdpo("submit", str(SOLVABLE), "--wait", "--json", "--budget", str(budget), "--settings",
+        settings, problem = self.work / "settings.json", self.work / "say-hello.json"
+        settings.write_text(json.dumps({"attempts_per_step": 4, "max_new_tokens": 16}))
+        problem.write_text(json.dumps(SOLVABLE))
+        budget, started = 8, time.monotonic()
+        cli = self.sdpo("submit", str(problem), "--wait", "--json", "--budget", str(budget), "--settings",
                         str(settings))
         out, err = cli.communicate(timeout=600)
         check(cli.returncode == 0, f"sdpo submit --wait exited {cli.returncode}: {err[-2000:]}")
@@ -203,8 +206,8 @@ class Stack:
                              and j.baseline.samples >= 2 * budget and j, timeout=600, interval=2)
             took = time.monotonic() - started
             curve = client.curve(job["id"])
-            names = [c.method for c in curve.comparison.curves]
-            check(len(names) == 2 and "best-of-k" in names, f"the curve has {names}")
+            names = [c.label for c in curve.comparison.curves]
+            check(len(names) == 2 and any("best-of-k" in name for name in names), f"the curve has {names}")
             svg = client.curve_svg(job["id"])
             check("<svg" in svg[:500], "curve.svg is not an SVG")
             (self.work / "curve.svg").write_text(svg)
@@ -216,7 +219,7 @@ class Stack:
                   and any(m.endswith(".safetensors") for m in members), f"the adapter archive holds {members}")
             attempts = client.attempts(job["id"])
             check([a.index for a in attempts] == list(range(1, final.attempts + 1)), "attempt indices")
-        self.record("job", f"{SOLVABLE.stem} solved at attempt {final.first_success_attempt} of {final.budget}")
+        self.record("job", f"{SOLVABLE['id']} solved at attempt {final.first_success_attempt} of {final.budget}")
         self.record("job_s", f"{took:.0f}")
         log(f"job {final.id}: {final.status} at attempt {final.first_success_attempt}, best-of-k "
             f"{final.baseline.samples} samples, curve {names}, adapter {adapter.stat().st_size} bytes, {took:.0f} s")
@@ -237,14 +240,27 @@ class Stack:
         check(self.inspect(cid, "{{.State.Running}} {{.State.StartedAt}} {{.RestartCount}}")
               == f"true {started_at} 0", "the worker container did not survive the hostile programs")
         image = self.inspect(cid, "{{.Config.Image}}")
-        done = run([self.docker, "run", "--rm", "--network", "none", "--user", "10001:10001",
-                    "--security-opt", "no-new-privileges:true", "-v", f"{ROOT / 'tests'}:/checks/tests:ro",
-                    "-v", f"{ROOT / 'deploy' / 'image_checks.py'}:/checks/image_checks.py:ro", image,
-                    "python", "/checks/image_checks.py", "hostile-inside", "/checks/tests", "--expect", "refused"],
-                   check_rc=False)
-        refused = self.hostile_report(done, "under Docker's default seccomp profile")
+
+        def in_a_fresh_container(*options: str, expect: str) -> subprocess.CompletedProcess:
+            return run([self.docker, "run", "--rm", "--network", "none", "--user", "10001:10001", "--workdir", "/tmp",
+                        "--security-opt", "no-new-privileges:true", "-v", f"{ROOT / 'tests'}:/checks/tests:ro",
+                        "-v", f"{ROOT / 'deploy' / 'image_checks.py'}:/checks/image_checks.py:ro", *options, image,
+                        "python", "/checks/image_checks.py", "hostile-inside", "/checks/tests", "--expect", expect],
+                       check_rc=False)
+
+        refused = self.hostile_report(in_a_fresh_container(expect="refused"), "under Docker's default seccomp profile")
+        # The control: with isolation switched off (the single-user opt-in) the same judge must see escapes, or its
+        # "contained" above would prove nothing.
+        control = in_a_fresh_container("-e", "SDPO_SANDBOX_MIN_ISOLATION=rlimits", expect="contained")
+        lines = [line for line in control.stdout.splitlines() if line.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"problems": [], "breached": []}
+        seen, breached = result["problems"], result["breached"]
+        check(any("redis.sock" in p for p in seen) and any("checkpoint volume" in p for p in seen),
+              f"the control run without isolation showed no escape: {control.stdout[-2000:]} {control.stderr[-2000:]}")
+        log(f"control: with SDPO_SANDBOX_MIN_ISOLATION=rlimits the same judge sees {len(breached)} of {contained} "
+            f"attacks get through ({'; '.join(breached)})")
         self.record("hostile", f"{contained} contained in the worker container, {refused} refused under Docker's "
-                    "default seccomp")
+                    f"default seccomp (a control without isolation: {len(breached)} of {contained} got through)")
 
     @staticmethod
     def hostile_report(done: subprocess.CompletedProcess, where: str) -> int:
@@ -260,11 +276,11 @@ class Stack:
         """`docker kill` of the worker container mid-job; while no worker runs the API answers and takes a job;
         Redis restarts with one job mid-run and one queued; a new worker container resumes the first from its
         checkpoint and runs the second: every attempt recorded once, the first job started twice, nothing lost."""
-        budget = 40
+        budget = 24
         with self.client() as client:
             job = client.submit(NEVER, budget=budget, settings=SMALL, baselines=[])
             cid = self.container("worker")
-            wait_for("the job's third step", lambda: client.get(job.id).attempts >= 12, timeout=300, interval=0.5)
+            wait_for("the job's second step", lambda: client.get(job.id).attempts >= 8, timeout=300, interval=0.5)
             checkpoints = run([self.docker, "exec", cid, "ls", f"/data/checkpoints/{job.id}/"],
                               check_rc=False).stdout.split()
             check(any(name.startswith("runs-g") for name in checkpoints), f"no checkpoint of {job.id}: {checkpoints}")
@@ -280,7 +296,7 @@ class Stack:
             import httpx
             check(httpx.get(f"{self.api}/healthz", timeout=5).status_code == 200, "/healthz without a worker")
             check(httpx.get(f"{self.api}/readyz", timeout=5).status_code == 200, "/readyz without a worker")
-            waiting = self.sdpo("submit", str(SOLVABLE), "--wait", "--json", "--budget", "8", "--settings",
+            waiting = self.sdpo("submit", str(self.work / "say-hello.json"), "--wait", "--json", "--budget", "8", "--settings",
                                 str(self.work / "settings.json"), "--no-baseline")
             queued = wait_for("the job submitted without a worker", lambda: [
                 j for j in client.list(status="queued").data if j.id != job.id], timeout=60)[0]
@@ -394,8 +410,9 @@ def hostile_inside(helpers: Path, checkpoints: Path | None, expect: str) -> dict
         problems.append(f"the job was not accepted: {report.get('job')}")
     if expect == "refused" and not str(report.get("job", "")).startswith("SandboxRefused"):
         problems.append(f"the job was not refused: {report.get('job')}")
+    breached = [attack for attack in attacks if any(p.startswith(f"{attack}: ") for p in problems)]
     return {"ok": not problems, "expect": expect, "attacks": list(attacks), "problems": problems,
-            "proc mounted": report.get("proc mounted")}
+            "breached": breached, "proc mounted": report.get("proc mounted")}
 
 
 # ---- the summary ----------------------------------------------------------------------------------------------
