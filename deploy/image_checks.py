@@ -418,9 +418,9 @@ def hostile_inside(helpers: Path, checkpoints: Path | None, expect: str) -> dict
 # ---- the summary ----------------------------------------------------------------------------------------------
 def summary(results: Path) -> str:
     r = read_env(results)
-    images = (f"images built (api {int(r['api_image_mb']) / 1000:.2f} GB in {r['build_api_s']} s, cpu-worker "
-              f"{int(r['worker_image_mb']) / 1000:.2f} GB in {r['build_cpu_worker_s']} s, redis {r['redis_image_mb']} "
-              f"MB; gpu-worker {r['gpu_worker']})")
+    images = (f"images built (api {int(r['api_image_mb']) / 1000:.2f} GB in {r['build_api_s']} s with "
+              f"{r.get('build_api_cached', '?')} steps from the cache, cpu-worker {int(r['worker_image_mb']) / 1000:.2f} "
+              f"GB in {r['build_cpu_worker_s']} s, redis {r['redis_image_mb']} MB; gpu-worker {r['gpu_worker']})")
     if "job" not in r:
         return f"test-images held: {images}; the stack was not started"
     return (f"test-images held: {images}; stack healthy in {r['healthy_s']} s; job solved ({r['job']}, curve and "

@@ -140,6 +140,7 @@ build() {  # build LABEL ARGS...: a BuildKit build on the host network, timed
   local took=$((SECONDS - start)) cached
   cached=$(grep -c ' CACHED$' "$WORK/build-$label.log" || true)
   record "build_${label//-/_}_s" "$took"
+  record "build_${label//-/_}_cached" "$cached"
   log "built $label in $took s ($cached steps from the cache)"
 }
 

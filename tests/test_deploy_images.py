@@ -135,6 +135,6 @@ def test_the_summary_names_what_held(image_checks, tmp_path):
                        "hostile=10 contained, 10 refused\nkill_resume=40/40 attempts once\nredis_restart=no job lost\n"
                        "no_worker=API answered\ntotal_s=900\n")
     line = image_checks.summary(results)
-    assert line.startswith("test-images held: images built (api 1.90 GB in 600 s")
+    assert line.startswith("test-images held: images built (api 1.90 GB in 600 s with ? steps from the cache")
     for held in ("job solved", "hostile programs: 10 contained, 10 refused", "kill/resume exact", "Redis restart"):
         assert held in line
