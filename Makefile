@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-deploy lint
+.PHONY: setup demo test test-deploy test-images lint
 
 setup:
 	./scripts/setup.sh
@@ -17,6 +17,11 @@ test: setup
 # Offline checks of the Dockerfile, compose file, Kubernetes manifests and dashboard (no Docker or cluster needed).
 test-deploy: setup
 	$(PY) -m pytest -q tests/test_deploy_*.py
+
+# The images as deployed (docs/deploy.md, "Testing the images"): builds them with Docker, runs the stack from them
+# on 127.0.0.1 and attacks it. Minutes, as root; not part of `make test`.
+test-images: setup
+	PYTHON=$(PY) ./deploy/test_images.sh
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -246,6 +246,23 @@ def test_gpu_image_installs_the_vllm_extra(dockerfile):
     assert "gpu-builder" in {c.split("=")[1].split()[0] for c in stages["gpu-worker"].all("COPY") if "--from=" in c}
 
 
+def test_pip_gets_a_proxy_ca_only_as_an_optional_build_secret(dockerfile):
+    """Behind a TLS-intercepting proxy (as on the machine `make test-images` runs on) pip needs the proxy's CA: every
+    RUN that runs pip mounts the optional secret `pip_ca` and points PIP_CERT at it for that command only; no
+    certificate is copied into a layer or named by ENV/ARG, and without the secret the build is what it always was."""
+    _, stages, _ = dockerfile
+    mount = "--mount=type=secret,id=pip_ca,required=false"
+    pip_runs = [r for s in stages.values() for r in s.all("RUN") if re.search(r"\bpip install\b", r)]
+    assert len(pip_runs) >= 4
+    for run in pip_runs:
+        assert run.startswith(mount), run
+        assert "if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi" in run, run
+    for stage in stages.values():
+        for keyword, args in stage.instructions:
+            if keyword in ("COPY", "ADD", "ENV", "ARG"):
+                assert not re.search(r"ca-certificates\.crt|\.pem\b|PIP_CERT|pip_ca", args), (keyword, args)
+
+
 def test_requirements_script_reads_extras_from_pyproject():
     import importlib.util
 
