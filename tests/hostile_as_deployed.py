@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sandbox_helpers import SUM_SOLUTION, Bait, block, escape_attacks, sum_problem  # noqa: E402
 
-from workers.hardening import make_undumpable  # noqa: E402
+from workers.hardening import make_undumpable, start_resource_tracker_without_secrets  # noqa: E402
 from workers.isolation import SandboxOptions, bwrap_mounts_proc  # noqa: E402
 from workers.pool import VerifierPool  # noqa: E402
 from workers.verification import verify_function  # noqa: E402
@@ -56,9 +56,19 @@ def environ_readable(pid: int) -> bool:
     return probe.returncode == 0
 
 
+def tracker_holds_secret() -> bool:
+    """Whether multiprocessing's resource tracker (dumpable: it runs no code of ours) has the secret in its
+    environment, where any process of this user could read it."""
+    from multiprocessing import resource_tracker
+
+    pid = resource_tracker._resource_tracker._pid
+    return pid is not None and os.environ[SECRET_ENV].encode() in Path(f"/proc/{pid}/environ").read_bytes()
+
+
 def main() -> None:
     checkpoints, port, bait = sys.argv[1], int(sys.argv[2]), Bait(Path(sys.argv[3]))
     make_undumpable()  # as Worker.run does
+    start_resource_tracker_without_secrets()
     report: dict[str, object] = {"uid": os.getuid(), "proc mounted": bwrap_mounts_proc(SandboxOptions.from_env())}
     try:
         verify_function(sum_problem())
@@ -71,6 +81,7 @@ def main() -> None:
             report[name] = {"solved": verdict.solved, "feedback": verdict.feedback}
         pool_pid = pool.process_ids()[0]  # the pool's process, to probe its /proc
         report["environ readable"] = {"worker": environ_readable(os.getpid()), "pool": environ_readable(pool_pid)}
+        report["tracker holds the secret"] = tracker_holds_secret()
         print(json.dumps(report), flush=True)
         pool.verify_batch(sum_problem(), [block("import os, signal\nos.kill(-1, signal.SIGKILL)")])
     print("worker alive", flush=True)

@@ -82,6 +82,7 @@ def assert_nothing_escaped(report: dict, stdout: str, checkpoints: Path, listene
     assert bait.escapes() == []
     assert SECRET not in json.dumps(report) and bait.secret not in json.dumps(report)
     assert report["environ readable"] == {"worker": False, "pool": False}
+    assert report["tracker holds the secret"] is False  # the one dumpable process of ours never had it
     assert "worker alive" in stdout, "a run killed the worker"
 
 
@@ -126,6 +127,7 @@ def test_the_single_user_opt_in_runs_code_and_says_so():
     assert str(bait.socket_path) in "".join(escaped) and f"/tmp/{bait.left_prefix}" in escaped
     assert report["reads the worker's secrets"]["solved"]  # even here the worker's environ is closed to it
     assert report["environ readable"] == {"worker": False, "pool": False}
+    assert report["tracker holds the secret"] is False
     assert "untrusted code runs with" in stderr and "as SDPO_SANDBOX_MIN_ISOLATION=rlimits allows" in stderr
 
 

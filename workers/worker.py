@@ -33,7 +33,7 @@ import time
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, StepReport
 from sdpo_core.statuses import BASELINE_LIVE
 from workers import checkpoint
-from workers.hardening import make_undumpable
+from workers.hardening import make_undumpable, start_resource_tracker_without_secrets
 from workers.jobs import now
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
@@ -64,6 +64,7 @@ class Worker:
         """Serve until SIGTERM/SIGINT (or `stop()`)."""
         set_context(worker=self.id)
         make_undumpable()  # its environment holds the Redis password and storage keys
+        start_resource_tracker_without_secrets()  # the one process of ours that could not hide them itself
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, self.stop)
         s = self.settings
