@@ -36,6 +36,7 @@ OTHERS = """## Read elsewhere
 | `SDPO_WORKER_STALE_S`, `SDPO_REDIS_URL`, `SDPO_REDIS_PREFIX` | deploy/healthcheck.py | the container health check reads the same values as the service |
 | `SDPO_RESULT_FD` | the sandbox harness | internal: the file descriptor a sandboxed child writes its result to |
 | `SDPO_TEST_DEVICE` | tests/conftest.py | tests only: `cuda` runs the engine contract suite on a GPU |
+| `SDPO_IMAGE_TEST_DIR`, `SDPO_IMAGE_TEST_KEEP`, `SDPO_TEST_REDIS_PORT`, `SDPO_TEST_API_PORT`, `SDPO_TEST_WHEEL_PORT`, `SDPO_TEST_API_KEY`, `SDPO_TEST_API_KEYS`, `SDPO_TEST_SERVICE_SECRET` | deploy/test_images.sh, deploy/image_checks.py, deploy/compose.hostnet.yaml | `make test-images` only: its work folder, `1` to leave the stack running, the loopback ports of Redis, the API and the local wheel index, the test's API key (and its hashed `tenant=sha256` form), the bait secret of the hostile checks (docs/deploy.md, section 11) |
 """
 
 
