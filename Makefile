@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-deploy test-images lint
+.PHONY: setup demo test test-fast test-deploy test-images lint
 
 setup:
 	./scripts/setup.sh
@@ -13,6 +13,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The unit tier: no Redis, no model, no sandbox processes (tests/conftest.py sets the tiers); about a minute here.
+test-fast: setup
+	$(PY) -m pytest -q -m unit
 
 # Offline checks of the Dockerfile, compose file, Kubernetes manifests and dashboard (no Docker or cluster needed).
 test-deploy: setup

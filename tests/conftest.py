@@ -181,3 +181,23 @@ def s3_bucket(s3_endpoint, monkeypatch, request):
                           aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
     client.create_bucket(Bucket=name)
     return name, client
+
+
+# ---- tiers: `make test-fast` runs the unit tier (pytest -m unit), `make test` everything -----------------------------
+# A test's tier follows from the fixtures it uses (and a module may mark itself): no marker is written by hand twice.
+TIER_FIXTURES = {
+    "redis": {"redis_url"},
+    "model": {"tiny_model_dir", "tiny_policy", "contract_model_dir", "engine_and_policy", "vllm_engine",
+              "smollm2_policy"},
+    "sandbox": {"sandbox", "pool", "s3_endpoint"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tiers = {tier for tier, names in TIER_FIXTURES.items() if names & set(item.fixturenames)}
+        tiers |= {tier for tier in TIER_FIXTURES if item.get_closest_marker(tier)}
+        for tier in tiers:
+            item.add_marker(getattr(pytest.mark, tier))
+        if not tiers and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.unit)

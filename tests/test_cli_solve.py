@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.model  # the test tier (tests/conftest.py): it runs processes
+
 SDPO = str(Path(sys.executable).parent / "sdpo")
 
 

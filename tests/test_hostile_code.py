@@ -30,6 +30,8 @@ from sdpo_core.problem import Problem
 from sdpo_core.verifiers.sandbox import RunLimits
 from workers.pool import VerifierPool
 
+pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
+
 
 def verify_with_good_neighbour(pool: VerifierPool, problem: Problem, hostile: str):
     """The verdict on `hostile`, after checking that a correct attempt in the same batch still solves."""

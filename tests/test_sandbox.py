@@ -15,6 +15,8 @@ from sdpo_core.verifiers.sandbox import RunLimits
 from workers.isolation import SandboxOptions, SandboxRefused, choose_isolation
 from workers.sandbox import SubprocessSandbox
 
+pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
+
 
 def test_runs_a_script_with_stdin_and_files(sandbox):
     """The script sees its stdin and the files it was given, in its own directory."""

@@ -34,7 +34,8 @@ SECRET_ENV = "SDPO_TEST_SERVICE_SECRET"
 ATTACKS = ("reads the worker's secrets", "writes the checkpoint volume", "connects to the host",
            "leaves a process behind", *ESCAPE_ATTACKS)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 10001 needs root (CI runs as root)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 10001 needs root (CI runs as root)"),
+              pytest.mark.sandbox]
 
 
 def test_the_system_interpreter_can_load_the_project():

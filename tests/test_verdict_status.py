@@ -15,6 +15,8 @@ from sdpo_core.verifiers import Verdict, verifier_failed
 from workers.metrics import step_metrics, verifier_outcome
 from workers.pool import VerifierPool
 
+pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
+
 PROBLEM = Problem.model_validate({"prompt": "Say the word.", "verifier": {"type": "exact", "answer": "zebra"}})
 BROKEN = "The verifier failed: RuntimeError: the judge's database is down"
 SLOW = "Verification did not finish within 5 s and was stopped."

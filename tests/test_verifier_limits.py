@@ -14,6 +14,8 @@ from sdpo_core.problem import Problem
 from workers.pool import VerifierPool
 from workers.verification import verify_function
 
+pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
+
 CATASTROPHIC = Problem.model_validate({"prompt": "Say it.", "verifier": {
     "type": "regex", "pattern": "(.|.)*Q", "target": "completion"}})
 

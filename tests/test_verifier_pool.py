@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 from sandbox_helpers import SUM_SOLUTION, block, sum_problem
 
 from sdpo_core.problem import Problem
@@ -17,6 +18,8 @@ from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS
 from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV
 from workers.pool import SHARED_LANE, VerifierPool
 from workers.verification import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
+
+pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 
 ROOT = Path(__file__).resolve().parents[1]
 

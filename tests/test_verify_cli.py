@@ -12,6 +12,8 @@ import pytest
 from sdpo_core.problem import Problem
 from workers.verification import verify_answer
 
+pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SDPO = str(Path(sys.executable).parent / "sdpo")

@@ -11,6 +11,10 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.model  # the test tier (tests/conftest.py): it runs processes
+
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", ROOT / ".venv-vllm"))
 VLLM_TESTS = ["tests/test_engine_contract.py", "tests/test_engine_factory.py"]
