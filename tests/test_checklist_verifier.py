@@ -45,6 +45,18 @@ def test_excludes():
     assert verdict(p, "It is very sunny.").feedback == "The answer must not use the word 'very'."
 
 
+def test_a_list_of_words_is_one_check_any_word_meets_contains_and_excludes_names_those_used():
+    topic = checklist({"kind": "contains", "text": ["sea", "ocean"]})
+    assert verdict(topic, "Waves roll in from the open sea.").solved
+    assert verdict(topic, "A seal sleeps.").feedback == "The answer must use one of the words 'sea', 'ocean'."
+    meta = checklist({"kind": "excludes", "text": ["answer", "attempt", "feedback"]})
+    assert verdict(meta, "Waves roll in from the open sea.").solved
+    v = verdict(meta, "My answer to the feedback: waves.")
+    assert v.feedback == "The answer must not use the words 'answer', 'feedback'." and v.reward == 0.0
+    with pytest.raises(ValidationError, match="1 to 50 words"):
+        checklist({"kind": "excludes", "text": []})
+
+
 @pytest.mark.parametrize("text,feedback", [
     ("The door is 200 cm tall.", ""),
     ("The door is 2 meters tall.", "The number must be given in cm."),
