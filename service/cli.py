@@ -95,7 +95,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     report = solve_with_baseline(
         problem, settings, model=args.model, baseline_attempts=args.baseline_attempts, show_progress=not args.json,
-        engine=args.engine, dtype=args.dtype, seeds=args.seeds,
+        engine=args.engine, dtype=args.dtype, seeds=args.seeds, adapter_samples=args.adapter_samples,
     )
     if args.curve:
         Path(args.curve).parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +132,9 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     add_engine_arguments(p)
     p.add_argument("--baseline-attempts", type=int, default=None,
                    help="best-of-k samples for the comparison (default: twice the attempt budget; 0 = none)")
+    p.add_argument("--adapter-samples", type=int, default=0,
+                   help="after each run that distilled, sample this many plain-prompt attempts from its adapter and "
+                   "report how many solve: what the adapter learned (default 0: not measured)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     p.add_argument("--curve", help="write the discovery curve against best-of-k to this SVG file")
     p.set_defaults(func=cmd_solve)
