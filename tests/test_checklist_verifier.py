@@ -182,3 +182,26 @@ def test_sdpo_verify_reports_the_first_requirement_inside_the_log(tmp_path):
     right = subprocess.run([SDPO, "verify", str(problem), str(tmp_path / "right.txt")], capture_output=True,
                            text=True, timeout=120)
     assert right.returncode == 0 and json.loads(right.stdout)["solved"] is True
+
+
+# ---- the demo's problem (issue 21): what a person means by a sentence about a farm, not only a word ----------------
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "farm-tractor.json"
+
+
+@pytest.mark.parametrize("text,solved", [
+    ("An old red tractor rumbles past the barn as the farmer waves from the field.", True),
+    ("Tractors pull the ploughs across the farm before the spring rain.", True),
+    # meta-talk a 135M model writes with the feedback in its prompt (the old demo's verified solution)
+    ('The answer to certianly the previous attempt seems to be correctly putting the word "tractor" into farm.', False),
+    ("The farm is not a tractor. The incorrect answer is in a list and not in a question.", False),
+    ("A tractor.", False),  # too short to be a sentence about a farm
+    ("The tractor was most likely utilized for drafting purposes.", False),  # off the topic
+    ("A farm sits on the hill where cows graze in the sun.", False),  # no tractor
+])
+def test_the_demo_checklist_accepts_a_plain_sentence_on_the_farm_and_rejects_talk_about_the_task(
+        tmp_path, text, solved):
+    answer = tmp_path / "answer.txt"
+    answer.write_text(text)
+    proc = subprocess.run([SDPO, "verify", str(DEMO), str(answer)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == (0 if solved else 1), proc.stderr
+    assert json.loads(proc.stdout)["solved"] is solved
