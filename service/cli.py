@@ -95,9 +95,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     from service.solve_local import print_runs, solve_with_baseline
 
-    def answer(results, baseline_so_far: int | None) -> None:  # printed when the runs end, before the comparison
+    def answer(results, notes, baseline_so_far: int | None) -> None:  # when the runs end, before the comparison
         console = Console()
-        print_runs(results, settings.seed, console)
+        print_runs(results, notes, settings.seed, console)
         if baseline_so_far is not None:
             console.print(f"the best-of-k comparison goes on ({baseline_so_far} samples so far; --no-baseline skips "
                           "it)")
@@ -105,7 +105,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     report = solve_with_baseline(
         problem, settings, model=args.model, baseline_attempts=0 if args.no_baseline else args.baseline_attempts,
         show_progress=not args.json, engine=args.engine, dtype=args.dtype, seeds=args.seeds,
-        on_answer=None if args.json else answer,
+        adapter_samples=args.adapter_samples, on_answer=None if args.json else answer,
     )
     if args.curve:
         Path(args.curve).parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,9 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
                    help="most best-of-k samples for the comparison; it stops sooner once its estimate at the "
                    "budget is settled (default: twice the attempt budget; 0 = none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the best-of-k comparison")
+    p.add_argument("--adapter-samples", type=int, default=0,
+                   help="after each run that distilled, sample this many plain-prompt attempts from its adapter and "
+                   "report how many solve: what the adapter learned (default 0: not measured)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     p.add_argument("--curve", help="write the discovery curve against best-of-k to this SVG file")
     p.set_defaults(func=cmd_solve)

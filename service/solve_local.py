@@ -13,9 +13,33 @@ from rich.table import Table
 
 from sdpo_core.discovery import Comparison, baseline_settled, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.measure.plot import discovery_svg
+from sdpo_core.methods import learns
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ProgressEvent, RunResult, ignore_events
 from sdpo_core.settings import RunSettings
+
+ADAPTER_CHECK_SEED = 40_000  # the adapter check's attempts are apart from every run's own
+
+
+class DecisionNote(BaseModel):
+    step: int  # the step after which the method decided
+    reason: str
+
+
+class RunNotes(BaseModel):
+    """Why a run went as it did: its method's decisions, its adapter updates and, if it distilled and
+    --adapter-samples asked, what the adapter kept: plain-prompt attempts sampled from it after the run."""
+
+    decisions: list[DecisionNote] = []
+    updates: int = 0
+    adapter_solved: int | None = None
+    adapter_samples: int | None = None
+
+    def record(self, event: ProgressEvent) -> None:
+        if event.type == "decision" and event.reason:
+            self.decisions.append(DecisionNote(step=event.step, reason=event.reason))
+        elif event.type == "step" and event.metrics is not None and event.metrics.distilled_samples > 0:
+            self.updates += 1
 
 
 class SolveReport(BaseModel):
@@ -26,6 +50,7 @@ class SolveReport(BaseModel):
     settings: RunSettings
     result: RunResult
     more_seeds: list[RunResult] = []  # independent runs of the same method with seeds seed+1, seed+2, ...
+    notes: list[RunNotes] = []  # one per run, in the order result, *more_seeds
     baseline: RunResult | None
     comparison: Comparison
 
@@ -35,10 +60,10 @@ class SolveReport(BaseModel):
 
     def print_summary(self, curve_path: str | None = None, console: Console | None = None, *,
                       runs_printed: bool = False) -> None:
-        """The runs (unless `runs_printed` when they ended), the discovery table and the comparison's note."""
+        """The runs (unless `runs_printed` when they ended), the discovery table, the comparison's note."""
         console = console or Console()
         if not runs_printed:
-            print_runs([self.result, *self.more_seeds], self.settings.seed, console)
+            print_runs([self.result, *self.more_seeds], self.notes, self.settings.seed, console)
         table = Table(title=f"discovery@k (budget {self.comparison.budget})")
         table.add_column("k", justify="right")
         for curve in self.comparison.curves:
@@ -49,20 +74,36 @@ class SolveReport(BaseModel):
         console.print(table)
         console.print(self.comparison.note)
         if curve_path:
-            console.print(f"curve written to {curve_path}")
+            console.print(f"picture: {curve_path} (these discovery curves, {self.settings.method} against "
+                          "best-of-k)")
 
 
-def print_runs(results: list[RunResult], first_seed: int, console: Console) -> None:
-    """Each run's outcome, and the first solution: what the user asked for, printed as soon as the runs end."""
-    for seed, run in enumerate(results, start=first_seed):
-        verdict = (f"[green]solved at attempt {run.first_success_attempt}[/]" if run.solved
-                   else f"[red]{run.status}[/]")
-        console.print(f"[bold]{run.method}[/] (seed {seed}): {verdict} after {len(run.attempts)} attempts in "
-                      f"{run.steps} steps, {run.seconds:.1f} s")
-    solution = next((run.solution for run in results if run.solution is not None), None)
-    if solution is not None:
-        console.print("[bold]solution:[/]")
-        console.print(solution, markup=False, highlight=False)
+
+def print_runs(results: list[RunResult], notes: list[RunNotes], first_seed: int, console: Console) -> None:
+    """Every run, as soon as they have all ended: what the user asked for comes before the comparison."""
+    notes = notes or [RunNotes() for _ in results]
+    for seed, (run, note) in enumerate(zip(results, notes, strict=True), start=first_seed):
+        print_run(console, seed, run, note)
+
+
+def print_run(console: Console, seed: int, run: RunResult, note: RunNotes) -> None:
+    """A run in a few lines: its outcome, the decision that shaped its last steps and why, what its adapter kept,
+    and its solution."""
+    verdict = (f"[green]solved at attempt {run.first_success_attempt}[/]" if run.solved
+               else f"[red]{run.status}[/]")
+    console.print(f"[bold]{run.method}[/] (seed {seed}): {verdict} after {len(run.attempts)} attempts in "
+                  f"{run.steps} steps, {run.seconds:.1f} s")
+    if note.decisions:
+        last = note.decisions[-1]
+        console.print(f"  decided after step {last.step}: {last.reason}", markup=False, highlight=False)
+    if note.updates:
+        kept = ("" if note.adapter_samples is None else
+                f"; after the run its plain prompt solved {note.adapter_solved}/{note.adapter_samples}")
+        console.print(f"  adapter: {note.updates} update{'s' if note.updates > 1 else ''}{kept}")
+    elif learns(run.method):
+        console.print("  adapter: no update (nothing distilled, so nothing learned)")
+    if run.solution is not None:
+        console.print("  solution: " + " ".join(run.solution.split()), markup=False, highlight=False)
 
 
 @contextmanager
@@ -95,17 +136,43 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], EventSink]]:
         yield bar
 
 
+def noting(note: RunNotes, sink: EventSink) -> EventSink:
+    def on_event(event: ProgressEvent) -> None:
+        note.record(event)
+        sink(event)
+
+    return on_event
+
+
+def check_adapters(engine, runs, notes: list[RunNotes], samples: int) -> None:
+    """Sample `samples` plain-prompt attempts from each run's adapter that distilled, and verify them: what the
+    adapter learned, apart from the context the run may have sampled with."""
+    from sdpo_core.engine import GenerationRequest
+
+    checked = [(run, note) for run, note in zip(runs, notes, strict=True) if note.updates and run.adapter]
+    if not checked or samples <= 0:
+        return
+    requests = [GenerationRequest(run.prompt_ids, run.adapter, ADAPTER_CHECK_SEED + run.settings.seed,
+                                  list(range(1, samples + 1)), run.settings.max_new_tokens, run.settings.temperature)
+                for run, _ in checked]
+    for (run, note), completions in zip(checked, engine.generate(requests), strict=True):
+        verdicts = run.verify(run.problem, [c.text for c in completions])
+        note.adapter_solved, note.adapter_samples = sum(v.solved for v in verdicts), samples
+
+
 def solve_with_baseline(
     problem: Problem, settings: RunSettings, *, model: str | None, baseline_attempts: int | None,
     show_progress: bool = True, engine: str | None = None, dtype: str | None = None, seeds: int = 1,
-    on_answer: Callable[[list[RunResult], int | None], None] | None = None,
+    adapter_samples: int = 0,
+    on_answer: Callable[[list[RunResult], list[RunNotes], int | None], None] | None = None,
 ) -> SolveReport:
     """Run the method (`seeds` independent runs) and its best-of-k baseline on `engine` (sdpo_core.engines; weights
     in `dtype`, sdpo_core.models.choose_dtype), and compare them: one run is a step curve, several make an estimate.
+    With `adapter_samples`, each run that distilled is checked on that many plain-prompt attempts from its adapter.
 
     The baseline samples only in the room the runs leave in a generation batch, and stops once its estimate of
     best-of-k at the budget is settled (sdpo_core.discovery.baseline_settled). `on_answer` gets the runs' results
-    as soon as they have all ended, with the baseline's samples so far (None: no baseline, or it is done)."""
+    and notes as soon as they have all ended, with the baseline's samples so far (None: none, or it is done)."""
     from sdpo_core.engines import make_engine
     from sdpo_core.loop import ProblemRun
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
@@ -120,11 +187,12 @@ def solve_with_baseline(
     engine = make_engine(policy, resolve_model(model), engine)
     samples = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
 
+    notes = [RunNotes() for _ in range(seeds)]
     with progress_bars(show_progress) as bar:
         verify = verify_function(problem)
         runs = comparison_runs(
             problem, settings, policy, baseline_samples=samples, name="run", verify=verify,
-            sink_for=lambda key: bar(settings.method, settings.max_attempts) if key == METHOD
+            sink_for=lambda key: noting(notes[0], bar(settings.method, settings.max_attempts)) if key == METHOD
             else bar("best-of-k baseline", max(samples, settings.attempts_per_step)))
         scheduler = DiscoveryRuns(engine)
         scheduler.add("solve", runs, background=(BASELINE,))
@@ -132,9 +200,9 @@ def solve_with_baseline(
         for i, group in enumerate(extra, start=1):
             seeded = settings.model_copy(update={"seed": settings.seed + i})
             scheduler.add(group, ProblemRun(problem, seeded, policy, name=f"run-{group}", verify=verify,
-                                            on_event=bar(f"{settings.method} seed {seeded.seed}",
-                                                         settings.max_attempts)))
-        methods = [runs[METHOD], *(scheduler.runs(group)["run"] for group in extra)]
+                                            on_event=noting(notes[i], bar(f"{settings.method} seed {seeded.seed}",
+                                                                          settings.max_attempts))))
+        method_runs = [runs[METHOD], *(scheduler.runs(group)["run"] for group in extra)]
         try:
             answered = False
             while scheduler.active:
@@ -142,15 +210,16 @@ def solve_with_baseline(
                 if failures:
                     raise next(iter(failures.values()))
                 draw = runs.get(BASELINE)
-                if not answered and all(run.done for run in methods):
+                if not answered and all(run.done for run in method_runs):
                     answered = True
+                    check_adapters(engine, method_runs, notes, adapter_samples)
                     if on_answer is not None:
-                        on_answer([run.result() for run in methods],
+                        on_answer([run.result() for run in method_runs], notes,
                                   len(draw.attempts) if draw is not None and not draw.done else None)
                 if draw is not None and not draw.done and baseline_settled(
                         len(draw.attempts), sum(a.solved for a in draw.attempts), settings.max_attempts):
                     draw.settle()
-            result, *more = [run.result() for run in methods]
+            result, *more = [run.result() for run in method_runs]
             baseline = baseline_of(runs)
             baseline_result = baseline.result() if baseline is not None else None
         finally:
@@ -159,4 +228,4 @@ def solve_with_baseline(
     comparison = compare_to_best_of_k(settings.method, [r.first_success_attempt for r in [result, *more]],
                                       outcomes, settings.max_attempts, first_step=settings.attempts_per_step)
     return SolveReport(problem_id=problem.id, model=model or DEFAULT_MODEL, settings=settings, result=result,
-                       more_seeds=more, baseline=baseline_result, comparison=comparison)
+                       more_seeds=more, notes=notes, baseline=baseline_result, comparison=comparison)

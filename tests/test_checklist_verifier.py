@@ -45,6 +45,18 @@ def test_excludes():
     assert verdict(p, "It is very sunny.").feedback == "The answer must not use the word 'very'."
 
 
+def test_a_list_of_words_is_one_check_any_word_meets_contains_and_excludes_names_those_used():
+    topic = checklist({"kind": "contains", "text": ["sea", "ocean"]})
+    assert verdict(topic, "Waves roll in from the open sea.").solved
+    assert verdict(topic, "A seal sleeps.").feedback == "The answer must use one of the words 'sea', 'ocean'."
+    meta = checklist({"kind": "excludes", "text": ["answer", "attempt", "feedback"]})
+    assert verdict(meta, "Waves roll in from the open sea.").solved
+    v = verdict(meta, "My answer to the feedback: waves.")
+    assert v.feedback == "The answer must not use the words 'answer', 'feedback'." and v.reward == 0.0
+    with pytest.raises(ValidationError, match="1 to 50 words"):
+        checklist({"kind": "excludes", "text": []})
+
+
 @pytest.mark.parametrize("text,feedback", [
     ("The door is 200 cm tall.", ""),
     ("The door is 2 meters tall.", "The number must be given in cm."),
@@ -170,3 +182,26 @@ def test_sdpo_verify_reports_the_first_requirement_inside_the_log(tmp_path):
     right = subprocess.run([SDPO, "verify", str(problem), str(tmp_path / "right.txt")], capture_output=True,
                            text=True, timeout=120)
     assert right.returncode == 0 and json.loads(right.stdout)["solved"] is True
+
+
+# ---- the demo's problem (issue 21): what a person means by a sentence about a farm, not only a word ----------------
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "farm-tractor.json"
+
+
+@pytest.mark.parametrize("text,solved", [
+    ("An old red tractor rumbles past the barn as the farmer waves from the field.", True),
+    ("Tractors pull the ploughs across the farm before the spring rain.", True),
+    # meta-talk a 135M model writes with the feedback in its prompt (the old demo's verified solution)
+    ('The answer to certianly the previous attempt seems to be correctly putting the word "tractor" into farm.', False),
+    ("The farm is not a tractor. The incorrect answer is in a list and not in a question.", False),
+    ("A tractor.", False),  # too short to be a sentence about a farm
+    ("The tractor was most likely utilized for drafting purposes.", False),  # off the topic
+    ("A farm sits on the hill where cows graze in the sun.", False),  # no tractor
+])
+def test_the_demo_checklist_accepts_a_plain_sentence_on_the_farm_and_rejects_talk_about_the_task(
+        tmp_path, text, solved):
+    answer = tmp_path / "answer.txt"
+    answer.write_text(text)
+    proc = subprocess.run([SDPO, "verify", str(DEMO), str(answer)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == (0 if solved else 1), proc.stderr
+    assert json.loads(proc.stdout)["solved"] is solved

@@ -73,6 +73,33 @@ def test_solve_with_several_seeds_curves_every_run(tmp_path, tiny_model_dir):
     assert "before any feedback or update" in report["comparison"]["note"]
 
 
+def test_solve_prints_every_seeds_solution_and_where_the_picture_is(tmp_path, tiny_model_dir):
+    anything = write(tmp_path / "anything.json", {"id": "any", "prompt": "Say anything.", "verifier": {
+        "type": "regex", "pattern": "(?s).*", "target": "completion"}})
+    curve = tmp_path / "curve.svg"
+    proc = run_sdpo("solve", anything, "--model", tiny_model_dir, "--seeds", 2, "--max-attempts", 4,
+                    "--attempts-per-step", 2, "--max-new-tokens", 4, "--baseline-attempts", 4, "--curve", curve)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for seed in (0, 1):
+        assert f"auto (seed {seed}): solved at attempt 1" in out
+    assert out.count("  solution: ") == 2  # each seed's, not only the first
+    assert out.count("adapter: no update (nothing distilled, so nothing learned)") == 2
+    assert f"picture: {curve}" in " ".join(out.split()) and curve.exists()
+
+
+def test_solve_says_why_each_seed_went_as_it_did_and_what_its_adapter_kept(problem_file, tiny_model_dir):
+    auto = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--seeds", 2, "--max-attempts", 6,
+                    "--attempts-per-step", 2, "--max-new-tokens", 4, "--baseline-attempts", 0)
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stdout.count("  decided after step 2: ") == 2  # each seed's last decision and its reason
+    sdpo = run_sdpo("solve", problem_file, "--model", tiny_model_dir, "--method", "sdpo", "--seeds", 2,
+                    "--max-attempts", 4, "--attempts-per-step", 2, "--max-new-tokens", 4, "--baseline-attempts", 0,
+                    "--adapter-samples", 3)
+    assert sdpo.returncode == 0, sdpo.stderr
+    assert sdpo.stdout.count("  adapter: 1 update; after the run its plain prompt solved 0/3") == 2
+
+
 @pytest.mark.parametrize("content,expected", [
     ("{not json", "not valid JSON"),
     ({"prompt": "q", "verifier": {"type": "telepathy"}}, "verifier"),
@@ -129,7 +156,7 @@ def test_solve_prints_the_answer_first_and_its_baseline_stops_once_settled(tmp_p
     settings = RunSettings(method="best-of-k", max_attempts=8, attempts_per_step=8, max_new_tokens=8)
     report = solve_with_baseline(Problem.model_validate(DIGIT), settings, model=str(tiny_model_dir),
                                  baseline_attempts=512, show_progress=False,
-                                 on_answer=lambda results, so_far: answered.append((results, so_far)))
+                                 on_answer=lambda results, notes, so_far: answered.append((results, so_far)))
     [(results, so_far)] = answered
     assert results[0].solved and results[0] == report.result
     drawn = len(report.baseline.attempts)

@@ -7,7 +7,9 @@ check carries a message, by default one that says exactly what the check wants:
 
     {"type": "checklist", "checks": [
         {"kind": "contains", "text": "lighthouse"},                  -> The answer must use the word 'lighthouse'.
+        {"kind": "contains", "text": ["sea", "ocean"]},              -> The answer must use one of the words 'sea', 'ocean'.
         {"kind": "excludes", "text": "very"},                        -> The answer must not use the word 'very'.
+        {"kind": "excludes", "text": ["answer", "word"]},            -> The answer must not use the word 'word'.
         {"kind": "number", "min": 500, "max": 600, "unit": "cm"},    -> The number must be at most 600 (it is 714).
         {"kind": "words", "max": 20}                                 -> The answer has 31 words; at most 20 are allowed.
     ]}
@@ -57,32 +59,69 @@ class _Check(BaseModel):
     feedback: str | None = Field(default=None, max_length=500, description="Message when the check fails.")
 
 
-class ContainsCheck(_Check):
-    """The answer uses a word or phrase."""
+Phrase = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _quoted(phrases: list[str]) -> str:
+    return ", ".join(f"'{p}'" for p in phrases)
+
+
+class _PhraseCheck(_Check):
+    """A word or phrase, or a list of them: a topic has several words ('sea', 'ocean'), talk about the task has
+    many ('answer', 'instruction', ...), and one check with one message says so better than one check per word."""
+
+    text: Phrase | list[Phrase] = Field(description="A word or phrase, or a list of them (at most 50).")
+    case_sensitive: bool = False
+
+    @property
+    def phrases(self) -> list[str]:
+        return [self.text] if isinstance(self.text, str) else self.text
+
+    @model_validator(mode="after")
+    def _some(self) -> _PhraseCheck:
+        if not 1 <= len(self.phrases) <= 50:
+            raise ValueError(f"{self.kind} check: text must name 1 to 50 words or phrases")
+        return self
+
+    def found(self, answer: str) -> list[str]:
+        return [p for p in self.phrases if _has_phrase(answer, p, self.case_sensitive)]
+
+
+class ContainsCheck(_PhraseCheck):
+    """The answer uses a word or phrase (with a list: any one of them)."""
 
     kind: Literal["contains"] = "contains"
-    text: str = Field(min_length=1, max_length=200)
-    case_sensitive: bool = False
 
     def requirement(self) -> str:
-        return self.feedback or f"The answer must use the word '{self.text}'."
+        if self.feedback:
+            return self.feedback
+        if len(self.phrases) == 1:
+            return f"The answer must use the word '{self.phrases[0]}'."
+        return f"The answer must use one of the words {_quoted(self.phrases)}."
 
     def failure(self, answer: str) -> str | None:
-        return None if _has_phrase(answer, self.text, self.case_sensitive) else self.requirement()
+        return None if self.found(answer) else self.requirement()
 
 
-class ExcludesCheck(_Check):
-    """The answer does not use a word or phrase."""
+class ExcludesCheck(_PhraseCheck):
+    """The answer uses none of these words or phrases; the default feedback names the ones it used."""
 
     kind: Literal["excludes"] = "excludes"
-    text: str = Field(min_length=1, max_length=200)
-    case_sensitive: bool = False
 
     def requirement(self) -> str:
-        return self.feedback or f"The answer must not use the word '{self.text}'."
+        if self.feedback:
+            return self.feedback
+        if len(self.phrases) == 1:
+            return f"The answer must not use the word '{self.phrases[0]}'."
+        return f"The answer must not use the words {_quoted(self.phrases)}."
 
     def failure(self, answer: str) -> str | None:
-        return self.requirement() if _has_phrase(answer, self.text, self.case_sensitive) else None
+        used = self.found(answer)
+        if not used:
+            return None
+        if self.feedback:
+            return self.feedback
+        return f"The answer must not use the word{'s' if len(used) > 1 else ''} {_quoted(used)}."
 
 
 class NumberCheck(_Check):
