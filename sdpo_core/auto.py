@@ -8,6 +8,14 @@ prompt (multi-turn), and distil that feedback into the problem's adapter (SDPO);
                                try the feedback in context for one step: it costs nothing to measure, and where
                                the model can use the feedback this is the fastest way to a solution
     after a step in context that failed, and every later failed step:
+      gap = mean reward of the failed attempts sampled with the feedback in context - mean reward of those sampled
+            without it (the verifier's own partial credit: a checklist's share of checks met), once each side has
+            REWARD_ATTEMPTS of them
+      gap <= -REWARD_MARGIN  reading the feedback makes attempts worse by the verifier's own measure (a small model
+                  told "stay on the farm" writes about the instruction and leaves the farm)
+                  -> distil the feedback into the adapter and sample the plain prompt from it (SDPO), every
+                     later failed step too
+      otherwise, by the feedback's shift:
       shift = mean per-token [log q(y | x, C, f) - log q(y | x, C, c)] over the failed attempts so far (up to
               16), the base model reading each attempt's feedback f against a content-free control c, both after
               the feedback C the attempt was sampled with (none for the plain prompt): an attempt that met the
@@ -42,6 +50,8 @@ from sdpo_core.reprompt import fit_feedbacks
 from sdpo_core.settings import SDPOSettings
 
 SIGNAL_ATTEMPTS = 16  # failed attempts scored over a run: the mean is settled by then
+REWARD_ATTEMPTS = 8  # failed attempts each way (in context, plain) before their rewards are compared
+REWARD_MARGIN = 0.10  # how much lower in context the mean partial credit must be to leave the context
 
 
 @dataclass(frozen=True)
@@ -82,14 +92,26 @@ def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt]
     return shifts, sum(len(seq) for seq in sequences)
 
 
+def reward_gap(rewards: dict[str, list[float]]) -> tuple[float, float] | None:
+    """(mean in context, mean plain) of the failed attempts' rewards, once each side has REWARD_ATTEMPTS."""
+    context, plain = rewards.get("context", []), rewards.get("plain", [])
+    if min(len(context), len(plain)) < REWARD_ATTEMPTS:
+        return None
+    return sum(context) / len(context), sum(plain) / len(plain)
+
+
 def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: bool,
-           context_holds: tuple[int, int] = (0, 0)) -> Decision:
+           context_holds: tuple[int, int] = (0, 0), rewards: tuple[float, float] | None = None) -> Decision:
     """Auto's rule, from the shifts measured so far, how the step that just failed was sampled, whether any step has
-    been sampled with feedback in context yet, and how many of the run's distinct feedbacks the prompt holds (of
-    how many)."""
+    been sampled with feedback in context yet, how many of the run's distinct feedbacks the prompt holds (of how
+    many), and the failed attempts' mean reward in context and plain (`reward_gap`)."""
     if not tried_in_context:
         return Decision(False, True, "new feedback: try it in context for a step (nothing to measure yet; the "
                         "signal decides if that fails too)")
+    if rewards is not None and rewards[0] - rewards[1] <= -REWARD_MARGIN:
+        return Decision(True, False, f"with the feedback in context the failed attempts score lower by the "
+                        f"verifier's partial credit ({rewards[0]:.2f} against {rewards[1]:.2f} without): distil the "
+                        "feedback into the adapter and sample the plain prompt from it")
     if not shifts:
         return Decision(False, False, "no feedback to read: sample the base model")
     shift = sum(shifts) / len(shifts)

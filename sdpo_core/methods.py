@@ -187,6 +187,7 @@ class Auto(LearningMethod):
         self.adapter_trained = False  # samples the base model until it has distilled
         self.shifts: list[float] = []  # the feedback's shift on each failed attempt scored so far
         self.tried_in_context = False  # a step has been sampled with feedback in its prompt
+        self.rewards: dict[str, list[float]] = {"plain": [], "context": []}  # failed attempts' partial credit
 
     def prompt_feedback(self) -> list[str] | None:
         return distinct_feedback(self.run.attempts) if self.in_context else None
@@ -197,7 +198,7 @@ class Auto(LearningMethod):
     def after_step(self, request, completions, new) -> StepMetrics:
         """Decide the next step (scoring the failed attempts' feedback once the in-context bet has failed), distil
         if the decision says so."""
-        from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift
+        from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift, reward_gap
         from sdpo_core.reprompt import feedback_kept
 
         if any(a.solved for a in new):
@@ -205,6 +206,7 @@ class Auto(LearningMethod):
         run, clock = self.run, time.perf_counter()
         in_context = request.prompt_ids != run.prompt_ids
         self.tried_in_context |= in_context
+        self.rewards["context" if in_context else "plain"] += [a.reward for a in new if a.judged]
         sampled_with = distinct_feedback(run.attempts[: len(run.attempts) - len(new)]) if in_context else []
         shifts, scored = [], 0
         if self.tried_in_context and len(self.shifts) < SIGNAL_ATTEMPTS:
@@ -216,7 +218,7 @@ class Auto(LearningMethod):
         distinct = distinct_feedback(run.attempts)
         held = feedback_kept(run.problem, run.policy.chat_ids, distinct, run.settings.max_prompt_tokens)
         decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context,
-                          context_holds=(held, len(distinct)))
+                          context_holds=(held, len(distinct)), rewards=reward_gap(self.rewards))
         metrics = self.distil(request, completions, new) if decision.distil else StepMetrics()
         self.adapter_trained |= decision.distil
         self.in_context = decision.in_context
@@ -228,7 +230,7 @@ class Auto(LearningMethod):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "plan": {
             "in_context": self.in_context, "adapter_trained": self.adapter_trained, "shifts": self.shifts,
-            "tried_in_context": self.tried_in_context}}
+            "tried_in_context": self.tried_in_context, "rewards": self.rewards}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -237,6 +239,7 @@ class Auto(LearningMethod):
         self.adapter_trained = plan.get("adapter_trained", self.adapter_trained)
         self.shifts = list(plan.get("shifts", []))
         self.tried_in_context = plan.get("tried_in_context", self.tried_in_context)
+        self.rewards = {kind: list(values) for kind, values in plan.get("rewards", self.rewards).items()}
 
 
 METHODS: dict[str, type[DiscoveryMethod]] = {

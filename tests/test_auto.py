@@ -91,3 +91,45 @@ def test_auto_says_when_the_prompt_holds_only_part_of_the_feedback(tiny_policy, 
     reasons = [e.reason for e in events if e.type == "decision"]
     assert "the prompt holds 1 of its 2 distinct feedbacks, the adapter keeps the rest" in reasons[-1], reasons
     run.close()
+
+
+def test_rule_leaves_the_context_when_the_verifiers_partial_credit_drops_there():
+    from sdpo_core.auto import reward_gap
+
+    assert reward_gap({"context": [0.2] * 7, "plain": [0.6] * 8}) is None  # too few to compare
+    assert reward_gap({"context": [0.2] * 8, "plain": [0.6] * 8}) == pytest.approx((0.2, 0.6))
+    worse = decide([-0.4], step_was_in_context=True, tried_in_context=True, rewards=(0.2, 0.6))
+    assert worse.distil and not worse.in_context and "partial credit (0.20 against 0.60" in worse.reason
+    even = decide([-0.4], step_was_in_context=True, tried_in_context=True, rewards=(0.55, 0.6))
+    assert even.in_context and "shift" in even.reason  # within the margin: the shift decides as before
+    assert decide([], step_was_in_context=False, tried_in_context=False, rewards=(0.0, 0.9)).in_context  # first bet
+
+
+def test_auto_takes_the_adapters_road_when_context_lowers_the_verifiers_score(tiny_policy, monkeypatch):
+    """A verifier whose partial credit is 0.6 for the plain first step and 0.1 for the in-context second: auto then
+    distils and samples the plain prompt from its adapter, whatever the shift says."""
+    monkeypatch.setattr(auto, "feedback_shift", lambda *a, **k: ([-0.5] * len(a[2]), 10))
+    from sdpo_core.verifiers import Verdict
+
+    calls = []
+
+    def verify(problem, texts):
+        calls.append(len(texts))
+        credit = 0.6 if len(calls) == 1 else 0.1
+        return [Verdict(reward=credit, solved=False, feedback="Mention a tractor.") for _ in texts]
+
+    events = []
+    settings = RunSettings(method="auto", max_attempts=32, attempts_per_step=8, max_new_tokens=8)
+    run = ProblemRun(UNSOLVABLE, settings, tiny_policy, name="job", verify=verify, on_event=events.append)
+    engine = TransformersEngine(tiny_policy)
+    plain = run.next_request()
+    run_step([run], engine)
+    assert run.next_request().prompt_ids != plain.prompt_ids  # the feedback is tried in context
+    run_step([run], engine)
+    third = run.next_request()
+    assert third.prompt_ids == plain.prompt_ids and third.adapter == "job"  # plain prompt, from the adapter
+    step2 = [e for e in events if e.type == "step"][1]
+    assert step2.metrics.distilled_samples > 0
+    reasons = [e.reason for e in events if e.type == "decision"]
+    assert "partial credit (0.10 against 0.60 without)" in reasons[-1]
+    run.close()
