@@ -200,10 +200,10 @@ class Stack:
         check(job["status"] == "succeeded", f"job {job['id']} ended {job['status']} ({job['attempts']} attempts), "
               f"not solved:\n{self.worker_logs()}")
         with self.client() as client:
-            # The best-of-k baseline (2 x budget samples by default) runs after the job's outcome, at a lower
-            # priority: the curve compares the two once its samples are in.
+            # The best-of-k baseline goes on after the job's outcome, at a lower priority, and stops once its
+            # estimate is settled (at most 2 x budget samples): the curve compares the two once it is done.
             final = wait_for("the best-of-k baseline", lambda: (j := client.get(job["id"])).baseline is not None
-                             and j.baseline.samples >= 2 * budget and j, timeout=600, interval=2)
+                             and j.baseline.state == "done" and j, timeout=600, interval=2)
             took = time.monotonic() - started
             curve = client.curve(job["id"])
             names = [c.label for c in curve.comparison.curves]
