@@ -13,7 +13,7 @@ setup:
 # A problem whose checklist says what a person means (a tractor, on a farm, no talk about the task, 6-30 words):
 # the default method against best-of-k, 4 seeds, each seed's solution and why; the adapters that learned are checked.
 demo: setup
-	$(VENV)/bin/sdpo solve examples/farm-tractor.json --method $(DEMO_METHOD) --seeds 4 --max-attempts 32 --attempts-per-step 8 --max-new-tokens 48 --baseline-attempts 128 --adapter-samples 16 --curve runs/demo-curve.svg
+	$(VENV)/bin/sdpo solve examples/farm-tractor.json --method $(DEMO_METHOD) --seeds 4 --max-attempts 48 --attempts-per-step 8 --max-new-tokens 48 --baseline-attempts 128 --adapter-samples 16 --curve runs/demo-curve.svg
 
 test: setup
 	$(PY) -m pytest -q
