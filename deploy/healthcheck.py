@@ -13,13 +13,14 @@ that). When Redis cannot be reached the check answers healthy: restarting worker
 would throw away their loaded models; their jobs' leases protect the jobs meanwhile.
 
 Settings come from the same environment variables as the service: SDPO_REDIS_URL, SDPO_REDIS_PREFIX and
-SDPO_WORKER_STALE_S (seconds, default 60, as the API's /readyz uses).
+SDPO_WORKER_STALE_S (seconds, default 60, as the API's /readyz uses). The worker check reads Redis through the
+service's gateway (workers.store), so the key and the heartbeat's format are the ones the worker writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
 import os
 import socket
 import sys
@@ -36,14 +37,14 @@ def check_api(url: str, timeout_s: float) -> tuple[bool, str]:
         return False, f"{url}: {exc}"
 
 
-def fresh_heartbeat(entries: dict[str, str], host: str, now: float, stale_s: float) -> tuple[bool, str]:
+def fresh_heartbeat(entries: dict[str, dict], host: str, now: float, stale_s: float) -> tuple[bool, str]:
     """Whether one of this host's workers wrote a heartbeat in the last `stale_s` seconds."""
     ages = []
     for worker_id, info in entries.items():
         if not worker_id.startswith(f"{host}-"):
             continue
         try:
-            ages.append(now - float(json.loads(info)["seen_at"]))
+            ages.append(now - float(info["seen_at"]))
         except (ValueError, KeyError, TypeError):
             continue
     if not ages:
@@ -55,16 +56,19 @@ def fresh_heartbeat(entries: dict[str, str], host: str, now: float, stale_s: flo
 
 
 def check_worker(redis_url: str, prefix: str, stale_s: float, timeout_s: float) -> tuple[bool, str]:
-    import redis
+    from workers.store import STORE_UNAVAILABLE, open_store
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                  decode_responses=True)
+    async def heartbeats() -> dict[str, dict]:
+        store = open_store(redis_url, prefix, max_connections=1)
+        try:
+            return await asyncio.wait_for(store.workers(), timeout_s)
+        finally:
+            await store.close()
+
     try:
-        entries = client.hgetall(f"{prefix}:workers")
-    except redis.RedisError as exc:
+        entries = asyncio.run(heartbeats())
+    except (*STORE_UNAVAILABLE, TimeoutError, OSError) as exc:
         return True, f"redis unreachable ({exc}); not the worker's fault, so not restarting it"
-    finally:
-        client.close()
     return fresh_heartbeat(entries, socket.gethostname(), time.time(), stale_s)
 
 

@@ -61,8 +61,9 @@ def workers_hash(redis_url, monkeypatch):
     monkeypatch.setenv("SDPO_WORKER_STALE_S", "60")
     client = redis.Redis.from_url(redis_url)
 
-    def beat(host: str, age_s: float) -> None:
-        client.hset(f"{prefix}:workers", f"{host}-4242-ab12", json.dumps({"seen_at": time.time() - age_s, "jobs": []}))
+    def beat(host: str, age_s: float, info: str | None = None) -> None:
+        worker = f"{host}-{4242 + (info is not None)}-ab12"
+        client.hset(f"{prefix}:workers", worker, info or json.dumps({"seen_at": time.time() - age_s, "jobs": []}))
 
     return beat
 
@@ -92,12 +93,16 @@ def test_unreachable_redis_does_not_fail_the_worker(monkeypatch, capsys):
     assert "redis unreachable" in capsys.readouterr().out
 
 
-def test_malformed_heartbeats_are_ignored():
+def test_malformed_heartbeats_are_ignored(workers_hash, capsys):
     host = "pod-a"
-    entries = {f"{host}-1-aa": "not json", f"{host}-2-bb": json.dumps({"jobs": []})}
+    entries = {f"{host}-1-aa": {"seen_at": "soon"}, f"{host}-2-bb": {"jobs": []}}
     assert healthcheck.fresh_heartbeat(entries, host, now=1000.0, stale_s=60)[0] is False
-    entries[f"{host}-3-cc"] = json.dumps({"seen_at": 990.0})
+    entries[f"{host}-3-cc"] = {"seen_at": 990.0}
     assert healthcheck.fresh_heartbeat(entries, host, now=1000.0, stale_s=60) == (True, "worker heartbeat 10 s old")
+    workers_hash(socket.gethostname(), age_s=5, info="not json")  # read through the store, which skips it
+    workers_hash(socket.gethostname(), age_s=5)
+    assert healthcheck.main(["worker"]) == 0
+    assert capsys.readouterr().out.startswith("healthy: worker heartbeat")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

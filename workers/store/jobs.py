@@ -266,8 +266,17 @@ class JobStore:
         await self.redis.ping()
 
     async def workers(self) -> dict[str, dict[str, Any]]:
-        """Worker id -> its last heartbeat ({seen_at, model, jobs})."""
-        return {worker: json.loads(info) for worker, info in (await self.redis.hgetall(self.keys.workers)).items()}
+        """Worker id -> its last heartbeat ({seen_at, model, jobs}); an entry that is not a JSON object is left out
+        (no reader of liveness may fail on one bad entry)."""
+        beats = {}
+        for worker, info in (await self.redis.hgetall(self.keys.workers)).items():
+            try:
+                beat = json.loads(info)
+            except ValueError:
+                continue
+            if isinstance(beat, dict):
+                beats[worker] = beat
+        return beats
 
     async def metrics(self) -> MetricsSnapshot:
         k = self.keys
