@@ -261,12 +261,12 @@ class Worker:
             await asyncio.sleep(self.settings.poll_ms / 1000)
         for job in list(self.jobs.values()):
             with job.log_context():
-                if not job.lost:
-                    await self.lifecycle.advance_baseline(job)
-                if not job.lost and job.method.done and not job.outcome_final:
+                if not job.lost and job.method.done and not job.outcome_final:  # the outcome first, always
                     await self.lifecycle.finish(job)
                     if job.id in self.runs.groups:
                         self.runs.free(job.id, METHOD)  # its adapter is saved: free it while the baseline draws
+                if not job.lost:
+                    await self.lifecycle.advance_baseline(job)
                 if not job.lost and job.over and not job.released:  # its baseline ended after its outcome
                     await self.lifecycle.release(job)
                 if job.lost or job.released:
