@@ -21,10 +21,10 @@ import time
 
 from scaffold import load, script_parser
 
-from sdpo_core.discovery import baseline_settled, best_of_k_interval, default_baseline_samples
+from sdpo_core.discovery import best_of_k_interval, default_baseline_samples
 from sdpo_core.engines import make_engine
 from sdpo_core.models import resolve_model
-from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, comparison_runs
+from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, comparison_runs, settle_when_enough
 from sdpo_core.settings import RunSettings
 from workers.verification import verify_function
 
@@ -41,9 +41,8 @@ def one_job(problem, settings: RunSettings, policy, engine, *, outcome_first: bo
             failures = scheduler.step().failures
             if failures:
                 raise next(iter(failures.values()))
-            n, c = len(baseline.attempts), sum(a.solved for a in baseline.attempts)
-            if outcome_first and not baseline.done and baseline_settled(n, c, settings.max_attempts):
-                baseline.settle()
+            if outcome_first:
+                settle_when_enough(baseline, settings.max_attempts)
             if outcome_first and method.done and final_at is None:
                 final_at = time.perf_counter() - clock
         ended = time.perf_counter() - clock

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -35,6 +36,12 @@ BASELINE_PRECISION = 0.10
 BASELINE_CONFIDENCE = 0.9
 
 
+def _binomial_pmfs(n: int, p: float, ks: range) -> list[float]:
+    """P(X = k) for X ~ Binomial(n, p), 0 < p < 1, at each k of `ks` (through log-gamma: no overflow at large n)."""
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return [math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q) for k in ks]
+
+
 def _binomial_tail(n: int, c: int, p: float) -> float:
     """P(X >= c) for X ~ Binomial(n, p)."""
     if c <= 0:
@@ -43,11 +50,10 @@ def _binomial_tail(n: int, c: int, p: float) -> float:
         return 0.0
     if p >= 1.0:
         return 1.0
-    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    return min(1.0, sum(math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
-                        for k in range(c, n + 1)))
+    return min(1.0, sum(_binomial_pmfs(n, p, range(c, n + 1))))
 
 
+@functools.lru_cache(maxsize=4096)  # a baseline asks after every step, and waiting jobs on every poll
 def success_rate_interval(n: int, c: int, confidence: float = BASELINE_CONFIDENCE) -> tuple[float, float]:
     """The exact (Clopper-Pearson) interval of a per-sample success rate from c successes in n samples: it never
     collapses to a point, so 0 of 20 says "at most ~14%", not "0%"."""
@@ -173,11 +179,8 @@ def _binomial_draw(n: int, p: float) -> Callable[[random.Random], int]:
         return lambda rng: round(n * p)
     mean, sd = n * p, math.sqrt(n * p * (1 - p))
     lo, hi = max(0, math.floor(mean - 12 * sd - 12)), min(n, math.ceil(mean + 12 * sd + 12))
-    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    cdf, total = [], 0.0
-    for k in range(lo, hi + 1):
-        total += math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
-        cdf.append(total)
+    cdf = list(itertools.accumulate(_binomial_pmfs(n, p, range(lo, hi + 1))))
+    total = cdf[-1]
     return lambda rng: lo + min(bisect.bisect_right(cdf, rng.random() * total), hi - lo)
 
 

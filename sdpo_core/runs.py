@@ -28,6 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sdpo_core.discovery import baseline_settled
 from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
 from sdpo_core.failures import RunFailure
 from sdpo_core.loop import GeneratedStep, ProblemRun, generate_steps
@@ -70,6 +71,13 @@ def continuation_seed(key: str, drawn: int) -> int:
     """The seed of samples drawn after `drawn` earlier ones of `key`: a stream of its own, so that a continuation
     never repeats a sample (each attempt's stream is keyed by (seed, attempt index))."""
     return int(hashlib.sha256(f"{key}:{drawn}".encode()).hexdigest()[:15], 16)
+
+
+def settle_when_enough(baseline: ProblemRun, budget: int) -> None:
+    """End a best-of-k baseline run whose samples already pin best-of-k's P(solved within `budget`)."""
+    if not baseline.done and baseline_settled(len(baseline.attempts), sum(a.solved for a in baseline.attempts),
+                                              budget):
+        baseline.settle()
 
 
 def self_baseline(settings: RunSettings) -> bool:
@@ -242,7 +250,7 @@ class DiscoveryRuns:
             if room is not None and room <= 0:
                 break
             if (sampling := self._sampling_of(g, run, timed=False)) is not None:
-                chunk = self.chunk_attempts if room is None else min(room, self.chunk_attempts or room)
+                chunk = self.chunk_attempts if room is None else room  # room never exceeds chunk_attempts
                 piece = sampling.next_piece(chunk, self._stop_check(g, None))
                 pieces.append((g, run, piece))
                 room = None if room is None else room - len(piece.attempt_indices)

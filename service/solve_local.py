@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.discovery import Comparison, baseline_settled, compare_to_best_of_k, default_baseline_samples
+from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.methods import learns
 from sdpo_core.problem import Problem
@@ -177,7 +177,7 @@ def solve_with_baseline(
     from sdpo_core.loop import ProblemRun
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
-    from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs
+    from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs, settle_when_enough
     from workers.verification import verify_function
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -216,9 +216,8 @@ def solve_with_baseline(
                     if on_answer is not None:
                         on_answer([run.result() for run in method_runs], notes,
                                   len(draw.attempts) if draw is not None and not draw.done else None)
-                if draw is not None and not draw.done and baseline_settled(
-                        len(draw.attempts), sum(a.solved for a in draw.attempts), settings.max_attempts):
-                    draw.settle()
+                if draw is not None:
+                    settle_when_enough(draw, settings.max_attempts)
             result, *more = [run.result() for run in method_runs]
             baseline = baseline_of(runs)
             baseline_result = baseline.result() if baseline is not None else None

@@ -50,9 +50,10 @@ def job_summary_view(head: JobHead) -> JobSummary:
 def baseline_progress(head: JobHead, spec: JobSpec | None = None) -> BaselineProgress | None:
     """The job's comparison; a job no worker has started yet shows the baseline it asked for as pending."""
     if head.baseline_samples is None and head.baseline_state in ("", "skipped"):
-        asked = spec is not None and spec.baseline_attempts > 0 and not self_baseline(spec.settings)
-        return BaselineProgress(samples=0, successes=0, state="pending") if asked and not head.baseline_state \
-            else None
+        not_started = head.baseline_state == "" and spec is not None
+        if not_started and spec.baseline_attempts > 0 and not self_baseline(spec.settings):
+            return BaselineProgress(samples=0, successes=0, state="pending")
+        return None
     return BaselineProgress(samples=head.baseline_samples or 0, successes=head.baseline_successes,
                             state=head.baseline_state or None, reused_samples=head.baseline_reused)
 

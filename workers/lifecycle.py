@@ -182,8 +182,6 @@ class JobLifecycle:
             status = "exhausted"
         if method.status == "cancelled":
             status = "cancelled"
-        if status == "cancelled" and job.baseline is not None and job.baseline.live:
-            await self.end_baseline(job, "cancelled")
         fields: dict[str, Any] = {**job.progress(), "error_code": "", "error_message": ""}
         if learns(job.spec.settings.method) and status != "cancelled":
             fields["adapter"] = "1" if await self._save_adapter(job) else "0"
@@ -256,10 +254,15 @@ class JobLifecycle:
             await self.publish_baseline(job, changed=True)
 
     async def publish_baseline(self, job: ActiveJob, *, changed: bool) -> None:
-        b = job.baseline
-        events = [("baseline", {"at": now(), **b.fields()})] if changed else []
-        if await self.queue.publish(job.lease, StepRecord(fields=b.fields(), events=events)) < 0:
+        if await self.queue.publish(job.lease, baseline_record(job.baseline.fields(), changed=changed)) < 0:
             job.lost = True
+
+    async def interrupt_baseline(self, lease: Lease) -> None:
+        """A job whose worker died after its final status while its baseline drew (this worker took the entry
+        over): the outcome stands; the baseline ends `interrupted` with the counts it reached, and the job goes."""
+        log.info("job %s: its worker stopped while its baseline drew; the baseline is interrupted", lease.job_id)
+        await self.queue.publish(lease, baseline_record({"baseline_state": "interrupted"}, changed=True))
+        await self.queue.release(lease, release_slot=False)
 
     async def release(self, job: ActiveJob) -> None:
         """The job's baseline is over: let the job go (its batch slot was freed at its final status)."""
@@ -317,6 +320,11 @@ class JobLifecycle:
             await asyncio.to_thread(self.checkpoints.delete, job_id, keep)
         except Exception:  # noqa: BLE001 - a leftover blob costs storage, not correctness
             log.exception("job %s: deleting its blobs failed", job_id)
+
+
+def baseline_record(fields: dict[str, Any], *, changed: bool) -> StepRecord:
+    """The baseline's fields for the job record, with a `baseline` event when its state changed."""
+    return StepRecord(fields=fields, events=[("baseline", {"at": now(), **fields})] if changed else [])
 
 
 def check_restored(spec: JobSpec, states: checkpoint.States, *, checkpoint_step: int = 0) -> None:

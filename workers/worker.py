@@ -34,13 +34,12 @@ from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, StepReport
 from sdpo_core.statuses import BASELINE_LIVE
 from workers import checkpoint
 from workers.hardening import make_undumpable, start_resource_tracker_without_secrets
-from workers.jobs import now
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
 from workers.runtime import ActiveJob
 from workers.serving import load_serving
 from workers.settings import WorkerSettings
-from workers.store import STORE_UNAVAILABLE, StepRecord, StoreFull, WorkerQueue, open_store
+from workers.store import STORE_UNAVAILABLE, StoreFull, WorkerQueue, open_store
 
 log = logging.getLogger(__name__)
 FORGET_WORKERS_AFTER_S = 3600  # a worker silent this long is dropped from the liveness table
@@ -232,12 +231,8 @@ class Worker:
         """A job whose worker died after its final status, while its baseline drew: the outcome stands; the
         baseline ends `interrupted` with the counts it reached (a later job on the problem goes on from them)."""
         lease = await self.queue.take(entry_id, record)
-        if lease is None:
-            return
-        log.info("job %s: its worker stopped while its baseline drew; the baseline is interrupted", record.id)
-        await self.queue.publish(lease, StepRecord(fields={"baseline_state": "interrupted"},
-                                                   events=[("baseline", {"at": now(), "baseline_state": "interrupted"})]))
-        await self.queue.release(lease, release_slot=False)
+        if lease is not None:
+            await self.lifecycle.interrupt_baseline(lease)
 
     # ---- one iteration ----------------------------------------------------------------------------------------
     async def _iteration(self) -> None:
