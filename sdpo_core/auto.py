@@ -22,9 +22,12 @@ prompt (multi-turn), and distil that feedback into the problem's adapter (SDPO);
               requirement it was told about is likely under C either way, so only what the new feedback does
               is measured (without C, a partly right attempt looked like copying)
       shift < 0   the feedback's content makes the failed attempts less likely: the model can use it
-                  -> keep sampling with the feedback in context (with the adapter once it has learned), and
-                     distil each step sampled that way that failed (the context alone did not get there, and the
-                     adapter keeps what falls out of the prompt once it fills: the decision says when it has)
+                  -> keep sampling with the feedback in context; while the prompt holds every distinct feedback
+                     the run has seen, that is all (no update: measured on the accumulate family, distilling
+                     feedback the prompt already holds cost seconds and lowered P@budget); once it no longer
+                     does, distil each failed step sampled that way together with the latest attempt of each
+                     feedback that fell out of the prompt, and sample the adapter with the rest in context, so
+                     nothing the verifier said is lost (the decision says how much the prompt holds)
       shift >= 0  reading the feedback makes the model likelier to repeat its failures (it copies the wrong
                   answer the feedback quotes): the feedback cannot help this model
                   -> sample the plain prompt from the base model, no update
@@ -119,9 +122,12 @@ def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: boo
         return Decision(False, False, f"the feedback makes failed attempts likelier (shift {shift:+.3f} nats/token):"
                         " this model cannot use it, sample the base model")
     held, distinct = context_holds
-    full = (f"the prompt holds {held} of its {distinct} distinct feedbacks, the adapter keeps the rest; "
-            if held < distinct else "")
+    if held >= distinct:
+        return Decision(False, True, f"the feedback moves the model away from its failures (shift {shift:+.3f} "
+                        f"nats/token) and the prompt holds all {distinct} distinct feedbacks: keep reading them in "
+                        "context")
     return Decision(step_was_in_context, True,
-                    f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token): " + full
-                    + ("the context alone did not find it, distil it and " if step_was_in_context else "")
-                    + "sample with it in context")
+                    f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token), but the "
+                    f"prompt holds {held} of its {distinct} distinct feedbacks: "
+                    + ("distil this step and what fell out of the prompt into the adapter, " if step_was_in_context
+                       else "") + "sample with the rest in context")

@@ -248,19 +248,22 @@ def distill_samples(
 
 
 def replay_samples(problem: Problem, policy: LoraPolicy, settings: SDPOSettings, prompt_ids: list[int],
-                   earlier: Sequence[Attempt], now: Sequence[Attempt]) -> list[DistillSample]:
+                   earlier: Sequence[Attempt], now: Sequence[Attempt], also: Sequence[str] = ()
+                   ) -> list[DistillSample]:
     """The latest failed attempt of each of the `settings.replay` most recent earlier distinct feedbacks that no
-    attempt of this step got, as samples with their own feedback (re-tokenised from their text; no importance
-    weight): the adapter keeps hearing what an earlier requirement taught it after the feedback has moved on."""
-    if settings.replay == 0:
-        return []
+    attempt of this step got, and of each feedback in `also` (auto: those that fell out of the prompt), as samples
+    with their own feedback (re-tokenised from their text; no importance weight): the adapter keeps hearing what an
+    earlier requirement taught it after the feedback has moved on."""
     current = {a.feedback for a in now}
     latest: dict[str, Attempt] = {}
     for attempt in earlier:
         if attempt.feedback and attempt.judged and not attempt.solved and attempt.feedback not in current:
             latest.pop(attempt.feedback, None)
             latest[attempt.feedback] = attempt
-    picked = list(latest.values())[-settings.replay:]
+    recent = list(latest)[-settings.replay:] if settings.replay else []
+    picked = [latest[f] for f in latest if f in recent or f in also]
+    if not picked:
+        return []
     eos = policy.tokenizer.eos_token_id
     completions = [Completion(token_ids=policy.tokenizer.encode(a.text, add_special_tokens=False)
                               + ([eos] if eos is not None and not a.truncated else []), logprobs=[], truncated=False)

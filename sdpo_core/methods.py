@@ -118,8 +118,10 @@ class LearningMethod(DiscoveryMethod):
     def samples_adapter(self) -> bool:
         return True
 
-    def distil(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt]) -> StepMetrics:
-        """One SDPO update of the adapter from the step's attempts (sdpo_core.update)."""
+    def distil(self, request: GenerationRequest, completions: list[Completion], new: list[Attempt],
+               replay: Sequence[str] = ()) -> StepMetrics:
+        """One SDPO update of the adapter from the step's attempts and, for each feedback in `replay`, its latest
+        earlier attempt (sdpo_core.update)."""
         from sdpo_core.loop import distill_samples, replay_samples
         from sdpo_core.update import sdpo_update
 
@@ -127,7 +129,7 @@ class LearningMethod(DiscoveryMethod):
         samples = distill_samples(run.problem, run.policy, run.settings.sdpo, run.prompt_ids, completions, new,
                                   sampled_with=request.prompt_ids, earlier_feedback=distinct_feedback(run.attempts))
         samples += replay_samples(run.problem, run.policy, run.settings.sdpo, run.prompt_ids,
-                                  run.attempts[: len(run.attempts) - len(new)], new)
+                                  run.attempts[: len(run.attempts) - len(new)], new, also=replay)
         return sdpo_update(run.policy, self.optimizer, run.name, samples, run.settings.sdpo, run.settings.temperature)
 
     def state_dict(self) -> dict[str, Any]:
@@ -219,7 +221,8 @@ class Auto(LearningMethod):
         held = feedback_kept(run.problem, run.policy.chat_ids, distinct, run.settings.max_prompt_tokens)
         decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context,
                           context_holds=(held, len(distinct)), rewards=reward_gap(self.rewards))
-        metrics = self.distil(request, completions, new) if decision.distil else StepMetrics()
+        fell_out = distinct[: len(distinct) - held] if decision.in_context else []  # the oldest are dropped first
+        metrics = self.distil(request, completions, new, replay=fell_out) if decision.distil else StepMetrics()
         self.adapter_trained |= decision.distil
         self.in_context = decision.in_context
         metrics.seconds["signal"] = signal_seconds

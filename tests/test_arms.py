@@ -89,15 +89,6 @@ def test_autos_shift_is_measured_after_the_feedback_the_attempts_were_sampled_wi
     assert len(plain) == len(after) == 1 and plain != after and scored > 2 * len(ids[0])
 
 
-def test_autos_decision_says_when_the_prompt_no_longer_holds_the_feedback():
-    from sdpo_core.auto import decide
-
-    held = decide([-0.3], step_was_in_context=True, tried_in_context=True, context_holds=(3, 3))
-    full = decide([-0.3], step_was_in_context=True, tried_in_context=True, context_holds=(1, 3))
-    assert held.distil and held.in_context and "holds" not in held.reason
-    assert full.distil and full.in_context and "the prompt holds 1 of its 3 distinct feedbacks" in full.reason
-
-
 def test_the_requirement_trace_rates_each_check_and_what_the_feedback_has_named():
     rates, revealed = requirement_trace(TWO_WORDS, ["a lighthouse here", "a gull and a lighthouse", "nothing"],
                                         ["The answer must use the word 'lighthouse'."])
