@@ -15,14 +15,17 @@ prompt (multi-turn), and distil that feedback into the problem's adapter (SDPO);
                   told "stay on the farm" writes about the instruction and leaves the farm)
                   -> distil the feedback into the adapter and sample the plain prompt from it (SDPO), every
                      later failed step too
-      otherwise, by the feedback's shift:
+      gap >= REWARD_MARGIN   reading the feedback makes attempts better by the verifier's own measure (told the
+                  first missing word, they contain it and fail on the next): the model reads it
+                  -> read in context (below, "keep reading"); the shift is not scored
+      otherwise (no partial credit, as with a 0/1 verifier, or too little difference), by the feedback's shift:
       shift = mean per-token [log q(y | x, C, f) - log q(y | x, C, c)] over the failed attempts so far (up to
               16), the base model reading each attempt's feedback f against a content-free control c, both after
               the feedback C the attempt was sampled with (none for the plain prompt): an attempt that met the
               requirement it was told about is likely under C either way, so only what the new feedback does
               is measured (without C, a partly right attempt looked like copying)
       shift < 0   the feedback's content makes the failed attempts less likely: the model can use it
-                  -> keep sampling with the feedback in context; while the prompt holds every distinct feedback
+                  -> keep reading: sample with the feedback in context; while the prompt holds every distinct feedback
                      the run has seen, that is all (no update: measured on the accumulate family, distilling
                      feedback the prompt already holds cost seconds and lowered P@budget); once it no longer
                      does, distil each failed step sampled that way together with the latest attempt of each
@@ -103,6 +106,11 @@ def reward_gap(rewards: dict[str, list[float]]) -> tuple[float, float] | None:
     return sum(context) / len(context), sum(plain) / len(plain)
 
 
+def reward_decides(rewards: tuple[float, float] | None) -> bool:
+    """Whether the verifier's partial credit alone settles where to sample (so the shift need not be scored)."""
+    return rewards is not None and abs(rewards[0] - rewards[1]) >= REWARD_MARGIN
+
+
 def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: bool,
            context_holds: tuple[int, int] = (0, 0), rewards: tuple[float, float] | None = None) -> Decision:
     """Auto's rule, from the shifts measured so far, how the step that just failed was sampled, whether any step has
@@ -111,23 +119,30 @@ def decide(shifts: list[float], step_was_in_context: bool, tried_in_context: boo
     if not tried_in_context:
         return Decision(False, True, "new feedback: try it in context for a step (nothing to measure yet; the "
                         "signal decides if that fails too)")
-    if rewards is not None and rewards[0] - rewards[1] <= -REWARD_MARGIN:
+    if reward_decides(rewards) and rewards[0] < rewards[1]:
         return Decision(True, False, f"with the feedback in context the failed attempts score lower by the "
                         f"verifier's partial credit ({rewards[0]:.2f} against {rewards[1]:.2f} without): distil the "
                         "feedback into the adapter and sample the plain prompt from it")
+    if reward_decides(rewards):
+        return keep_reading(step_was_in_context, context_holds, f"with the feedback in context the failed attempts "
+                            f"score higher by the verifier's partial credit ({rewards[0]:.2f} against "
+                            f"{rewards[1]:.2f} without): the model reads it")
     if not shifts:
         return Decision(False, False, "no feedback to read: sample the base model")
     shift = sum(shifts) / len(shifts)
     if shift >= 0:
         return Decision(False, False, f"the feedback makes failed attempts likelier (shift {shift:+.3f} nats/token):"
                         " this model cannot use it, sample the base model")
+    return keep_reading(step_was_in_context, context_holds,
+                        f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token)")
+
+
+def keep_reading(step_was_in_context: bool, context_holds: tuple[int, int], why: str) -> Decision:
+    """Sample with the feedback in context; distil only what the prompt can no longer hold."""
     held, distinct = context_holds
     if held >= distinct:
-        return Decision(False, True, f"the feedback moves the model away from its failures (shift {shift:+.3f} "
-                        f"nats/token) and the prompt holds all {distinct} distinct feedbacks: keep reading them in "
-                        "context")
-    return Decision(step_was_in_context, True,
-                    f"the feedback moves the model away from its failures (shift {shift:+.3f} nats/token), but the "
-                    f"prompt holds {held} of its {distinct} distinct feedbacks: "
-                    + ("distil this step and what fell out of the prompt into the adapter, " if step_was_in_context
-                       else "") + "sample with the rest in context")
+        return Decision(False, True, f"{why}; the prompt holds all {distinct} distinct feedbacks: keep reading them "
+                        "in context")
+    return Decision(step_was_in_context, True, f"{why}; the prompt holds {held} of its {distinct} distinct "
+                    "feedbacks: " + ("distil this step and what fell out of the prompt into the adapter, "
+                                     if step_was_in_context else "") + "sample with the rest in context")

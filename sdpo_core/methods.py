@@ -200,7 +200,7 @@ class Auto(LearningMethod):
     def after_step(self, request, completions, new) -> StepMetrics:
         """Decide the next step (scoring the failed attempts' feedback once the in-context bet has failed), distil
         if the decision says so."""
-        from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift, reward_gap
+        from sdpo_core.auto import SIGNAL_ATTEMPTS, decide, feedback_shift, reward_decides, reward_gap
         from sdpo_core.reprompt import feedback_kept
 
         if any(a.solved for a in new):
@@ -210,8 +210,9 @@ class Auto(LearningMethod):
         self.tried_in_context |= in_context
         self.rewards["context" if in_context else "plain"] += [a.reward for a in new if a.judged]
         sampled_with = distinct_feedback(run.attempts[: len(run.attempts) - len(new)]) if in_context else []
+        rewards = reward_gap(self.rewards)
         shifts, scored = [], 0
-        if self.tried_in_context and len(self.shifts) < SIGNAL_ATTEMPTS:
+        if self.tried_in_context and len(self.shifts) < SIGNAL_ATTEMPTS and not reward_decides(rewards):
             shifts, scored = feedback_shift(run.policy, run.problem, new, [c.token_ids for c in completions],
                                             run.settings.sdpo, limit=SIGNAL_ATTEMPTS - len(self.shifts),
                                             context=sampled_with)
@@ -220,7 +221,7 @@ class Auto(LearningMethod):
         distinct = distinct_feedback(run.attempts)
         held = feedback_kept(run.problem, run.policy.chat_ids, distinct, run.settings.max_prompt_tokens)
         decision = decide(self.shifts, step_was_in_context=in_context, tried_in_context=self.tried_in_context,
-                          context_holds=(held, len(distinct)), rewards=reward_gap(self.rewards))
+                          context_holds=(held, len(distinct)), rewards=rewards)
         fell_out = distinct[: len(distinct) - held] if decision.in_context else []  # the oldest are dropped first
         metrics = self.distil(request, completions, new, replay=fell_out) if decision.distil else StepMetrics()
         self.adapter_trained |= decision.distil

@@ -111,6 +111,48 @@ def test_rule_leaves_the_context_when_the_verifiers_partial_credit_drops_there()
     assert decide([], step_was_in_context=False, tried_in_context=False, rewards=(0.0, 0.9)).in_context  # first bet
 
 
+def test_rule_keeps_reading_when_the_verifiers_partial_credit_rises_in_context_whatever_the_shift():
+    """Told the first missing word, the attempts contain it and fail on the next: the verifier's own credit says the
+    model reads the feedback, even where the shift (confounded by the partly right attempts) says it copies."""
+    better = decide([0.3], step_was_in_context=True, tried_in_context=True, context_holds=(2, 2), rewards=(0.5, 0.0))
+    assert better.in_context and not better.distil and "score higher by the verifier's partial credit" in better.reason
+    full = decide([0.3], step_was_in_context=True, tried_in_context=True, context_holds=(1, 2), rewards=(0.5, 0.0))
+    assert full.in_context and full.distil and "holds 1 of its 2 distinct feedbacks: distil" in full.reason
+    assert not decide([0.3], step_was_in_context=True, tried_in_context=True, rewards=(0.05, 0.0)).in_context
+
+
+def test_auto_reads_in_context_without_scoring_the_shift_when_context_raises_the_verifiers_score(tiny_policy,
+                                                                                                   monkeypatch):
+    def no_shift(*args, **kwargs):
+        raise AssertionError("the shift is not scored when the partial credit decides")
+
+    monkeypatch.setattr(auto, "feedback_shift", no_shift)
+    from sdpo_core.verifiers import Verdict
+
+    calls = []
+
+    def verify(problem, texts):
+        calls.append(len(texts))
+        credit = 0.0 if len(calls) == 1 else 0.5
+        return [Verdict(reward=credit, solved=False, feedback=f"Use the word '{'ab'[min(len(calls), 2) - 1]}'.")
+                for _ in texts]
+
+    events = []
+    settings = RunSettings(method="auto", max_attempts=32, attempts_per_step=8, max_new_tokens=8)
+    run = ProblemRun(UNSOLVABLE, settings, tiny_policy, name="job", verify=verify, on_event=events.append)
+    engine = TransformersEngine(tiny_policy)
+    plain = run.next_request()
+    run_step([run], engine)
+    run_step([run], engine)
+    third = run.next_request()
+    assert third.prompt_ids != plain.prompt_ids and third.adapter is None  # in context, the base model
+    step2 = [e for e in events if e.type == "step"][1]
+    assert step2.metrics.tokens_scored == 0 and step2.metrics.distilled_samples == 0
+    reasons = [e.reason for e in events if e.type == "decision"]
+    assert "partial credit (0.50 against 0.00 without)" in reasons[-1] and "holds all 2" in reasons[-1]
+    run.close()
+
+
 def test_auto_takes_the_adapters_road_when_context_lowers_the_verifiers_score(tiny_policy, monkeypatch):
     """A verifier whose partial credit is 0.6 for the plain first step and 0.1 for the in-context second: auto then
     distils and samples the plain prompt from its adapter, whatever the shift says."""
