@@ -43,6 +43,22 @@ def tiny_policy(tiny_model_dir):
     return LoraPolicy(model, tokenizer)
 
 
+def solve_alone(problem, settings, policy, engine, *, name: str = "run", **options):
+    """One run to its end through the scheduler every caller drives (DiscoveryRuns.run_until_done); its adapter is
+    freed in the policy and the engine. Returns its RunResult."""
+    from sdpo_core.loop import ProblemRun
+    from sdpo_core.runs import DiscoveryRuns
+
+    runs = DiscoveryRuns(engine)
+    run = ProblemRun(problem, settings, policy, name=name, **options)
+    runs.add(name, run)
+    try:
+        runs.run_until_done()
+        return run.result()
+    finally:
+        runs.close(name)
+
+
 # ---- engines: a tiny model both engines run (vLLM's CPU attention needs a head size of 32 or more), real vLLM -------
 HAS_VLLM = importlib.util.find_spec("vllm") is not None  # true in .venv-vllm (scripts/setup.sh), see test_vllm_environment
 
