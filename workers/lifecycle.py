@@ -29,6 +29,7 @@ from sdpo_core.runs import (
     continuation_seed,
     self_baseline,
 )
+from sdpo_core.serving import Serving
 from sdpo_core.statuses import BaselineState
 from workers import checkpoint
 from workers.baseline import JobBaseline
@@ -36,7 +37,6 @@ from workers.checkpoint import CheckpointStore
 from workers.jobs import JobFailure, JobRecord, JobSpec, now, step_too_large
 from workers.metrics import step_metrics, verifier_outcome
 from workers.runtime import ActiveJob
-from workers.serving import Serving
 from workers.settings import WorkerSettings
 from workers.store import STORE_UNAVAILABLE, Lease, StepRecord, WorkerQueue
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sdpo_core.serving import EngineSettings, adapter_slots
+
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -86,6 +88,12 @@ class WorkerSettings(StoreSettings):
                              "its share (max_jobs / tenants) of the slots: its longest-running job over the share is "
                              "handed back (resumed later from its checkpoint).")
     worker_id: str | None = Field(default=None, description="This worker's name (default: host-pid-random).")
+
+    @property
+    def engine_settings(self) -> EngineSettings:
+        """What the worker serves: its model and engine, with one vLLM adapter slot per job slot."""
+        return EngineSettings(model=self.model, engine=self.engine, dtype=self.dtype,
+                              max_batch_size=self.max_batch_size, max_adapters=adapter_slots(self.max_jobs))
 
 
 # ---- flags derived from the fields -------------------------------------------------------------------------------
