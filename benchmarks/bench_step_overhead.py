@@ -22,7 +22,7 @@ from sdpo_core.engines import make_engine
 from sdpo_core.models import resolve_model
 from sdpo_core.problem import Problem
 from sdpo_core.reprompt import multi_turn_prompt
-from workers.verification import verify_function
+from sdpo_core.verification.verify import verify_function
 
 PYTHON_VERIFIER = {"type": "python", "source": "def verify(completion):\n    return 1.0 if 'lighthouse' in completion "
                    "else 0.0"}

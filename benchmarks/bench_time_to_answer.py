@@ -26,7 +26,7 @@ from sdpo_core.engines import make_engine
 from sdpo_core.models import resolve_model
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, comparison_runs, settle_when_enough
 from sdpo_core.settings import RunSettings
-from workers.verification import verify_function
+from sdpo_core.verification.verify import verify_function
 
 
 def one_job(problem, settings: RunSettings, policy, engine, *, outcome_first: bool) -> dict[str, float]:

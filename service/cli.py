@@ -168,7 +168,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Verify one answer the way a job would (sandbox included); exit 0 if solved, 1 if not."""
     problem = load_problem(args.problem)
     answer = read_answer(args.answer)
-    from workers.verification import verify_answer
+    from sdpo_core.verification.verify import verify_answer
 
     verdict = verify_answer(problem, answer)
     print(json.dumps(verdict.model_dump(include={"reward", "solved", "feedback", "answer"}), indent=2))
@@ -476,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a known failure (the server said no, the model is missing) gets one line
         from sdpo_core.engines import EngineNotAvailable
         from sdpo_core.models import ModelNotAvailable, UnknownDtype
+        from sdpo_core.verification.isolation import SandboxUnavailable
         from service.client import SDPOError
-        from workers.isolation import SandboxUnavailable
 
         if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable | EngineNotAvailable | UnknownDtype):
             print(f"sdpo: error: {exc}", file=sys.stderr)

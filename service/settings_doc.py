@@ -26,9 +26,9 @@ OTHERS = """## Read elsewhere
 | `SDPO_URL`, `SDPO_API_KEY` | the client SDK and the CLI's client commands | server URL (default `http://localhost:8000`) and API key |
 | `SDPO_MODEL` | `sdpo solve`, `sdpo bench` (sdpo_core/models.py) | the model when `--model` is not given (the worker reads it as its `model` setting) |
 | `SDPO_CACHE_DIR` | sdpo_core/models.py | where the offline default model is converted and cached |
-| `SDPO_VERIFIER_WORKERS` | workers/verification.py | processes of the verifier pool (default: one per core) |
-| `SDPO_VERIFY_ATTEMPT_TIMEOUT_S`, `SDPO_VERIFY_STEP_BUDGET_S` | workers/verification.py | cap on one verification (default: the verifier's own limits); budget of one job's step (default 600 s), after which unverified attempts get reward 0 |
-| `SDPO_SANDBOX_ISOLATION`, `SDPO_SANDBOX_MIN_ISOLATION`, `SDPO_SANDBOX_PYTHON`, `SDPO_SANDBOX_TMP`, `SDPO_SANDBOX_UID_BASE`, `SDPO_SANDBOX_UID_COUNT` | workers/isolation.py | the sandbox of code-running verifiers; below the minimum isolation they refuse (docs/verifiers.md) |
+| `SDPO_VERIFIER_WORKERS` | sdpo_core/verification/verify.py | processes of the verifier pool (default: one per core) |
+| `SDPO_VERIFY_ATTEMPT_TIMEOUT_S`, `SDPO_VERIFY_STEP_BUDGET_S` | sdpo_core/verification/verify.py | cap on one verification (default: the verifier's own limits); budget of one job's step (default 600 s), after which unverified attempts get reward 0 |
+| `SDPO_SANDBOX_ISOLATION`, `SDPO_SANDBOX_MIN_ISOLATION`, `SDPO_SANDBOX_PYTHON`, `SDPO_SANDBOX_TMP`, `SDPO_SANDBOX_UID_BASE`, `SDPO_SANDBOX_UID_COUNT` | sdpo_core/verification/isolation.py | the sandbox of code-running verifiers; below the minimum isolation they refuse (docs/verifiers.md) |
 | `SDPO_METHOD_MODULES` | sdpo_core/methods.py | modules (comma-separated, importable) that register more discovery methods when the registry loads: a new method is one class and one `register()` call (README, "Methods") |
 | `SDPO_CHECKPOINT_KEY`, `SDPO_CHECKPOINT_KEY_FILE` | workers/checkpoint.py | the HMAC key checkpoints are signed with, the same secret on every worker (default: a random key per process, so no other worker can resume its jobs) |
 | `SDPO_REDIS_PASSWORD` | deploy/ (compose, Kubernetes) | Redis's `--requirepass`; the deployments put it into `SDPO_REDIS_URL` and give it to KEDA and the probes |

@@ -178,7 +178,7 @@ def solve_with_baseline(
     from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
     from sdpo_core.policy import LoraPolicy
     from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs, settle_when_enough
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", module="peft")

@@ -11,9 +11,9 @@ import time
 import pytest
 from sandbox_helpers import wait_until_no_sandbox_processes
 
+from sdpo_core.verification.isolation import SandboxOptions, SandboxRefused, choose_isolation
+from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 from sdpo_core.verifiers.sandbox import RunLimits
-from workers.isolation import SandboxOptions, SandboxRefused, choose_isolation
-from workers.sandbox import SubprocessSandbox
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 
@@ -175,7 +175,7 @@ def test_unshare_runs_only_when_accepted_and_isolates_the_network(caplog):
         with pytest.raises(SandboxRefused, match="as the worker's own user"):
             SubprocessSandbox(SandboxOptions(isolation="unshare", min_isolation="unshare", python="/usr/bin/python3"))
         return
-    with caplog.at_level(logging.WARNING, logger="workers.isolation"):
+    with caplog.at_level(logging.WARNING, logger="sdpo_core.verification.isolation"):
         fallback = SubprocessSandbox(SandboxOptions(isolation="unshare", min_isolation="unshare",
                                                     python="/usr/bin/python3"))
     assert fallback.isolation == "unshare"
@@ -196,7 +196,7 @@ def test_rlimits_fallback_warns_and_still_cleans_up(caplog):
     choose_isolation.cache_clear()
     with pytest.raises(SandboxRefused, match="SDPO_SANDBOX_MIN_ISOLATION=rlimits"):
         SubprocessSandbox(SandboxOptions(isolation="rlimits", python="/usr/bin/python3"))
-    with caplog.at_level(logging.WARNING, logger="workers.isolation"):
+    with caplog.at_level(logging.WARNING, logger="sdpo_core.verification.isolation"):
         fallback = SubprocessSandbox(SandboxOptions(isolation="rlimits", min_isolation="rlimits",
                                                     python="/usr/bin/python3"))
     assert fallback.isolation == "rlimits"
@@ -227,8 +227,8 @@ def test_an_interpreter_under_tmp_is_visible_inside_the_sandbox(tmp_path):
     import subprocess
     import sys
 
-    from workers.isolation import SandboxOptions
-    from workers.sandbox import SubprocessSandbox
+    from sdpo_core.verification.isolation import SandboxOptions
+    from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 
     assert str(tmp_path).startswith("/tmp/")
     venv = tmp_path / "venv"

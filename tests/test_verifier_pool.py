@@ -13,11 +13,11 @@ import pytest
 from sandbox_helpers import SUM_SOLUTION, block, sum_problem
 
 from sdpo_core.problem import Problem
+from sdpo_core.verification.pool import SHARED_LANE, VerifierPool
+from sdpo_core.verification.verify import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
 from sdpo_core.verifiers import verify_attempts
 from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS
 from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV
-from workers.pool import SHARED_LANE, VerifierPool
-from workers.verification import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 

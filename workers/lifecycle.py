@@ -121,7 +121,7 @@ class JobLifecycle:
 
     @staticmethod
     def _verify_function(spec: JobSpec, lane: str):
-        from workers.verification import verify_function
+        from sdpo_core.verification.verify import verify_function
 
         try:
             return verify_function(spec.problem, lane=lane)
@@ -132,7 +132,7 @@ class JobLifecycle:
     @staticmethod
     def release_verifier(job_id: str) -> None:
         """Stop the job's verifier lane (a verification still running for it ends as not run)."""
-        from workers.verification import shared_pool
+        from sdpo_core.verification.verify import shared_pool
 
         shared_pool().close_lane(job_id)
 

@@ -52,7 +52,7 @@ def _sandboxed(verifier_class: Callable[[Any, Sandbox], Verifier]) -> Callable[[
     def factory(spec: Any, sandbox: Any) -> Verifier:
         if sandbox is None:
             raise VerifierError(
-                f"verifier type '{spec.type}' runs code and needs a sandbox (workers.verification provides one)"
+                f"verifier type '{spec.type}' runs code and needs a sandbox (sdpo_core.verification.verify provides one)"
             )
         return verifier_class(spec, sandbox)
 

@@ -8,7 +8,7 @@ imported on first use so that the spec imports without it.
 sympy evaluates integer powers and factorials exactly and at once, inside one C call no timeout interrupts:
 9^{9^{9}} has 370 million digits and takes minutes. So power towers, huge exponents and huge factorials are refused
 in a gold answer (the spec does not validate) and not evaluated in an attempt (reward 0, feedback says why); the
-verifier pool's hard time limit (workers/pool.py) catches whatever this screen misses.
+verifier pool's hard time limit (sdpo_core/verification/pool.py) catches whatever this screen misses.
 """
 
 from __future__ import annotations

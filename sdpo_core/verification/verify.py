@@ -4,7 +4,7 @@ Every verifier type runs in a VerifierPool process under a hard time limit, neve
 untrusted text with user-supplied patterns (a backtracking regex or a sympy power tower holds the GIL, so in the
 worker it would stall generation and the lease heartbeat alike), code-running types start sandboxes, webhooks wait
 on the network. A type that runs code is refused up front where the sandbox is below SDPO_SANDBOX_MIN_ISOLATION
-(workers/isolation.py). Operator settings (environment):
+(sdpo_core/verification/isolation.py). Operator settings (environment):
 
     SDPO_VERIFIER_WORKERS          processes of each lane of the shared pool (default: one per core); a worker
                                    gives each job a lane of its own
@@ -22,9 +22,9 @@ import os
 import threading
 
 from sdpo_core.problem import Problem
+from sdpo_core.verification.isolation import SandboxOptions, checked_isolation
+from sdpo_core.verification.pool import SHARED_LANE, VerifierPool
 from sdpo_core.verifiers import SANDBOXED_TYPES, Verdict, VerifyFn
-from workers.isolation import SandboxOptions, checked_isolation
-from workers.pool import SHARED_LANE, VerifierPool
 
 logger = logging.getLogger(__name__)
 

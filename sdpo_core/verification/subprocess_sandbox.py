@@ -1,7 +1,7 @@
 """The sandbox that runs every piece of untrusted code: programs written by the model and verifiers written by users.
 
 One run: a fresh run directory as working directory, a leased uid (when the service is root), the isolation of
-`workers.isolation` (refused below the configured minimum), rlimits, its own process group, a scrubbed environment,
+isolation.py (refused below the configured minimum), rlimits, its own process group, a scrubbed environment,
 stdout/stderr captured up to a cap, a wall clock that kills the whole group, a watch on the private memory of all
 its processes together (killed past memory_mb), and the verdict returned as data on a pipe (the result channel).
 Nothing the run produces is ever executed or unpickled here.
@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sdpo_core.verifiers.sandbox import RESULT_FD_ENV, RunLimits, RunResult
-from workers.isolation import (
+from sdpo_core.verification.isolation import (
     SANDBOX_DIR,
     SandboxOptions,
     bwrap_argv,
@@ -37,7 +36,8 @@ from workers.isolation import (
     unshare_argv,
     userns_filter_fd,
 )
-from workers.uids import UidLease, UidPool, kill_processes_of, processes_of
+from sdpo_core.verification.uids import UidLease, UidPool, kill_processes_of, processes_of
+from sdpo_core.verifiers.sandbox import RESULT_FD_ENV, RunLimits, RunResult
 
 logger = logging.getLogger(__name__)
 

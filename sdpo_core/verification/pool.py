@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Any
 
 from sdpo_core.problem import Problem
+from sdpo_core.verification.hardening import make_undumpable
+from sdpo_core.verification.isolation import SandboxOptions, SandboxRefused
 from sdpo_core.verifiers import (
     SANDBOXED_TYPES,
     CodeFunctionalSpec,
@@ -47,8 +49,6 @@ from sdpo_core.verifiers import (
     clip_feedback,
     verifier_failed,
 )
-from workers.hardening import make_undumpable
-from workers.isolation import SandboxOptions, SandboxRefused
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class _VerifierCache:
 
     def _sandbox_instance(self) -> Any:
         if self._sandbox is None:
-            from workers.sandbox import SubprocessSandbox
+            from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 
             self._sandbox = SubprocessSandbox(self._options)
         return self._sandbox
