@@ -35,43 +35,17 @@ from typing import Any
 from sdpo_core.problem import Problem
 from sdpo_core.verification.hardening import make_undumpable
 from sdpo_core.verification.isolation import SandboxOptions, SandboxRefused
-from sdpo_core.verifiers import (
-    SANDBOXED_TYPES,
-    CodeFunctionalSpec,
-    CodeIOSpec,
-    MathSpec,
-    PythonSpec,
-    Verdict,
-    VerdictStatus,
-    Verifier,
-    WebhookSpec,
-    build_verifier,
-    clip_feedback,
-    verifier_failed,
-)
+from sdpo_core.verifiers import Verdict, VerdictStatus, Verifier, build_verifier, clip_feedback, verifier_failed
 
 logger = logging.getLogger(__name__)
 
 _CACHED_VERIFIERS = 8
 _EXTRA_S = 30.0  # margin over a verifier's own worst case (and a fresh process's imports) before the pool gives up
-_ANSWER_S = 10.0  # exact, numeric, regex, checklist: plain text checks; a regex that takes longer is catastrophic
 
 
-def worst_case_seconds(problem: Problem) -> float:
-    """How long one verification of `problem` may legitimately take, from its verifier's own limits."""
-    spec = problem.verifier
-    if isinstance(spec, CodeIOSpec):
-        tests = len(spec.public_tests) + len(spec.hidden_tests)
-        return tests * (spec.time_limit_s + 1.0) * 1.5 + _EXTRA_S
-    if isinstance(spec, CodeFunctionalSpec | PythonSpec):
-        return spec.timeout_s * 1.5 + 5.0 + _EXTRA_S
-    if isinstance(spec, WebhookSpec):
-        return (spec.max_retries + 1) * (spec.timeout_s + 2.0**spec.max_retries) + _EXTRA_S
-    if isinstance(spec, MathSpec):
-        return 4.0 * spec.timeout_s + _EXTRA_S
-    if spec.type in ("exact", "numeric", "regex", "checklist"):
-        return _ANSWER_S + _EXTRA_S
-    return 60.0 + _EXTRA_S  # reasoning_gym: building a dataset entry can take a while
+def time_limit_s(problem: Problem) -> float:
+    """How long the pool lets one verification of `problem` run: its spec's own worst case and a margin."""
+    return problem.verifier.worst_case_seconds() + _EXTRA_S
 
 
 def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
@@ -167,7 +141,7 @@ class VerifierPool:
 
     :param max_workers: processes per lane (default: one per core)
     :param task_timeout_s: longest one verification may take; None = from the verifier's own limits
-        (worst_case_seconds), a number caps those
+        (time_limit_s), a number caps those
     :param niceness: added to the verifier processes' nice value (the model's threads come first)
     """
 
@@ -211,7 +185,7 @@ class VerifierPool:
 
         `budget_s` bounds the whole batch: what is not verified by then is `not_run`, with feedback saying so."""
         problem_json = problem.model_dump_json()
-        timeout_s = min(worst_case_seconds(problem), self.task_timeout_s or float("inf"))
+        timeout_s = min(time_limit_s(problem), self.task_timeout_s or float("inf"))
         deadline = None if budget_s is None else time.monotonic() + budget_s
         processes = self._lane(lane)
         todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
@@ -363,7 +337,7 @@ class _VerifierCache:
     def get(self, problem_json: str) -> tuple[Problem, Verifier]:
         if problem_json not in self._built:
             problem = Problem.model_validate_json(problem_json)
-            sandbox = self._sandbox_instance() if problem.verifier.type in SANDBOXED_TYPES else None
+            sandbox = self._sandbox_instance() if problem.verifier.runs_code else None
             if len(self._built) >= _CACHED_VERIFIERS:
                 self._built.pop(next(iter(self._built)))
             self._built[problem_json] = (problem, build_verifier(problem.verifier, sandbox=sandbox))

@@ -24,7 +24,7 @@ import threading
 from sdpo_core.problem import Problem
 from sdpo_core.verification.isolation import SandboxOptions, checked_isolation
 from sdpo_core.verification.pool import SHARED_LANE, VerifierPool
-from sdpo_core.verifiers import SANDBOXED_TYPES, Verdict, VerifyFn
+from sdpo_core.verifiers import Verdict, VerifyFn
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def verify_function(problem: Problem, *, pool: VerifierPool | None = None, lane:
 
     For a type that runs code, SandboxRefused (logged) when this machine's sandbox is below the required isolation:
     the job fails with that message before any of its code runs."""
-    if problem.verifier.type in SANDBOXED_TYPES:
+    if problem.verifier.runs_code:
         checked_isolation(SandboxOptions.from_env())
     pool = pool or shared_pool()
     return functools.partial(pool.verify_batch, budget_s=_seconds(STEP_BUDGET_ENV, DEFAULT_STEP_BUDGET_S),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,7 @@ class MathSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["math"] = "math"
+    runs_code: ClassVar[bool] = False
     answer: str = Field(min_length=1, max_length=MAX_ANSWER_CHARS, description="The gold answer, e.g. \\frac{1}{2}.")
     timeout_s: int = Field(default=5, ge=1, le=60, description="Per parse and per comparison (main thread only).")
 
@@ -49,6 +50,9 @@ class MathSpec(BaseModel):
             raise ValueError(f"the gold answer contains {hazard}, which math verification would evaluate exactly "
                              "(minutes of CPU, gigabytes of memory); such answers are not accepted")
         return answer
+
+    def worst_case_seconds(self) -> float:
+        return 4.0 * self.timeout_s  # two parses and a comparison, each under timeout_s, with room
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         given = boxed(completion[-MAX_SCAN_CHARS:])
