@@ -19,6 +19,7 @@ run the server-facing commands.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -216,15 +217,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
         return ApiSettings
 
-    _add_server_command(sub, "serve", "run the HTTP API", settings, cmd_serve)
+    _add_server_command(sub, "serve", "run the HTTP API", settings, cmd_serve, needs="fastapi")
 
 
-def _add_server_command(sub: argparse._SubParsersAction, name: str, description: str, settings, func) -> None:
+def _add_server_command(sub: argparse._SubParsersAction, name: str, description: str, settings, func, *,
+                        needs: str) -> None:
     """`sdpo serve` and `sdpo worker`: one flag per field of their settings (each also an SDPO_* variable). The
-    light client has no server parts: there the command says what to install."""
-    try:
-        import pydantic_settings  # noqa: F401 - a server extra, absent from the light client
-    except ImportError:
+    light client has no server parts (`needs`, a server extra, is not installed): there the command says what to
+    install."""
+    if importlib.util.find_spec(needs) is None:
         def missing(args: argparse.Namespace) -> int:
             raise CLIError(f"sdpo {name} needs the server parts: pip install 'sdpo-discovery[server,train]'")
 
@@ -242,12 +243,15 @@ def _add_server_command(sub: argparse._SubParsersAction, name: str, description:
 def _settings(kind, args: argparse.Namespace):
     from pydantic import ValidationError as SettingsError
 
+    from sdpo_core.verification.settings import SettingsInvalid
     from workers.settings import from_flags
 
     try:
         return from_flags(kind, args)
     except SettingsError as exc:
         raise CLIError(describe_validation_error(exc, "settings")) from exc
+    except SettingsInvalid as exc:  # nested settings (the verifier pool's) name the variable themselves
+        raise CLIError(f"settings: {exc}") from exc
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -276,7 +280,8 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:
 
         return WorkerSettings
 
-    _add_server_command(sub, "worker", "take jobs from Redis and run them on one base model", settings, cmd_worker)
+    _add_server_command(sub, "worker", "take jobs from Redis and run them on one base model", settings, cmd_worker,
+                        needs="redis")
 
 
 # ---- client side: submit, status, events, curve, batch ------------------------------------------------------------
@@ -477,9 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         from sdpo_core.engines import EngineNotAvailable
         from sdpo_core.models import ModelNotAvailable, UnknownDtype
         from sdpo_core.verification.isolation import SandboxUnavailable
+        from sdpo_core.verification.settings import SettingsInvalid
         from service.client import SDPOError
 
-        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable | EngineNotAvailable | UnknownDtype):
+        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable | EngineNotAvailable | UnknownDtype
+                      | SettingsInvalid):
             print(f"sdpo: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, ValidationError):  # job options (--settings, flags) the client could not accept

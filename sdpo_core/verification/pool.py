@@ -34,7 +34,8 @@ from typing import Any
 
 from sdpo_core.problem import Problem
 from sdpo_core.verification.hardening import make_undumpable
-from sdpo_core.verification.isolation import SandboxOptions, SandboxRefused
+from sdpo_core.verification.isolation import SandboxRefused
+from sdpo_core.verification.settings import SandboxSettings, VerifierPoolSettings
 from sdpo_core.verifiers import Verdict, VerdictStatus, Verifier, build_verifier, clip_feedback, verifier_failed
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
 class _WorkerProcess:
     """One verifier process, started on first use and again after it dies, is killed or failed to start."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext, options: SandboxOptions | None,
+    def __init__(self, context: multiprocessing.context.SpawnContext, options: SandboxSettings | None,
                  niceness: int) -> None:
         self._context = context
         self._options = options
@@ -150,22 +151,29 @@ class VerifierPool:
         *,
         max_workers: int | None = None,
         task_timeout_s: float | None = None,
-        sandbox_options: SandboxOptions | None = None,
+        sandbox: SandboxSettings | None = None,
         niceness: int = 10,
     ) -> None:
         self.max_workers = max_workers or os.cpu_count() or 2
         if self.max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.task_timeout_s = task_timeout_s
+        self.sandbox = sandbox  # None: each process reads SandboxSettings from the environment it inherits
         self._context = multiprocessing.get_context("spawn")
-        self._options, self._niceness = sandbox_options, niceness
+        self._niceness = niceness
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: VerifierPoolSettings, *, max_workers: int | None = None) -> VerifierPool:
+        """The pool `settings` describe (`max_workers` overrides their process count)."""
+        return cls(max_workers=max_workers or settings.verifier_workers or None,
+                   task_timeout_s=settings.verify_attempt_timeout_s, sandbox=settings.sandbox)
 
     def _lane(self, name: str) -> _Lane:
         with self._lock:
             if name not in self._lanes:
-                self._lanes[name] = _Lane([_WorkerProcess(self._context, self._options, self._niceness)
+                self._lanes[name] = _Lane([_WorkerProcess(self._context, self.sandbox, self._niceness)
                                            for _ in range(self.max_workers)])
             return self._lanes[name]
 
@@ -304,7 +312,7 @@ def _out_of_budget(budget_s: float | None) -> Verdict:
 # Inside a worker process
 
 
-def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions | None, niceness: int) -> None:
+def _serve(conn: multiprocessing.connection.Connection, options: SandboxSettings | None, niceness: int) -> None:
     """Answer verification requests until the pool closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if niceness:
@@ -329,7 +337,7 @@ def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions 
 class _VerifierCache:
     """Verifiers built in this worker, by problem, so a batch of one problem builds its verifier once."""
 
-    def __init__(self, options: SandboxOptions | None) -> None:
+    def __init__(self, options: SandboxSettings | None) -> None:
         self._options = options
         self._sandbox: Any = None
         self._built: dict[str, tuple[Problem, Verifier]] = {}

@@ -25,7 +25,6 @@ from typing import IO
 
 from sdpo_core.verification.isolation import (
     SANDBOX_DIR,
-    SandboxOptions,
     bwrap_argv,
     bwrap_mounts_proc,
     checked_isolation,
@@ -36,6 +35,7 @@ from sdpo_core.verification.isolation import (
     unshare_argv,
     userns_filter_fd,
 )
+from sdpo_core.verification.settings import SandboxSettings
 from sdpo_core.verification.uids import UidLease, UidPool, kill_processes_of, processes_of
 from sdpo_core.verifiers.sandbox import RESULT_FD_ENV, RunLimits, RunResult
 
@@ -52,8 +52,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class SubprocessSandbox:
     """Implements sdpo_core's `Sandbox` protocol with subprocesses; safe to share between threads."""
 
-    def __init__(self, options: SandboxOptions | None = None) -> None:
-        self.options = options or SandboxOptions.from_env()
+    def __init__(self, options: SandboxSettings | None = None) -> None:
+        self.options = options or SandboxSettings()
         self.isolation = checked_isolation(self.options)  # SandboxRefused below the minimum: nothing runs
         self._ro_paths = python_paths(self.options.python) if self.isolation == "bwrap" else []
         self._proc = self.isolation == "bwrap" and bwrap_mounts_proc(self.options)
