@@ -124,7 +124,8 @@ def add_flags(parser: argparse.ArgumentParser, settings: type[BaseSettings], *, 
             parser.add_argument(*flags, dest=_dest + name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
-            parser.add_argument(*flags, dest=_dest + name, type=kind, choices=choices, default=None, help=help_text)
+            parser.add_argument(*flags, dest=_dest + name, type=kind, choices=choices, default=None, help=help_text,
+                                metavar=None if choices else name.upper())
 
 
 def from_flags(settings: type[BaseSettings], args: argparse.Namespace, **overrides: Any) -> Any:
