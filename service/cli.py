@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +65,57 @@ def load_problem(path: str):
         raise CLIError(describe_validation_error(exc, path)) from exc
 
 
+# Flags that set a RunSettings field (a path into it): their type, choices, help and default come from the field,
+# so the help cannot drift from the settings. `sdpo solve` takes them all; `sdpo submit` takes --budget.
+SETTINGS_FLAGS: dict[str, tuple[str, ...]] = {
+    "--max-attempts": ("max_attempts",),
+    "--attempts-per-step": ("attempts_per_step",),
+    "--max-new-tokens": ("max_new_tokens",),
+    "--seed": ("seed",),
+    "--temperature": ("temperature",),
+    "--lr": ("sdpo", "learning_rate"),
+    "--teacher": ("sdpo", "teacher"),
+}
+
+
+def settings_field(path: tuple[str, ...]):
+    """The pydantic FieldInfo at `path` in RunSettings (through its nested models)."""
+    from sdpo_core.settings import RunSettings
+
+    model, info = RunSettings, None
+    for name in path:
+        info = model.model_fields[name]
+        model = info.annotation if isinstance(info.annotation, type) else None
+    return info
+
+
+def add_settings_flag(p: argparse.ArgumentParser, flag: str, path: tuple[str, ...], what: str | None = None) -> None:
+    """`flag` for the RunSettings field at `path`: its type (choices for a Literal), description and default."""
+    info = settings_field(path)
+    options = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
+    kind = None if options else info.annotation
+    words = what or info.description or path[-1].replace("_", " ")
+    p.add_argument(flag, dest=flag.lstrip("-").replace("-", "_"), type=kind, choices=options,
+                   help=f"{words.rstrip('.')} (default {info.default})")
+
+
 def run_settings_from_args(args: argparse.Namespace):
     """RunSettings from --settings FILE.json overlaid with the explicit flags."""
     from sdpo_core.settings import RunSettings
 
     data: dict[str, Any] = read_json(args.settings) if args.settings else {}
-    for flag, field in [("method", "method"), ("max_attempts", "max_attempts"),
-                        ("attempts_per_step", "attempts_per_step"), ("max_new_tokens", "max_new_tokens"),
-                        ("seed", "seed"), ("temperature", "temperature")]:
-        if getattr(args, flag) is not None:
-            data[field] = getattr(args, flag)
+    if args.method is not None:
+        data["method"] = args.method
     if args.full_curve:
         data["stop_at_first_success"] = False
-    sdpo = dict(data.get("sdpo", {}))
-    for flag, field in [("lr", "learning_rate"), ("teacher", "teacher")]:
-        if getattr(args, flag) is not None:
-            sdpo[field] = getattr(args, flag)
-    data["sdpo"] = sdpo
+    for flag, path in SETTINGS_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            node = data
+            for name in path[:-1]:
+                node[name] = dict(node.get(name, {}))
+                node = node[name]
+            node[path[-1]] = value
     try:
         return RunSettings.model_validate(data)
     except ValidationError as exc:
@@ -128,15 +163,10 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solve", help="solve one problem in this process (no server)")
     p.add_argument("problem", help="problem JSON file: {prompt | messages, system_prompt?, verifier}")
     add_method_flag(p)
-    p.add_argument("--max-attempts", type=int, help="attempt budget (default 256)")
-    p.add_argument("--attempts-per-step", type=int, help="attempts sampled per step (default 16)")
-    p.add_argument("--max-new-tokens", type=int, help="longest attempt in tokens (default 256)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    for flag, path in SETTINGS_FLAGS.items():
+        add_settings_flag(p, flag, path)
     p.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed, seed+1, ...: several "
                    "make the discovery curve an estimate (default 1)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
-    p.add_argument("--lr", type=float, help="LoRA learning rate for sdpo")
-    p.add_argument("--teacher", choices=["ema", "frozen", "trust-region"], help="self-teacher for sdpo")
     p.add_argument("--settings", help="JSON file with RunSettings fields; flags override it")
     p.add_argument("--full-curve", action="store_true", help="keep going after the first solution")
     p.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
@@ -310,7 +340,7 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
     add_method_flag(p)
-    p.add_argument("--budget", type=int, help="attempt budget (default 256)")
+    add_settings_flag(p, "--budget", ("max_attempts",))
     p.add_argument("--settings", help="JSON file with RunSettings fields")
     p.add_argument("--model", help="base model the job needs (default: the served one)")
     p.add_argument("--no-baseline", action="store_true", help="skip the best-of-k comparison")
