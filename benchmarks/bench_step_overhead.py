@@ -20,7 +20,7 @@ from scaffold import load, script_parser
 from sdpo_core.engine import GenerationRequest
 from sdpo_core.problem import Problem
 from sdpo_core.reprompt import multi_turn_prompt
-from workers.verification import verify_function
+from sdpo_core.verification.verify import verify_function
 
 PYTHON_VERIFIER = {"type": "python", "source": "def verify(completion):\n    return 1.0 if 'lighthouse' in completion "
                    "else 0.0"}

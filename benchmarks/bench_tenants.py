@@ -29,7 +29,7 @@ from sdpo_core.loop import ProblemRun
 from sdpo_core.problem import Problem
 from sdpo_core.runs import DiscoveryRuns
 from sdpo_core.settings import RunSettings
-from workers.pool import VerifierPool
+from sdpo_core.verification.pool import VerifierPool
 from workers.settings import WorkerSettings
 
 WORKER_BATCH = WorkerSettings.model_fields["max_batch_size"].default  # also the worker's chunk of a step's attempts

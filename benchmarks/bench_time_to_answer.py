@@ -24,7 +24,7 @@ from scaffold import load, script_parser
 from sdpo_core.discovery import best_of_k_interval, default_baseline_samples
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, comparison_runs, settle_when_enough
 from sdpo_core.settings import RunSettings
-from workers.verification import verify_function
+from sdpo_core.verification.verify import verify_function
 
 
 def one_job(problem, settings: RunSettings, policy, engine, *, outcome_first: bool) -> dict[str, float]:

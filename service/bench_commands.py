@@ -38,7 +38,7 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     from sdpo_core.measure.discovery import bench_discovery, family_name, load_problems
     from sdpo_core.measure.trace import parse_variant
     from sdpo_core.settings import RunSettings
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     methods = args.methods.split(",")
     variants = dict(parse_variant(v) for v in args.variant or [])
@@ -123,7 +123,7 @@ def print_discovery_report(console: Console, report, label: str) -> None:
 def cmd_bench_signal(args: argparse.Namespace) -> int:
     from sdpo_core.measure.discovery import load_problems
     from sdpo_core.measure.signal import measure_signal
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     problems = load_problems(args.problems)
     serving = _serving(args, runs=1)  # samples the base model only
@@ -171,7 +171,7 @@ DEFAULT_VARIANTS = ("default=", "paper=alpha:1,top_k:20,teacher:ema,teacher_cont
 def cmd_bench_trace(args: argparse.Namespace) -> int:
     from sdpo_core.measure.discovery import load_problems
     from sdpo_core.measure.trace import parse_variant, trace
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     problems = load_problems(args.problems)
     variants = dict(parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS))

@@ -175,7 +175,7 @@ def solve_with_baseline(
     from sdpo_core.loop import ProblemRun
     from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs, settle_when_enough
     from sdpo_core.serving import EngineSettings, adapter_slots, load_serving
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     serving = load_serving(EngineSettings(model=model, engine=engine, dtype=dtype, max_adapters=adapter_slots(seeds)))
     policy, engine = serving.policy, serving.engine

@@ -18,8 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import make_tiny_model_dir  # noqa: E402
 
-from workers.pool import VerifierPool  # noqa: E402
-from workers.sandbox import SubprocessSandbox  # noqa: E402
+from sdpo_core.verification.pool import VerifierPool  # noqa: E402
+from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

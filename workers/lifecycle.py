@@ -119,22 +119,20 @@ class JobLifecycle:
                                                f"({run.max_new_tokens}) is over the model's context of {context} "
                                                "tokens")
 
-    @staticmethod
-    def _verify_function(spec: JobSpec, lane: str):
-        from workers.verification import verify_function
+    def _verify_function(self, spec: JobSpec, lane: str):
+        from sdpo_core.verification.verify import verify_function
 
         try:
-            return verify_function(spec.problem, lane=lane)
+            return verify_function(spec.problem, lane=lane, settings=self.settings.verifier_pool)
         except Exception as exc:  # noqa: BLE001 - a verifier that cannot be built is the user's to fix
             raise JobFailure("verifier_unavailable", f"the verifier cannot be set up: {type(exc).__name__}: "
                                                      f"{exc}") from exc
 
-    @staticmethod
-    def release_verifier(job_id: str) -> None:
+    def release_verifier(self, job_id: str) -> None:
         """Stop the job's verifier lane (a verification still running for it ends as not run)."""
-        from workers.verification import shared_pool
+        from sdpo_core.verification.verify import shared_pool
 
-        shared_pool().close_lane(job_id)
+        shared_pool(self.settings.verifier_pool).close_lane(job_id)
 
     async def _resume(self, job: ActiveJob) -> bool:
         """Make the attempts list equal the checkpoint's stored prefix: drop any beyond it, add any a crash lost."""

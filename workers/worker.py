@@ -33,8 +33,8 @@ import time
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, StepReport
 from sdpo_core.serving import load_serving
 from sdpo_core.statuses import BASELINE_LIVE
+from sdpo_core.verification.hardening import make_undumpable, start_resource_tracker_without_secrets
 from workers import checkpoint
-from workers.hardening import make_undumpable, start_resource_tracker_without_secrets
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
 from workers.runtime import ActiveJob
