@@ -6,7 +6,7 @@ the worker uses (sdpo_core.runs.DiscoveryRuns):
     before  the baseline samples beside the method in every batch, a fixed twice-the-budget of samples, and the
             job is final only when both are done (the service before issue 18)
     after   the baseline samples only in the room the method leaves (background) and stops once best-of-k's
-            P(solved within the budget) is settled to 0.10 (sdpo_core.discovery.baseline_settled); the job is
+            P(solved within the budget) is settled to 0.10 (sdpo_core.curves.baseline_settled); the job is
             final when its method's run ends
 
 Prints, per seed and arm: seconds to the job's final status, seconds until the baseline ended, samples drawn and
@@ -21,7 +21,7 @@ import time
 
 from scaffold import load, script_parser
 
-from sdpo_core.discovery import best_of_k_interval, default_baseline_samples
+from sdpo_core.curves import best_of_k_interval, default_baseline_samples
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, comparison_runs, settle_when_enough
 from sdpo_core.settings import RunSettings
 from sdpo_core.verification.verify import verify_function

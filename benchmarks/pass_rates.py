@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.problem import Problem
 from sdpo_core.serving import EngineSettings, load_serving
 from sdpo_core.verifiers import verify_attempts

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from sdpo_core.engine import GenerationEngine
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.serving import EngineSettings, load_serving

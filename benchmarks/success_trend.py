@@ -16,7 +16,7 @@ import json
 import time
 import warnings
 
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.loop import ProblemRun, run_step
 from sdpo_core.measure.discovery import load_problems
 from sdpo_core.serving import EngineSettings, adapter_slots, load_serving

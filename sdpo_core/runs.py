@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sdpo_core.discovery import baseline_settled
+from sdpo_core.curves import baseline_settled
 from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
 from sdpo_core.failures import RunFailure
 from sdpo_core.loop import GeneratedStep, ProblemRun, generate_steps

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from sdpo_core.engine import GenerationEngine
     from sdpo_core.policy import LoraPolicy
 
-EngineName = Literal["transformers", "vllm"]  # sdpo_core.engines.ENGINES
+EngineName = Literal["transformers", "vllm"]  # sdpo_core.engine_choice.ENGINES
 Dtype = Literal["auto", "bfloat16", "float32"]
 
 
@@ -30,7 +30,7 @@ class EngineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     model: str | None = Field(default=None, description="HF id or local folder (None: the offline default).")
-    engine: EngineName | None = Field(default=None, description="None: sdpo_core.engines.default_engine().")
+    engine: EngineName | None = Field(default=None, description="None: sdpo_core.engine_choice.default_engine().")
     dtype: Dtype | None = Field(default=None, description="Base weights' dtype (None: sdpo_core.models.choose_dtype).")
     max_batch_size: int = Field(default=32, ge=1, description="Generation slots of the engine.")
     max_adapters: int = Field(default=16, ge=1, description="vLLM: adapters served at once (see adapter_slots).")
@@ -38,7 +38,7 @@ class EngineSettings(BaseModel):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> EngineSettings:
-        """From a command's --model/--engine/--dtype (sdpo_core.engines.add_engine_arguments) and whichever of
+        """From a command's --model/--engine/--dtype (sdpo_core.engine_choice.add_engine_arguments) and whichever of
         --max-batch-size/--compile it has; `overrides` win."""
         given = {name: getattr(args, name) for name in cls.model_fields if getattr(args, name, None) is not None}
         return cls(**{**given, **overrides})
@@ -81,7 +81,7 @@ def load_serving(settings: EngineSettings, *, device: str | None = None) -> Serv
 def serve_policy(policy: LoraPolicy, settings: EngineSettings, *, model_name: str,
                  resolved_model: str | None) -> Serving:
     """The engine over a policy built another way (a random-init model of a shape: `resolved_model` None)."""
-    from sdpo_core.engines import make_engine
+    from sdpo_core.engine_choice import make_engine
 
     engine = make_engine(policy, resolved_model, settings.engine, max_batch_size=settings.max_batch_size,
                          max_adapters=settings.max_adapters, compile=settings.compile)

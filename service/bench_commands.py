@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.methods import METHODS
 
 

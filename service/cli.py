@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.methods import DEFAULT_METHOD, METHODS
 
 
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sdpo: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a known failure (the server said no, the model is missing) gets one line
-        from sdpo_core.engines import EngineNotAvailable
+        from sdpo_core.engine_choice import EngineNotAvailable
         from sdpo_core.models import ModelNotAvailable, UnknownDtype
         from sdpo_core.verification.isolation import SandboxUnavailable
         from sdpo_core.verification.settings import SettingsInvalid

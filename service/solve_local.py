@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
+from sdpo_core.curves import Comparison, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.methods import learns
 from sdpo_core.problem import Problem
@@ -165,12 +165,12 @@ def solve_with_baseline(
     adapter_samples: int = 0,
     on_answer: Callable[[list[RunResult], list[RunNotes], int | None], None] | None = None,
 ) -> SolveReport:
-    """Run the method (`seeds` independent runs) and its best-of-k baseline on `engine` (sdpo_core.engines; weights
+    """Run the method (`seeds` independent runs) and its best-of-k baseline on `engine` (sdpo_core.engine_choice; weights
     in `dtype`, sdpo_core.models.choose_dtype), and compare them: one run is a step curve, several make an estimate.
     With `adapter_samples`, each run that distilled is checked on that many plain-prompt attempts from its adapter.
 
     The baseline samples only in the room the runs leave in a generation batch, and stops once its estimate of
-    best-of-k at the budget is settled (sdpo_core.discovery.baseline_settled). `on_answer` gets the runs' results
+    best-of-k at the budget is settled (sdpo_core.curves.baseline_settled). `on_answer` gets the runs' results
     and notes as soon as they have all ended, with the baseline's samples so far (None: none, or it is done)."""
     from sdpo_core.loop import ProblemRun
     from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs, settle_when_enough

@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel
 
-from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
+from sdpo_core.curves import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
 from sdpo_core.runs import self_baseline
 from sdpo_core.statuses import BASELINE_LIVE, WITH_CURVE
 from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError, JobSummary

@@ -1,4 +1,4 @@
-"""One engine factory (sdpo_core.engines): chosen by --engine / SDPO_ENGINE, and a run's end frees its adapter in
+"""One engine factory (sdpo_core.engine_choice): chosen by --engine / SDPO_ENGINE, and a run's end frees its adapter in
 whichever engine sampled it (a worker on vLLM used to keep one LoRA slot and one adapter folder per finished run)."""
 
 import argparse
@@ -6,7 +6,7 @@ import argparse
 import pytest
 from conftest import HAS_VLLM, contract_policy, solve_alone
 
-from sdpo_core.engines import EngineNotAvailable, add_engine_arguments, default_engine, make_engine
+from sdpo_core.engine_choice import EngineNotAvailable, add_engine_arguments, default_engine, make_engine
 from sdpo_core.hf_engine import TransformersEngine
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings

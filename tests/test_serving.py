@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.hf_engine import TransformersEngine
 from sdpo_core.loop import ProblemRun
 from sdpo_core.problem import Problem
@@ -89,5 +89,5 @@ def test_only_the_serving_module_assembles_an_engine():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
                     "make_engine", "LoraPolicy", "TransformersEngine", "VLLMEngine"):
                 callers.append(str(path.relative_to(ROOT)))
-    assert set(callers) <= {"sdpo_core/serving.py", "sdpo_core/engines.py", "service/bench_commands.py",
+    assert set(callers) <= {"sdpo_core/serving.py", "sdpo_core/engine_choice.py", "service/bench_commands.py",
                             "benchmarks/bench_adapter_switch.py", "benchmarks/teacher_signal.py"}, sorted(set(callers))

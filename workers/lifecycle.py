@@ -32,11 +32,11 @@ from sdpo_core.runs import (
 from sdpo_core.serving import Serving
 from sdpo_core.statuses import BaselineState
 from workers import checkpoint
+from workers.active_job import ActiveJob
 from workers.baseline import JobBaseline
 from workers.checkpoint import CheckpointStore
 from workers.jobs import JobFailure, JobPatch, JobRecord, JobSpec, now, step_too_large
 from workers.metrics import step_metrics, verifier_outcome
-from workers.runtime import ActiveJob
 from workers.settings import WorkerSettings
 from workers.store import STORE_UNAVAILABLE, Lease, StepRecord, WorkerQueue
 

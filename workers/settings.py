@@ -72,7 +72,7 @@ class WorkerSettings(StoreSettings):
     max_jobs: int = Field(default=4, ge=1, description="Jobs run at once; their attempts share generation batches.")
     max_batch_size: int = Field(default=32, ge=1, description="Generation slots of the engine.")
     engine: Literal["transformers", "vllm"] | None = Field(default=None, description="Generation engine (default: "
-                                                           "sdpo_core.engines.default_engine(), transformers); the "
+                                                           "sdpo_core.engine_choice.default_engine(), transformers); the "
                                                            "update always runs on transformers + peft.")
     dtype: Literal["auto", "bfloat16", "float32"] | None = Field(default=None, description="Base weights' dtype "
                                                                   "(default auto: bfloat16 on a GPU and on CPUs with "

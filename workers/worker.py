@@ -35,9 +35,9 @@ from sdpo_core.serving import load_serving
 from sdpo_core.statuses import BASELINE_LIVE
 from sdpo_core.verification.hardening import make_undumpable, start_resource_tracker_without_secrets
 from workers import checkpoint
+from workers.active_job import ActiveJob
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
-from workers.runtime import ActiveJob
 from workers.settings import WorkerSettings
 from workers.store import STORE_UNAVAILABLE, StoreFull, WorkerQueue, open_store
 

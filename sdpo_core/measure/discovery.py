@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from sdpo_core.discovery import (
+from sdpo_core.curves import (
     DiscoveryCurve,
     average_curve,
     best_of_k_curve,
