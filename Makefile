@@ -1,8 +1,8 @@
 # `make demo` and `make test` each set up a fresh machine first (scripts/setup.sh skips what is there).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# `make demo DEMO_METHOD=sdpo`: the adapter alone, which solved the demo's problem on 4 of 4 seeds where auto
-# solved 1-2 (docs/benchmarks.md, issue 21).
+# `make demo DEMO_METHOD=sdpo`: the adapter alone, distilling from the first step (4 of 4 seeds at attempts 18-22;
+# auto 4 of 4 at 25-38: docs/benchmarks.md, issue 21).
 DEMO_METHOD ?= auto
 
 .PHONY: setup demo test test-fast test-deploy test-images lint

@@ -15,7 +15,6 @@ import torch
 from scaffold import load, script_parser
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import make_engine
 from sdpo_core.policy import LoraPolicy
 
 
@@ -42,7 +41,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args()
-    policy, problem = load(args)
+    policy, engine, problem = load(args, engine="transformers", max_batch_size=args.batch)  # its loop is the subject
     prompt = policy.chat_ids(problem.chat())
 
     torch.manual_seed(0)
@@ -50,7 +49,6 @@ def main() -> None:
     useful, slots = plain_generate(policy, prompt, args.attempts, args.batch, args.max_new_tokens)
     plain_s = time.perf_counter() - clock
 
-    engine = make_engine(policy, None, "transformers", max_batch_size=args.batch)  # this loop is the subject
     request = GenerationRequest(prompt, None, 0, list(range(1, args.attempts + 1)), args.max_new_tokens)
     clock = time.perf_counter()
     completions = engine.generate([request])[0]

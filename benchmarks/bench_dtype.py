@@ -17,12 +17,11 @@ import time
 import warnings
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import make_engine
 from sdpo_core.loop import distill_samples
-from sdpo_core.models import cpu_has_bfloat16, load_model_and_tokenizer
-from sdpo_core.policy import LoraPolicy
+from sdpo_core.models import cpu_has_bfloat16
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
+from sdpo_core.serving import EngineSettings, load_serving
 from sdpo_core.settings import SDPOSettings
 from sdpo_core.teacher import init_teacher
 from sdpo_core.update import make_optimizer, sdpo_update
@@ -45,11 +44,10 @@ def main() -> None:
     settings = SDPOSettings()
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        model, tokenizer = load_model_and_tokenizer(args.model, device="cpu", dtype=dtype)
-        policy = LoraPolicy(model, tokenizer)
+        serving = load_serving(EngineSettings(model=args.model, engine="transformers", dtype=dtype), device="cpu")
+        policy, engine = serving.policy, serving.engine  # the transformers engine: its dtype is measured
         policy.create_adapter("run", settings, seed=0)
         init_teacher(policy, "run", settings, seed=0)
-        engine = make_engine(policy, None, "transformers")  # the engine whose dtype is measured
         runs[dtype] = (policy, engine, make_optimizer(policy, "run", settings))
     prompt = runs["float32"][0].chat_ids(PROBLEM.chat())
     totals = {dtype: {"generate": 0.0, "tokens": 0, "update": 0.0} for dtype in runs}

@@ -16,10 +16,9 @@ import argparse
 import os
 import warnings
 
-from sdpo_core.engines import make_engine
 from sdpo_core.measure.throughput import bench_throughput
-from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
-from sdpo_core.policy import LoraPolicy
+from sdpo_core.models import DEFAULT_MODEL
+from sdpo_core.serving import EngineSettings, adapter_slots, load_serving, serve_policy
 
 ENGINES = ("transformers", "vllm")
 
@@ -36,10 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     levels = [int(c) for c in args.concurrency.split(",")]
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    policy = LoraPolicy(model, tokenizer)
-    engines = {name: make_engine(policy, resolve_model(args.model), name, max_batch_size=args.max_batch_size,
-                                 max_adapters=max(16, *levels)) for name in ENGINES}
+    settings = EngineSettings.from_args(args, max_adapters=adapter_slots(max(levels)))
+    first = load_serving(settings.model_copy(update={"engine": ENGINES[0]}))
+    policy, engines = first.policy, {ENGINES[0]: first.engine}
+    for name in ENGINES[1:]:  # over the same policy: every engine samples the same weights and adapters
+        engines[name] = serve_policy(policy, settings.model_copy(update={"engine": name}),
+                                     model_name=first.model_name, resolved_model=first.resolved_model).engine
     rows = {}
     for i, c in enumerate(levels):
         for name in ENGINES if i % 2 == 0 else ENGINES[::-1]:

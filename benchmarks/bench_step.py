@@ -15,9 +15,7 @@ import time
 
 from scaffold import load, script_parser
 
-from sdpo_core.engines import make_engine
 from sdpo_core.loop import ProblemRun, run_step
-from sdpo_core.models import resolve_model
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings
@@ -60,8 +58,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    policy, problem = load(args)
-    engine = make_engine(policy, resolve_model(args.model), args.engine)
+    policy, engine, problem = load(args)
     means = measure(problem, policy, engine, args)
     bok, sdpo = means["best-of-k"], means["sdpo"]
 

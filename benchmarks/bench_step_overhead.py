@@ -18,11 +18,9 @@ import time
 from scaffold import load, script_parser
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import make_engine
-from sdpo_core.models import resolve_model
 from sdpo_core.problem import Problem
 from sdpo_core.reprompt import multi_turn_prompt
-from workers.verification import verify_function
+from sdpo_core.verification.verify import verify_function
 
 PYTHON_VERIFIER = {"type": "python", "source": "def verify(completion):\n    return 1.0 if 'lighthouse' in completion "
                    "else 0.0"}
@@ -45,9 +43,8 @@ def main() -> None:
     parser.add_argument("--attempts-per-step", type=int, default=8)
     parser.add_argument("--samples", type=int, default=64)
     args = parser.parse_args()
-    policy, _ = load(args)
+    policy, engine, _ = load(args)
     problem = Problem.model_validate({"prompt": "Write one sentence about the ocean.", "verifier": PYTHON_VERIFIER})
-    engine = make_engine(policy, resolve_model(args.model), args.engine)
     plain = policy.chat_ids(problem.chat())
     feedback = ["The sentence must use the word 'lighthouse'.", "The sentence must be about the ocean.",
                 "The sentence must use the word 'lighthouse'; yours does not.", "Write one sentence only."]

@@ -25,13 +25,11 @@ import time
 
 from scaffold import load, script_parser
 
-from sdpo_core.engines import make_engine
 from sdpo_core.loop import ProblemRun
-from sdpo_core.models import resolve_model
 from sdpo_core.problem import Problem
 from sdpo_core.runs import DiscoveryRuns
 from sdpo_core.settings import RunSettings
-from workers.pool import VerifierPool
+from sdpo_core.verification.pool import VerifierPool
 from workers.settings import WorkerSettings
 
 WORKER_BATCH = WorkerSettings.model_fields["max_batch_size"].default  # also the worker's chunk of a step's attempts
@@ -92,8 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--scenarios", default=",".join(["alone", *ATTACKERS]))
     args = parser.parse_args()
-    policy, _ = load(args)
-    engine = make_engine(policy, resolve_model(args.model), args.engine)
+    policy, engine, _ = load(args)
     results = {}
     with VerifierPool(max_workers=1) as pool:
         for scenario in args.scenarios.split(","):

@@ -6,7 +6,7 @@ the worker uses (sdpo_core.runs.DiscoveryRuns):
     before  the baseline samples beside the method in every batch, a fixed twice-the-budget of samples, and the
             job is final only when both are done (the service before issue 18)
     after   the baseline samples only in the room the method leaves (background) and stops once best-of-k's
-            P(solved within the budget) is settled to 0.10 (sdpo_core.discovery.baseline_settled); the job is
+            P(solved within the budget) is settled to 0.10 (sdpo_core.curves.baseline_settled); the job is
             final when its method's run ends
 
 Prints, per seed and arm: seconds to the job's final status, seconds until the baseline ended, samples drawn and
@@ -21,12 +21,10 @@ import time
 
 from scaffold import load, script_parser
 
-from sdpo_core.discovery import best_of_k_interval, default_baseline_samples
-from sdpo_core.engines import make_engine
-from sdpo_core.models import resolve_model
+from sdpo_core.curves import best_of_k_interval, default_baseline_samples
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, comparison_runs, settle_when_enough
 from sdpo_core.settings import RunSettings
-from workers.verification import verify_function
+from sdpo_core.verification.verify import verify_function
 
 
 def one_job(problem, settings: RunSettings, policy, engine, *, outcome_first: bool) -> dict[str, float]:
@@ -36,15 +34,16 @@ def one_job(problem, settings: RunSettings, policy, engine, *, outcome_first: bo
     scheduler.add("job", runs, background=(BASELINE,) if outcome_first else ())
     method, baseline = runs[METHOD], runs[BASELINE]
     clock, final_at = time.perf_counter(), None
+
+    def after_step(report) -> None:
+        nonlocal final_at
+        if outcome_first:
+            settle_when_enough(baseline, settings.max_attempts)
+        if outcome_first and method.done and final_at is None:
+            final_at = time.perf_counter() - clock
+
     try:
-        while scheduler.active:
-            failures = scheduler.step().failures
-            if failures:
-                raise next(iter(failures.values()))
-            if outcome_first:
-                settle_when_enough(baseline, settings.max_attempts)
-            if outcome_first and method.done and final_at is None:
-                final_at = time.perf_counter() - clock
+        scheduler.run_until_done(after_step)
         ended = time.perf_counter() - clock
     finally:
         scheduler.close_all()
@@ -62,8 +61,7 @@ def main() -> None:
     parser.add_argument("--attempts-per-step", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args()
-    policy, problem = load(args)
-    engine = make_engine(policy, resolve_model(args.model), args.engine)
+    policy, engine, problem = load(args)
     print(f"{problem.id}: budget {args.budget}, {args.attempts_per_step} a step, {args.max_new_tokens} new tokens, "
           f"baseline cap {default_baseline_samples(args.budget)}")
     print(f"{'seed':>4} {'arm':>7} {'final s':>8} {'baseline end s':>15} {'samples':>8} {'width':>6} {'solved at':>9}")

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from sdpo_core.problem import Problem
-from workers.pool import VerifierPool
-from workers.sandbox import SubprocessSandbox
+from sdpo_core.verification.pool import VerifierPool
+from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
 ANSWER = f"Add the two numbers.\n```python\n{PROGRAM}```\n"

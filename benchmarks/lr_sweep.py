@@ -17,9 +17,7 @@ import time
 from scaffold import load, script_parser
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import make_engine
 from sdpo_core.loop import distill_samples
-from sdpo_core.models import resolve_model
 from sdpo_core.records import Attempt
 from sdpo_core.settings import SDPOSettings
 from sdpo_core.teacher import drop_teacher, init_teacher
@@ -45,8 +43,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lrs", default="1e-6,1e-5,3e-5,1e-4,3e-4,1e-3")
     args = parser.parse_args()
-    policy, problem = load(args)
-    engine = make_engine(policy, resolve_model(args.model), args.engine)
+    policy, engine, problem = load(args)
     train = attempts_batch(policy, engine, problem, seed=0, n=args.attempts, max_new_tokens=args.max_new_tokens)
     held = attempts_batch(policy, engine, problem, seed=1, n=args.attempts, max_new_tokens=args.max_new_tokens)
     drift_settings = SDPOSettings(teacher="frozen", teacher_context="feedback", alpha=1.0, top_k=None, is_clip=None)

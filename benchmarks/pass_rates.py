@@ -13,10 +13,9 @@ import warnings
 from pathlib import Path
 
 from sdpo_core.engine import GenerationRequest
-from sdpo_core.engines import add_engine_arguments, make_engine
-from sdpo_core.models import load_model_and_tokenizer, resolve_model
-from sdpo_core.policy import LoraPolicy
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.problem import Problem
+from sdpo_core.serving import EngineSettings, load_serving
 from sdpo_core.verifiers import verify_attempts
 
 
@@ -42,9 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     hard = []
     warnings.filterwarnings("ignore")
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    policy = LoraPolicy(model, tokenizer)
-    engine = make_engine(policy, resolve_model(args.model), args.engine, max_batch_size=args.max_batch_size)
+    serving = load_serving(EngineSettings.from_args(args))
+    policy, engine = serving.policy, serving.engine
     print(f"{'problem':<28} {'solved':>7} {'pass@1':>7} {'90% CI':>15} {'mean tokens':>11}")
     for path in args.problems:
         problem = Problem.model_validate_json(Path(path).read_text())

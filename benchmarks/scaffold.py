@@ -10,10 +10,11 @@ import time
 import warnings
 from pathlib import Path
 
-from sdpo_core.engines import add_engine_arguments
-from sdpo_core.models import load_model_and_tokenizer
+from sdpo_core.engine import GenerationEngine
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
+from sdpo_core.serving import EngineSettings, load_serving
 
 EXAMPLE_PROBLEM = Path(__file__).parent.parent / "examples" / "arithmetic.json"
 
@@ -27,11 +28,12 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> tuple[LoraPolicy, Problem]:
-    """The policy (base model in the chosen dtype) and the problem the arguments name; library warnings off."""
+def load(args: argparse.Namespace, **engine: object) -> tuple[LoraPolicy, GenerationEngine, Problem]:
+    """The policy and engine (sdpo_core.serving; `engine` overrides the flags' EngineSettings) and the problem the
+    arguments name; library warnings off."""
     warnings.filterwarnings("ignore")
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    return LoraPolicy(model, tokenizer), Problem.model_validate_json(Path(args.problem).read_text())
+    serving = load_serving(EngineSettings.from_args(args, **engine))
+    return serving.policy, serving.engine, Problem.model_validate_json(Path(args.problem).read_text())
 
 
 # ---- a Redis of its own on loopback, for the API benchmarks --------------------------------------------------------

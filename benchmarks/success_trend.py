@@ -16,11 +16,10 @@ import json
 import time
 import warnings
 
-from sdpo_core.engines import add_engine_arguments, make_engine
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.loop import ProblemRun, run_step
 from sdpo_core.measure.discovery import load_problems
-from sdpo_core.models import load_model_and_tokenizer, resolve_model
-from sdpo_core.policy import LoraPolicy
+from sdpo_core.serving import EngineSettings, adapter_slots, load_serving
 from sdpo_core.settings import RunSettings
 
 METHODS = ("best-of-k", "sdpo", "multi-turn")
@@ -41,9 +40,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     problem = {p.id: p for p in load_problems(None)}[args.problem]
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    policy = LoraPolicy(model, tokenizer)
-    engine = make_engine(policy, resolve_model(args.model), args.engine, max_batch_size=64)
+    serving = load_serving(EngineSettings.from_args(args, max_batch_size=64,
+                                                     max_adapters=adapter_slots(len(METHODS) * args.seeds)))
+    policy, engine = serving.policy, serving.engine
 
     sdpo = {"learning_rate": args.learning_rate} if args.learning_rate else {}
     runs = {

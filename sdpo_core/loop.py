@@ -312,25 +312,3 @@ def run_step(runs: Sequence[ProblemRun], engine: GenerationEngine) -> list[Progr
     with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="verify-step") as threads:
         verified = list(threads.map(lambda step: step.run.verify_step(step.completions), steps))
     return [step.finish(engine, step_verified) for step, step_verified in zip(steps, verified, strict=True)]
-
-
-def solve(
-    problem: Problem,
-    settings: RunSettings,
-    policy: LoraPolicy,
-    engine: GenerationEngine,
-    *,
-    verify: VerifyFn = verify_attempts,
-    on_event: EventSink = ignore_events,
-    name: str = "run",
-) -> RunResult:
-    """Run one problem to its end and free its adapter (in the policy and in the engine)."""
-    run = ProblemRun(problem, settings, policy, name=name, verify=verify, on_event=on_event)
-    try:
-        while not run.done:
-            run_step([run], engine)
-        return run.result()
-    finally:
-        run.close()
-        if run.adapter is not None:
-            engine.drop_adapter(run.adapter)

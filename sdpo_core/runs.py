@@ -3,12 +3,11 @@
     runs = DiscoveryRuns(engine)
     runs.add("job-1", comparison_runs(problem, settings, policy, baseline_samples=512, name="job-1", verify=verify))
     runs.add("job-2", {"run": ProblemRun(other_problem, other_settings, policy, name="job-2")})
-    while runs.active:
-        report = runs.step()            # one generation batch for every run not waiting for verdicts;
-        ...                             # report.advanced: groups that finished a step, report.failures: faults
-        for group in runs.finished:     # read the results, then free the adapters (policy and engine)
-            ...
-            runs.close(group)
+    runs.run_until_done(on_step)        # each step: one generation batch for every run not waiting for verdicts;
+                                        # on_step(report) sees report.advanced (groups that finished a step)
+    for group in runs.finished:         # read the results, then free the adapters (policy and engine)
+        ...
+        runs.close(group)
 
 A group is what its caller owns: a job's method run and its baseline run, or one benchmark run. A joint generation
 that raises is retried group by group, so a fault fails only the group at fault and the others advance; runs are
@@ -28,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sdpo_core.discovery import baseline_settled
+from sdpo_core.curves import baseline_settled
 from sdpo_core.engine import Completion, GenerationEngine, GenerationRequest
 from sdpo_core.failures import RunFailure
 from sdpo_core.loop import GeneratedStep, ProblemRun, generate_steps
@@ -226,12 +225,17 @@ class DiscoveryRuns:
         self._finish_verified(chosen, report)
         return report
 
-    def run_until_done(self) -> None:
-        """Step every group to its end; the first failure is raised."""
-        while self.active:
-            failures = self.step().failures
-            if failures:
-                raise next(iter(failures.values()))
+    def run_until_done(self, on_step: Callable[[StepReport], None] = lambda report: None, *,
+                       admit: Callable[[], bool] = lambda: False) -> None:
+        """Step every group to its end: how `sdpo solve`, the benchmarks and the tests drive runs. `admit` is
+        called before each step to add groups (a benchmark's next runs, as room frees up) and says whether it still
+        has some to add; `on_step` sees each step's report. The first failure is raised: the worker, which must
+        outlive a job's fault and never ends, steps through `step` itself."""
+        while admit() or self.active:
+            report = self.step()
+            if report.failures:
+                raise next(iter(report.failures.values()))
+            on_step(report)
 
     def _pieces(self, chosen: Sequence[str]) -> list[tuple[str, ProblemRun, GenerationRequest]]:
         """The next piece of every ready run's step: foreground runs first, then background runs in the room left

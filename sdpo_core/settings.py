@@ -138,8 +138,8 @@ class RunSettings(BaseModel):
     max_attempts: int = Field(default=256, ge=1, le=1_000_000, description="The attempt budget.")
     attempts_per_step: int = Field(default=16, ge=1, le=1024, description="Attempts sampled per step (N).")
     max_new_tokens: int = Field(default=256, ge=1, le=65_536, description="Longest attempt in tokens.")
-    temperature: float = Field(default=1.0, ge=0.0, le=5.0)
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature.")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="The run's seed: its samples and adapter start from it.")
     stop_at_first_success: bool = Field(default=True, description="False keeps going to trace a full curve.")
     max_prompt_tokens: int = Field(
         default=4096, ge=64, le=32_768, description="Multi-turn: the oldest feedback is dropped beyond this many prompt tokens."

@@ -21,9 +21,8 @@ from service.api.main import root, v1
 from service.auth import load_keys
 from service.config import ApiSettings
 from service.streams import StreamSlots
-from workers.keys import Keys
 from workers.logs import log_context
-from workers.store import EventHub, JobStore, open_store
+from workers.store import JobStore, open_event_hub, open_store
 
 log = logging.getLogger("service.access")
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: logged at DEBUG only
@@ -142,7 +141,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.store = open_store(settings.redis_url, settings.redis_prefix,
                                      max_connections=settings.redis_max_connections,
                                      events_maxlen=settings.events_maxlen, retention_s=settings.retention_s)
-        app.state.event_hub = EventHub(settings.redis_url, Keys(settings.redis_prefix))
+        app.state.event_hub = open_event_hub(settings.redis_url, settings.redis_prefix)
         app.state.blobs = _blob_store(settings)
         try:
             await app.state.store.ensure_group()

@@ -4,50 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.methods import METHODS
 
 
-def _engine(policy, args):
-    from sdpo_core.engines import make_engine
+def _serving(args, runs: int):
+    """The model and engine the bench flags name (a random-init model for --shape), with one adapter slot for
+    each of the `runs` that share generation batches (sdpo_core.serving.adapter_slots)."""
+    from sdpo_core.serving import EngineSettings, adapter_slots, load_serving, serve_policy
 
-    concurrency = max(int(c) for c in str(getattr(args, "concurrency", 1)).split(","))
-    return make_engine(policy, args.model_path, args.engine, max_batch_size=args.max_batch_size,
-                       max_adapters=max(16, concurrency), compile=getattr(args, "compile", False))
+    settings = EngineSettings.from_args(args, max_adapters=adapter_slots(runs))
+    if not getattr(args, "shape", None):
+        return load_serving(settings)
+    import torch
 
-
-def _policy(args):
-    from sdpo_core.models import choose_dtype, load_model_and_tokenizer, resolve_model
+    from sdpo_core.measure.synthetic import shaped_model
+    from sdpo_core.models import choose_dtype
     from sdpo_core.policy import LoraPolicy
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", module="peft")
-    if getattr(args, "shape", None):
-        import torch
-
-        from sdpo_core.measure.synthetic import shaped_model
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = shaped_model(args.shape, device=device, dtype=getattr(torch, choose_dtype(device, args.dtype)))
-        args.model_path, label = None, f"random-init {args.shape}"
-    else:
-        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-        args.model_path, label = resolve_model(args.model), args.model or "smollm2-135m-instruct"
-    return LoraPolicy(model, tokenizer), label
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = shaped_model(args.shape, device=device, dtype=getattr(torch, choose_dtype(device, args.dtype)))
+    return serve_policy(LoraPolicy(model, tokenizer), settings, model_name=f"random-init {args.shape}",
+                        resolved_model=None)
 
 
 def cmd_bench_discovery(args: argparse.Namespace) -> int:
     from sdpo_core.measure.discovery import bench_discovery, family_name, load_problems
     from sdpo_core.measure.trace import parse_variant
     from sdpo_core.settings import RunSettings
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     methods = args.methods.split(",")
     variants = dict(parse_variant(v) for v in args.variant or [])
@@ -56,8 +47,8 @@ def cmd_bench_discovery(args: argparse.Namespace) -> int:
     settings = RunSettings(max_attempts=args.budget, attempts_per_step=args.attempts_per_step,
                            max_new_tokens=args.max_new_tokens,
                            max_prompt_tokens=4096 if by_feedbacks else int(args.max_prompt_tokens))
-    policy, label = _policy(args)
-    engine = _engine(policy, args)
+    serving = _serving(args, runs=args.concurrency)  # runs at once
+    policy, engine, label = serving.policy, serving.engine, serving.model_name
     baseline = args.baseline_samples or args.budget * args.seeds
     console = Console(width=220)
     for family in args.problems.split(","):
@@ -132,11 +123,11 @@ def print_discovery_report(console: Console, report, label: str) -> None:
 def cmd_bench_signal(args: argparse.Namespace) -> int:
     from sdpo_core.measure.discovery import load_problems
     from sdpo_core.measure.signal import measure_signal
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     problems = load_problems(args.problems)
-    policy, label = _policy(args)
-    engine = _engine(policy, args)
+    serving = _serving(args, runs=1)  # samples the base model only
+    policy, engine, label = serving.policy, serving.engine, serving.model_name
     console = Console(width=200)
     table = Table(title=f"feedback signal: {label}, {args.samples} samples per problem, {args.max_new_tokens} new tokens")
     for col in ("problem", "base pass@1", "with feedback", "all told", "KL fb", "KL contrast", "peak", "shift fb",
@@ -180,12 +171,12 @@ DEFAULT_VARIANTS = ("default=", "paper=alpha:1,top_k:20,teacher:ema,teacher_cont
 def cmd_bench_trace(args: argparse.Namespace) -> int:
     from sdpo_core.measure.discovery import load_problems
     from sdpo_core.measure.trace import parse_variant, trace
-    from workers.verification import verify_function
+    from sdpo_core.verification.verify import verify_function
 
     problems = load_problems(args.problems)
     variants = dict(parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS))
-    policy, label = _policy(args)
-    engine = _engine(policy, args)
+    serving = _serving(args, runs=len(problems) * len(variants))  # every variant of every problem at once
+    policy, engine, label = serving.policy, serving.engine, serving.model_name
     with Progress(TextColumn("[bold]trace"), BarColumn(), MofNCompleteColumn(), TextColumn("updates"),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=args.quiet) as progress:
         task = progress.add_task("updates", total=args.updates + 2)
@@ -256,8 +247,8 @@ def first_requirement_kept(trace) -> float | None:
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from sdpo_core.measure.throughput import bench_throughput
 
-    policy, label = _policy(args)
-    engine = _engine(policy, args)
+    serving = _serving(args, runs=max(int(c) for c in args.concurrency.split(",")))
+    policy, engine, label = serving.policy, serving.engine, serving.model_name
     console = Console(width=200)
     report = bench_throughput(
         policy, engine, model_name=label, concurrency=tuple(int(c) for c in args.concurrency.split(",")),

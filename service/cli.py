@@ -19,14 +19,16 @@ run the server-facing commands.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from sdpo_core.engines import add_engine_arguments
+from sdpo_core.engine_choice import add_engine_arguments
 from sdpo_core.methods import DEFAULT_METHOD, METHODS
 
 
@@ -63,23 +65,57 @@ def load_problem(path: str):
         raise CLIError(describe_validation_error(exc, path)) from exc
 
 
+# Flags that set a RunSettings field (a path into it): their type, choices, help and default come from the field,
+# so the help cannot drift from the settings. `sdpo solve` takes them all; `sdpo submit` takes --budget.
+SETTINGS_FLAGS: dict[str, tuple[str, ...]] = {
+    "--max-attempts": ("max_attempts",),
+    "--attempts-per-step": ("attempts_per_step",),
+    "--max-new-tokens": ("max_new_tokens",),
+    "--seed": ("seed",),
+    "--temperature": ("temperature",),
+    "--lr": ("sdpo", "learning_rate"),
+    "--teacher": ("sdpo", "teacher"),
+}
+
+
+def settings_field(path: tuple[str, ...]):
+    """The pydantic FieldInfo at `path` in RunSettings (through its nested models)."""
+    from sdpo_core.settings import RunSettings
+
+    model, info = RunSettings, None
+    for name in path:
+        info = model.model_fields[name]
+        model = info.annotation if isinstance(info.annotation, type) else None
+    return info
+
+
+def add_settings_flag(p: argparse.ArgumentParser, flag: str, path: tuple[str, ...], what: str | None = None) -> None:
+    """`flag` for the RunSettings field at `path`: its type (choices for a Literal), description and default."""
+    info = settings_field(path)
+    options = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
+    kind = None if options else info.annotation
+    words = what or info.description or path[-1].replace("_", " ")
+    p.add_argument(flag, dest=flag.lstrip("-").replace("-", "_"), type=kind, choices=options,
+                   help=f"{words.rstrip('.')} (default {info.default})")
+
+
 def run_settings_from_args(args: argparse.Namespace):
     """RunSettings from --settings FILE.json overlaid with the explicit flags."""
     from sdpo_core.settings import RunSettings
 
     data: dict[str, Any] = read_json(args.settings) if args.settings else {}
-    for flag, field in [("method", "method"), ("max_attempts", "max_attempts"),
-                        ("attempts_per_step", "attempts_per_step"), ("max_new_tokens", "max_new_tokens"),
-                        ("seed", "seed"), ("temperature", "temperature")]:
-        if getattr(args, flag) is not None:
-            data[field] = getattr(args, flag)
+    if args.method is not None:
+        data["method"] = args.method
     if args.full_curve:
         data["stop_at_first_success"] = False
-    sdpo = dict(data.get("sdpo", {}))
-    for flag, field in [("lr", "learning_rate"), ("teacher", "teacher")]:
-        if getattr(args, flag) is not None:
-            sdpo[field] = getattr(args, flag)
-    data["sdpo"] = sdpo
+    for flag, path in SETTINGS_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            node = data
+            for name in path[:-1]:
+                node[name] = dict(node.get(name, {}))
+                node = node[name]
+            node[path[-1]] = value
     try:
         return RunSettings.model_validate(data)
     except ValidationError as exc:
@@ -127,15 +163,10 @@ def add_solve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solve", help="solve one problem in this process (no server)")
     p.add_argument("problem", help="problem JSON file: {prompt | messages, system_prompt?, verifier}")
     add_method_flag(p)
-    p.add_argument("--max-attempts", type=int, help="attempt budget (default 256)")
-    p.add_argument("--attempts-per-step", type=int, help="attempts sampled per step (default 16)")
-    p.add_argument("--max-new-tokens", type=int, help="longest attempt in tokens (default 256)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    for flag, path in SETTINGS_FLAGS.items():
+        add_settings_flag(p, flag, path)
     p.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed, seed+1, ...: several "
                    "make the discovery curve an estimate (default 1)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
-    p.add_argument("--lr", type=float, help="LoRA learning rate for sdpo")
-    p.add_argument("--teacher", choices=["ema", "frozen", "trust-region"], help="self-teacher for sdpo")
     p.add_argument("--settings", help="JSON file with RunSettings fields; flags override it")
     p.add_argument("--full-curve", action="store_true", help="keep going after the first solution")
     p.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
@@ -168,7 +199,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Verify one answer the way a job would (sandbox included); exit 0 if solved, 1 if not."""
     problem = load_problem(args.problem)
     answer = read_answer(args.answer)
-    from workers.verification import verify_answer
+    from sdpo_core.verification.verify import verify_answer
 
     verdict = verify_answer(problem, answer)
     print(json.dumps(verdict.model_dump(include={"reward", "solved", "feedback", "answer"}), indent=2))
@@ -216,15 +247,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
         return ApiSettings
 
-    _add_server_command(sub, "serve", "run the HTTP API", settings, cmd_serve)
+    _add_server_command(sub, "serve", "run the HTTP API", settings, cmd_serve, needs="fastapi")
 
 
-def _add_server_command(sub: argparse._SubParsersAction, name: str, description: str, settings, func) -> None:
+def _add_server_command(sub: argparse._SubParsersAction, name: str, description: str, settings, func, *,
+                        needs: str) -> None:
     """`sdpo serve` and `sdpo worker`: one flag per field of their settings (each also an SDPO_* variable). The
-    light client has no server parts: there the command says what to install."""
-    try:
-        import pydantic_settings  # noqa: F401 - a server extra, absent from the light client
-    except ImportError:
+    light client has no server parts (`needs`, a server extra, is not installed): there the command says what to
+    install."""
+    if importlib.util.find_spec(needs) is None:
         def missing(args: argparse.Namespace) -> int:
             raise CLIError(f"sdpo {name} needs the server parts: pip install 'sdpo-discovery[server,train]'")
 
@@ -242,12 +273,15 @@ def _add_server_command(sub: argparse._SubParsersAction, name: str, description:
 def _settings(kind, args: argparse.Namespace):
     from pydantic import ValidationError as SettingsError
 
+    from sdpo_core.verification.settings import SettingsInvalid
     from workers.settings import from_flags
 
     try:
         return from_flags(kind, args)
     except SettingsError as exc:
         raise CLIError(describe_validation_error(exc, "settings")) from exc
+    except SettingsInvalid as exc:  # nested settings (the verifier pool's) name the variable themselves
+        raise CLIError(f"settings: {exc}") from exc
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -276,7 +310,8 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:
 
         return WorkerSettings
 
-    _add_server_command(sub, "worker", "take jobs from Redis and run them on one base model", settings, cmd_worker)
+    _add_server_command(sub, "worker", "take jobs from Redis and run them on one base model", settings, cmd_worker,
+                        needs="redis")
 
 
 # ---- client side: submit, status, events, curve, batch ------------------------------------------------------------
@@ -305,7 +340,7 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
     add_method_flag(p)
-    p.add_argument("--budget", type=int, help="attempt budget (default 256)")
+    add_settings_flag(p, "--budget", ("max_attempts",))
     p.add_argument("--settings", help="JSON file with RunSettings fields")
     p.add_argument("--model", help="base model the job needs (default: the served one)")
     p.add_argument("--no-baseline", action="store_true", help="skip the best-of-k comparison")
@@ -474,12 +509,14 @@ def main(argv: list[str] | None = None) -> int:
         print("sdpo: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a known failure (the server said no, the model is missing) gets one line
-        from sdpo_core.engines import EngineNotAvailable
+        from sdpo_core.engine_choice import EngineNotAvailable
         from sdpo_core.models import ModelNotAvailable, UnknownDtype
+        from sdpo_core.verification.isolation import SandboxUnavailable
+        from sdpo_core.verification.settings import SettingsInvalid
         from service.client import SDPOError
-        from workers.isolation import SandboxUnavailable
 
-        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable | EngineNotAvailable | UnknownDtype):
+        if isinstance(exc, ModelNotAvailable | SDPOError | SandboxUnavailable | EngineNotAvailable | UnknownDtype
+                      | SettingsInvalid):
             print(f"sdpo: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, ValidationError):  # job options (--settings, flags) the client could not accept

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from sdpo_core.discovery import Comparison
+from sdpo_core.curves import Comparison
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
 from sdpo_core.statuses import FINISHED, WITH_CURVE

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.auth import tenant_for
 from service.config import ApiSettings
 from service.errors import ApiError
-from workers.jobs import JobRecord
+from workers.jobs import BatchRecord, JobRecord
 from workers.logs import set_context
 from workers.store import JobStore, StoreFull
 
@@ -92,9 +92,9 @@ async def owned(store: JobStore, tenant: str, job_id: str) -> JobRecord:
     return record
 
 
-async def owned_batch(store: JobStore, tenant: str, batch_id: str) -> dict[str, str]:
+async def owned_batch(store: JobStore, tenant: str, batch_id: str) -> BatchRecord:
     """The record of the tenant's batch; another tenant's looks exactly like a missing one: 404."""
     record = await store.batch(batch_id) if ID_PATTERN.match(batch_id) and batch_id.startswith("batch_") else None
-    if record is None or record.get("tenant") != tenant:
+    if record is None or record.tenant != tenant:
         raise _missing("batch", batch_id)
     return record

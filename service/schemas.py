@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sdpo_core.discovery import Comparison, DiscoveryCurve
+from sdpo_core.curves import Comparison, DiscoveryCurve
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
 from sdpo_core.settings import Method, RunSettings

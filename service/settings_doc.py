@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
+from sdpo_core.verification.settings import env_var
 from service.config import ApiSettings
-from workers.settings import StoreSettings, WorkerSettings
+from workers.settings import StoreSettings, WorkerSettings, flag, nested_settings
 
 HEADER = """# Settings
 
 Every setting of the service's two processes is a typed field, read once: from the environment variable
 `SDPO_<NAME>` (or a `.env` file in the working directory), overridden by the command-line flag `--<name>` of
-`sdpo serve` / `sdpo worker`. The three tables below are generated from the code (`python -m service.settings_doc >
-docs/settings.md`): `workers/settings.py` holds the shared part and the worker's, `service/config.py` the API's.
+`sdpo serve` / `sdpo worker`. The tables below are generated from the code (`python -m service.settings_doc >
+docs/settings.md`): `workers/settings.py` holds the shared part and the worker's, `service/config.py` the API's,
+`sdpo_core/verification/settings.py` the verifier pool's and its sandbox's, which the worker nests and `sdpo solve`
+and `sdpo verify` read from the environment alone.
 Give the API and every worker the same shared settings (the same Redis, prefix, blob store and retention).
 """
 
@@ -26,9 +29,6 @@ OTHERS = """## Read elsewhere
 | `SDPO_URL`, `SDPO_API_KEY` | the client SDK and the CLI's client commands | server URL (default `http://localhost:8000`) and API key |
 | `SDPO_MODEL` | `sdpo solve`, `sdpo bench` (sdpo_core/models.py) | the model when `--model` is not given (the worker reads it as its `model` setting) |
 | `SDPO_CACHE_DIR` | sdpo_core/models.py | where the offline default model is converted and cached |
-| `SDPO_VERIFIER_WORKERS` | workers/verification.py | processes of the verifier pool (default: one per core) |
-| `SDPO_VERIFY_ATTEMPT_TIMEOUT_S`, `SDPO_VERIFY_STEP_BUDGET_S` | workers/verification.py | cap on one verification (default: the verifier's own limits); budget of one job's step (default 600 s), after which unverified attempts get reward 0 |
-| `SDPO_SANDBOX_ISOLATION`, `SDPO_SANDBOX_MIN_ISOLATION`, `SDPO_SANDBOX_PYTHON`, `SDPO_SANDBOX_TMP`, `SDPO_SANDBOX_UID_BASE`, `SDPO_SANDBOX_UID_COUNT` | workers/isolation.py | the sandbox of code-running verifiers; below the minimum isolation they refuse (docs/verifiers.md) |
 | `SDPO_METHOD_MODULES` | sdpo_core/methods.py | modules (comma-separated, importable) that register more discovery methods when the registry loads: a new method is one class and one `register()` call (README, "Methods") |
 | `SDPO_CHECKPOINT_KEY`, `SDPO_CHECKPOINT_KEY_FILE` | workers/checkpoint.py | the HMAC key checkpoints are signed with, the same secret on every worker (default: a random key per process, so no other worker can resume its jobs) |
 | `SDPO_REDIS_PASSWORD` | deploy/ (compose, Kubernetes) | Redis's `--requirepass`; the deployments put it into `SDPO_REDIS_URL` and give it to KEDA and the probes |
@@ -41,14 +41,28 @@ OTHERS = """## Read elsewhere
 
 
 def table(settings: type[BaseSettings], *, skip: tuple[str, ...] = ()) -> str:
+    """One row per field; a field that nests settings gets a table of its own (`nested_tables`)."""
     rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
     for name, info in settings.model_fields.items():
-        if name in skip:
+        if name in skip or nested_settings(info) is not None:
             continue
         default = info.default_factory() if info.default_factory else info.default
         shown = "" if default in (None, "") else f"`{default}`"
-        rows.append(f"| `SDPO_{name.upper()}` | `--{name.replace('_', '-')}` | {shown} | {info.description} |")
+        rows.append(f"| `{env_var(settings, name)}` | `{flag(settings, name)}` | {shown} | {info.description} |")
     return "\n".join(rows) + "\n"
+
+
+def nested_tables(settings: type[BaseSettings], path: str) -> list[str]:
+    """The tables of the settings nested in `settings` (reached as `path`.field), depth first."""
+    sections = []
+    for name, info in settings.model_fields.items():
+        nested = nested_settings(info)
+        if nested is not None:
+            sections += [f"### `{path}.{name}` (`{nested.__name__}`)\n",
+                         f"{info.description} The whole object may also be given as JSON in "
+                         f"`{env_var(settings, name)}`.\n",
+                         table(nested), *nested_tables(nested, f"{path}.{name}")]
+    return sections
 
 
 def render() -> str:
@@ -59,6 +73,7 @@ def render() -> str:
         table(StoreSettings),
         "## The worker: `sdpo worker` (`WorkerSettings`)\n",
         table(WorkerSettings, skip=shared),
+        *nested_tables(WorkerSettings, "WorkerSettings"),
         "## The API: `sdpo serve` (`ApiSettings`)\n",
         table(ApiSettings, skip=shared),
         OTHERS,

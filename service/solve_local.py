@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdpo_core.discovery import Comparison, compare_to_best_of_k, default_baseline_samples
+from sdpo_core.curves import Comparison, compare_to_best_of_k, default_baseline_samples
 from sdpo_core.measure.plot import discovery_svg
 from sdpo_core.methods import learns
 from sdpo_core.problem import Problem
@@ -166,25 +165,20 @@ def solve_with_baseline(
     adapter_samples: int = 0,
     on_answer: Callable[[list[RunResult], list[RunNotes], int | None], None] | None = None,
 ) -> SolveReport:
-    """Run the method (`seeds` independent runs) and its best-of-k baseline on `engine` (sdpo_core.engines; weights
+    """Run the method (`seeds` independent runs) and its best-of-k baseline on `engine` (sdpo_core.engine_choice; weights
     in `dtype`, sdpo_core.models.choose_dtype), and compare them: one run is a step curve, several make an estimate.
     With `adapter_samples`, each run that distilled is checked on that many plain-prompt attempts from its adapter.
 
     The baseline samples only in the room the runs leave in a generation batch, and stops once its estimate of
-    best-of-k at the budget is settled (sdpo_core.discovery.baseline_settled). `on_answer` gets the runs' results
+    best-of-k at the budget is settled (sdpo_core.curves.baseline_settled). `on_answer` gets the runs' results
     and notes as soon as they have all ended, with the baseline's samples so far (None: none, or it is done)."""
-    from sdpo_core.engines import make_engine
     from sdpo_core.loop import ProblemRun
-    from sdpo_core.models import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model
-    from sdpo_core.policy import LoraPolicy
     from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, baseline_of, comparison_runs, settle_when_enough
-    from workers.verification import verify_function
+    from sdpo_core.serving import EngineSettings, adapter_slots, load_serving
+    from sdpo_core.verification.verify import verify_function
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", module="peft")
-    base_model, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
-    policy = LoraPolicy(base_model, tokenizer)
-    engine = make_engine(policy, resolve_model(model), engine)
+    serving = load_serving(EngineSettings(model=model, engine=engine, dtype=dtype, max_adapters=adapter_slots(seeds)))
+    policy, engine = serving.policy, serving.engine
     samples = default_baseline_samples(settings.max_attempts) if baseline_attempts is None else baseline_attempts
 
     notes = [RunNotes() for _ in range(seeds)]
@@ -203,21 +197,22 @@ def solve_with_baseline(
                                             on_event=noting(notes[i], bar(f"{settings.method} seed {seeded.seed}",
                                                                           settings.max_attempts))))
         method_runs = [runs[METHOD], *(scheduler.runs(group)["run"] for group in extra)]
+        answered = False
+
+        def after_step(report) -> None:
+            nonlocal answered
+            draw = runs.get(BASELINE)
+            if not answered and all(run.done for run in method_runs):
+                answered = True
+                check_adapters(engine, method_runs, notes, adapter_samples)
+                if on_answer is not None:
+                    on_answer([run.result() for run in method_runs], notes,
+                              len(draw.attempts) if draw is not None and not draw.done else None)
+            if draw is not None:
+                settle_when_enough(draw, settings.max_attempts)
+
         try:
-            answered = False
-            while scheduler.active:
-                failures = scheduler.step().failures
-                if failures:
-                    raise next(iter(failures.values()))
-                draw = runs.get(BASELINE)
-                if not answered and all(run.done for run in method_runs):
-                    answered = True
-                    check_adapters(engine, method_runs, notes, adapter_samples)
-                    if on_answer is not None:
-                        on_answer([run.result() for run in method_runs], notes,
-                                  len(draw.attempts) if draw is not None and not draw.done else None)
-                if draw is not None:
-                    settle_when_enough(draw, settings.max_attempts)
+            scheduler.run_until_done(after_step)
             result, *more = [run.result() for run in method_runs]
             baseline = baseline_of(runs)
             baseline_result = baseline.result() if baseline is not None else None
@@ -226,5 +221,5 @@ def solve_with_baseline(
     outcomes = [a.solved for a in baseline_result.attempts] if baseline_result else []
     comparison = compare_to_best_of_k(settings.method, [r.first_success_attempt for r in [result, *more]],
                                       outcomes, settings.max_attempts, first_step=settings.attempts_per_step)
-    return SolveReport(problem_id=problem.id, model=model or DEFAULT_MODEL, settings=settings, result=result,
+    return SolveReport(problem_id=problem.id, model=serving.model_name, settings=settings, result=result,
                        more_seeds=more, notes=notes, baseline=baseline_result, comparison=comparison)

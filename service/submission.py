@@ -7,7 +7,7 @@ import json
 
 from pydantic import BaseModel
 
-from sdpo_core.discovery import default_baseline_samples
+from sdpo_core.curves import default_baseline_samples
 from sdpo_core.problem import Problem
 from service.config import ApiSettings
 from service.errors import ApiError

@@ -6,15 +6,11 @@ import json
 
 from pydantic import BaseModel
 
-from sdpo_core.discovery import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
+from sdpo_core.curves import Comparison, average_curve, compare_to_best_of_k, curve_grid, pass_at_k
 from sdpo_core.runs import self_baseline
 from sdpo_core.statuses import BASELINE_LIVE, WITH_CURVE
 from service.schemas import BaselineProgress, Batch, BatchCurve, Job, JobError, JobSummary
-from workers.jobs import JobHead, JobRecord, JobSpec
-
-
-def _float(value: str | None) -> float | None:
-    return float(value) if value else None
+from workers.jobs import BatchRecord, JobHead, JobRecord, JobSpec
 
 
 def job_view(record: JobRecord) -> Job:
@@ -116,17 +112,16 @@ def batch_counts(jobs: list[JobSummary]) -> dict[str, int]:
     return counts
 
 
-def batch_outcome(record: dict[str, str], jobs: list[JobSummary]) -> BatchOutcome:
+def batch_outcome(record: BatchRecord, jobs: list[JobSummary]) -> BatchOutcome:
     """The finished batch's counts and curve (the bootstrap: run it once, in a thread)."""
-    return BatchOutcome(counts=batch_counts(jobs), curve=batch_curve(jobs, int(record["budget"]), record["method"]))
+    return BatchOutcome(counts=batch_counts(jobs), curve=batch_curve(jobs, record.budget, record.method))
 
 
-def batch_view(record: dict[str, str], job_ids: list[str], counts: dict[str, int], curve: BatchCurve | None, *,
+def batch_view(record: BatchRecord, job_ids: list[str], counts: dict[str, int], curve: BatchCurve | None, *,
                finished: bool) -> Batch:
-    status = "in_progress" if not finished else ("cancelled" if record.get("cancel_requested_at") else "completed")
+    status = "in_progress" if not finished else ("cancelled" if record.cancel_requested_at else "completed")
     return Batch(
-        id=record["id"], status=status, created_at=float(record["created_at"]),
-        cancel_requested_at=_float(record.get("cancel_requested_at")), method=record["method"],
-        budget=int(record["budget"]), job_ids=job_ids, counts=counts, curve=curve,
-        metadata=json.loads(record.get("metadata") or "{}"),
+        id=record.id, status=status, created_at=record.created_at, cancel_requested_at=record.cancel_requested_at,
+        method=record.method, budget=record.budget, job_ids=job_ids, counts=counts, curve=curve,
+        metadata=json.loads(record.metadata or "{}"),
     )

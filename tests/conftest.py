@@ -18,8 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import make_tiny_model_dir  # noqa: E402
 
-from workers.pool import VerifierPool  # noqa: E402
-from workers.sandbox import SubprocessSandbox  # noqa: E402
+from sdpo_core.verification.pool import VerifierPool  # noqa: E402
+from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -41,6 +41,22 @@ def tiny_policy(tiny_model_dir):
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device=TEST_DEVICE, dtype="float32")
     return LoraPolicy(model, tokenizer)
+
+
+def solve_alone(problem, settings, policy, engine, *, name: str = "run", **options):
+    """One run to its end through the scheduler every caller drives (DiscoveryRuns.run_until_done); its adapter is
+    freed in the policy and the engine. Returns its RunResult."""
+    from sdpo_core.loop import ProblemRun
+    from sdpo_core.runs import DiscoveryRuns
+
+    runs = DiscoveryRuns(engine)
+    run = ProblemRun(problem, settings, policy, name=name, **options)
+    runs.add(name, run)
+    try:
+        runs.run_until_done()
+        return run.result()
+    finally:
+        runs.close(name)
 
 
 # ---- engines: a tiny model both engines run (vLLM's CPU attention needs a head size of 32 or more), real vLLM -------

@@ -18,10 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sandbox_helpers import SUM_SOLUTION, Bait, block, escape_attacks, sum_problem  # noqa: E402
 
-from workers.hardening import make_undumpable, start_resource_tracker_without_secrets  # noqa: E402
-from workers.isolation import SandboxOptions, bwrap_mounts_proc  # noqa: E402
-from workers.pool import VerifierPool  # noqa: E402
-from workers.verification import verify_function  # noqa: E402
+from sdpo_core.verification.hardening import make_undumpable, start_resource_tracker_without_secrets  # noqa: E402
+from sdpo_core.verification.isolation import bwrap_mounts_proc  # noqa: E402
+from sdpo_core.verification.pool import VerifierPool  # noqa: E402
+from sdpo_core.verification.settings import SandboxSettings  # noqa: E402
+from sdpo_core.verification.verify import verify_function  # noqa: E402
 
 SECRET_ENV = "SDPO_TEST_SERVICE_SECRET"
 
@@ -69,7 +70,7 @@ def main() -> None:
     checkpoints, port, bait = sys.argv[1], int(sys.argv[2]), Bait(Path(sys.argv[3]))
     make_undumpable()  # as Worker.run does
     start_resource_tracker_without_secrets()
-    report: dict[str, object] = {"uid": os.getuid(), "proc mounted": bwrap_mounts_proc(SandboxOptions.from_env())}
+    report: dict[str, object] = {"uid": os.getuid(), "proc mounted": bwrap_mounts_proc(SandboxSettings())}
     try:
         verify_function(sum_problem())
         report["job"] = "accepted"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdpo_core.problem import Problem
+from sdpo_core.verification.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
 from sdpo_core.verifiers.sandbox import RunLimits
-from workers.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
 
 SUM_TESTS = [{"input": f"{a} {b}\n", "output": f"{a + b}\n"} for a, b in [(1, 2), (10, 20), (-5, 5)]]
 SUM_SOLUTION = "a, b = map(int, input().split())\nprint(a + b)\n"

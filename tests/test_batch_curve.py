@@ -17,6 +17,7 @@ from service_env import KEYS, ApiServer, api_settings
 from service import views
 from service.api.routes.jobs import read_summaries
 from service.schemas import Batch
+from workers.jobs import JobPatch
 from workers.store import open_store
 
 PROBLEM = {"prompt": "What is 2 + 2?", "verifier": {"type": "numeric", "answer": 4}}
@@ -45,8 +46,8 @@ def finish(redis_url: str, prefix: str, job_ids: list[str]) -> None:
         rng = random.Random(7)
         for job_id in job_ids:
             first = rng.randint(1, BUDGET) if rng.random() < 0.5 else None
-            fields = {"attempts": first or BUDGET, "first_success_attempt": first, "baseline_samples": 2 * BUDGET,
-                      "baseline_successes": rng.randint(0, 20)}
+            fields = JobPatch(attempts=first or BUDGET, first_success_attempt=first, baseline_samples=2 * BUDGET,
+                              baseline_successes=rng.randint(0, 20))
             outcome, _ = await store.transition(job_id, tenant="alice", allowed_from=["queued"],
                                                 to="succeeded" if first else "exhausted", fields=fields)
             assert outcome == "ok"

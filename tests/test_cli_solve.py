@@ -180,3 +180,30 @@ def test_solve_without_a_baseline(problem_file, tiny_model_dir):
     report = json.loads(proc.stdout)
     assert report["baseline"] is None and [c["label"] for c in report["comparison"]["curves"]] == ["auto"]
     assert "no best-of-k samples" in report["comparison"]["note"]
+
+
+def test_settings_flags_take_type_choices_help_and_default_from_run_settings():
+    """`sdpo solve`'s and `sdpo submit`'s settings flags are derived from RunSettings: a changed default or
+    description shows in --help, and each flag lands in its (nested) field."""
+    import argparse
+
+    from sdpo_core.settings import RunSettings
+    from service.cli import SETTINGS_FLAGS, add_solve_parser, add_submit_parser, run_settings_from_args
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_solve_parser(sub)
+    add_submit_parser(sub)
+    solve_help = sub.choices["solve"].format_help().replace("\n", " ")
+    defaults = RunSettings()
+    assert f"(default {defaults.max_attempts})" in solve_help and f"(default {defaults.sdpo.learning_rate})" in solve_help
+    assert "Sampling temperature" in solve_help and "{ema,frozen,trust-region}" in solve_help
+    assert f"(default {defaults.max_attempts})" in sub.choices["submit"].format_help()
+    args = parser.parse_args(["solve", "p.json", "--lr", "0.005", "--teacher", "ema", "--max-attempts", "24",
+                              "--attempts-per-step", "8", "--temperature", "0.7", "--full-curve"])
+    settings = run_settings_from_args(args)
+    assert (settings.sdpo.learning_rate, settings.sdpo.teacher, settings.max_attempts) == (0.005, "ema", 24)
+    assert settings.attempts_per_step == 8 and settings.temperature == 0.7 and not settings.stop_at_first_success
+    assert settings.seed == defaults.seed and set(SETTINGS_FLAGS) >= {"--lr", "--teacher", "--seed"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["solve", "p.json", "--teacher", "nobody"])  # choices from the Literal

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from sdpo_core import discovery
-from sdpo_core.discovery import _band, best_of_k_curve, curve_grid, pass_at_k
+from sdpo_core import curves
+from sdpo_core.curves import _band, best_of_k_curve, curve_grid, pass_at_k
 
 
 class CountingRandom(random.Random):
@@ -24,7 +24,7 @@ class CountingRandom(random.Random):
 
 
 def test_draws_per_replicate_do_not_grow_with_the_samples(monkeypatch):
-    monkeypatch.setattr(discovery.random, "Random", CountingRandom)
+    monkeypatch.setattr(curves.random, "Random", CountingRandom)
     n, successes, n_boot = 200_000, 37, 50
     curve = best_of_k_curve([True] * successes + [False] * (n - successes), curve_grid(100_000), n_boot=n_boot)
     assert CountingRandom.draws <= n_boot

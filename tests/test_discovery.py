@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from sdpo_core.discovery import (
+from sdpo_core.curves import (
     attempts_ratio,
     attempts_to_reach,
     average_curve,

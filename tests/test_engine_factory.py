@@ -1,14 +1,13 @@
-"""One engine factory (sdpo_core.engines): chosen by --engine / SDPO_ENGINE, and a run's end frees its adapter in
+"""One engine factory (sdpo_core.engine_choice): chosen by --engine / SDPO_ENGINE, and a run's end frees its adapter in
 whichever engine sampled it (a worker on vLLM used to keep one LoRA slot and one adapter folder per finished run)."""
 
 import argparse
 
 import pytest
-from conftest import HAS_VLLM, contract_policy
+from conftest import HAS_VLLM, contract_policy, solve_alone
 
-from sdpo_core.engines import EngineNotAvailable, add_engine_arguments, default_engine, make_engine
+from sdpo_core.engine_choice import EngineNotAvailable, add_engine_arguments, default_engine, make_engine
 from sdpo_core.hf_engine import TransformersEngine
-from sdpo_core.loop import solve
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings
 from sdpo_core.vllm_engine import VLLMEngine
@@ -64,7 +63,7 @@ def test_a_finished_run_frees_its_adapter_in_the_engine(engine_and_policy):
     engine, policy = engine_and_policy
     settings = RunSettings(method="sdpo", max_attempts=4, attempts_per_step=2, max_new_tokens=4)
     for name in ("first", "first", "second"):  # a name used again after its run ended
-        result = solve(UNSOLVABLE, settings, policy, engine, name=name)
+        result = solve_alone(UNSOLVABLE, settings, policy, engine, name=name)
         assert len(result.attempts) == 4
         assert name not in policy.adapters
     if isinstance(engine, VLLMEngine):

@@ -27,8 +27,8 @@ from sandbox_helpers import (
 )
 
 from sdpo_core.problem import Problem
+from sdpo_core.verification.pool import VerifierPool
 from sdpo_core.verifiers.sandbox import RunLimits
-from workers.pool import VerifierPool
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 

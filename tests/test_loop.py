@@ -4,9 +4,10 @@ import io
 
 import pytest
 import torch
+from conftest import solve_alone
 
 from sdpo_core.hf_engine import TransformersEngine
-from sdpo_core.loop import ProblemRun, run_step, solve
+from sdpo_core.loop import ProblemRun, run_step
 from sdpo_core.problem import Problem
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.teacher import teacher_adapter, update_teacher
@@ -88,31 +89,31 @@ def test_ema_teacher_follows_the_student_at_rate_r(tiny_policy):
 
 @pytest.mark.parametrize("teacher", ["frozen", "trust-region"])
 def test_other_teachers_update_without_a_teacher_adapter(tiny_policy, teacher):
-    result = solve(UNSOLVABLE, settings(sdpo={"teacher": teacher}), tiny_policy, TransformersEngine(tiny_policy),
-                   name="job")
+    result = solve_alone(UNSOLVABLE, settings(sdpo={"teacher": teacher}), tiny_policy,
+                         TransformersEngine(tiny_policy), name="job")
     assert result.status == "exhausted" and len(result.attempts) == 8
     assert tiny_policy.adapters == []
 
 
 def test_budget_not_a_multiple_of_the_step_is_respected(tiny_policy):
-    result = solve(UNSOLVABLE, settings(max_attempts=10, attempts_per_step=4), tiny_policy,
-                   TransformersEngine(tiny_policy))
+    result = solve_alone(UNSOLVABLE, settings(max_attempts=10, attempts_per_step=4), tiny_policy,
+                         TransformersEngine(tiny_policy))
     assert len(result.attempts) == 10 and result.steps == 3
 
 
 def test_stops_at_first_success_or_keeps_going_for_a_full_curve(tiny_policy):
     engine = TransformersEngine(tiny_policy)
-    first = solve(ANYTHING, settings(), tiny_policy, engine)
+    first = solve_alone(ANYTHING, settings(), tiny_policy, engine)
     assert first.status == "succeeded" and first.first_success_attempt == 1 and len(first.attempts) == 4
     assert first.solution == first.attempts[0].text
-    full = solve(ANYTHING, settings(stop_at_first_success=False), tiny_policy, engine)
+    full = solve_alone(ANYTHING, settings(stop_at_first_success=False), tiny_policy, engine)
     assert full.status == "succeeded" and len(full.attempts) == 8
 
 
 def test_best_of_k_samples_the_base_model_and_shares_sdpos_first_step(tiny_policy):
     engine = TransformersEngine(tiny_policy)
-    bok = solve(UNSOLVABLE, settings(method="best-of-k"), tiny_policy, engine)
-    sdpo = solve(UNSOLVABLE, settings(), tiny_policy, engine)
+    bok = solve_alone(UNSOLVABLE, settings(method="best-of-k"), tiny_policy, engine)
+    sdpo = solve_alone(UNSOLVABLE, settings(), tiny_policy, engine)
     assert [a.text for a in bok.attempts[:4]] == [a.text for a in sdpo.attempts[:4]]  # adapter starts at the base
     assert [a.text for a in bok.attempts[4:]] != [a.text for a in sdpo.attempts[4:]]  # then SDPO has learned
 
@@ -163,7 +164,7 @@ def test_hybrid_samples_with_feedback_in_context_and_distils_into_the_plain_prom
 
 def test_interleaved_runs_give_the_same_attempts_as_runs_alone(tiny_policy):
     engine = TransformersEngine(tiny_policy, max_batch_size=5)
-    alone = solve(UNSOLVABLE, settings(seed=3), tiny_policy, engine, name="alone").attempts
+    alone = solve_alone(UNSOLVABLE, settings(seed=3), tiny_policy, engine, name="alone").attempts
     a = ProblemRun(UNSOLVABLE, settings(seed=3), tiny_policy, name="a1")
     b = ProblemRun(ANYTHING, settings(method="best-of-k", seed=7), tiny_policy, name="b1")
     while not (a.done and b.done):

@@ -144,7 +144,7 @@ def test_every_write_and_removal_is_counted_exactly(redis_url):
     """The store's scripts one by one (submission, steps with events past the stream's cap, a trim, a cancellation
     request, the final status, the sweep): after each, the job's counter equals the bytes its keys hold and the
     tenant's counter equals the job's; once the job is forgotten the tenant holds exactly nothing."""
-    from workers.jobs import new_id
+    from workers.jobs import JobPatch, new_id
     from workers.store import NewJob, StepRecord, WorkerQueue, open_store
 
     prefix = f"quota-exact-{os.getpid()}"
@@ -167,11 +167,11 @@ def test_every_write_and_removal_is_counted_exactly(redis_url):
         queue = WorkerQueue(store, "w", lease_ms=60_000)
         [(entry, _)] = await queue.next_entries(1, block_ms=None)
         lease = await queue.take(entry, await store.get(job_id))
-        assert await queue.change(lease, allowed_from=["queued"], to="running", fields={"worker": "w"}) == "ok"
+        assert await queue.change(lease, allowed_from=["queued"], to="running", fields=JobPatch(worker="w")) == "ok"
         for step in range(10):  # 30 events through a stream capped at 20: the trimmed ones are given back
             rows = [json.dumps({"index": step * 4 + i + 1, "text": "t" * (50 + step)}) for i in range(4)]
             assert await queue.publish(lease, StepRecord(
-                attempts=rows, first_index=step * 4 + 1, fields={"attempts": str(step * 4 + 4), "steps": step},
+                attempts=rows, first_index=step * 4 + 1, fields=JobPatch(attempts=step * 4 + 4, steps=step),
                 events=[("progress", {"step": step, "pad": "p" * step})] * 3)) == step * 4 + 4
             check(job_id)
         assert r.xlen(f"{prefix}:job:{job_id}:events") == 20
@@ -180,7 +180,7 @@ def test_every_write_and_removal_is_counted_exactly(redis_url):
         record = await store.get(job_id)
         assert await store.cancel(record) == "running"
         check(job_id)
-        assert await queue.change(lease, allowed_from=["running"], to="cancelled", fields={"error_code": ""},
+        assert await queue.change(lease, allowed_from=["running"], to="cancelled", fields=JobPatch(error_code=""),
                                   ack=True, release=True) == "ok"
         check(job_id)
         await store.redis.zadd(store.keys.retiring, {job_id: 0})

@@ -11,9 +11,10 @@ import time
 import pytest
 from sandbox_helpers import wait_until_no_sandbox_processes
 
+from sdpo_core.verification.isolation import SandboxRefused, choose_isolation
+from sdpo_core.verification.settings import SandboxSettings
+from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 from sdpo_core.verifiers.sandbox import RunLimits
-from workers.isolation import SandboxOptions, SandboxRefused, choose_isolation
-from workers.sandbox import SubprocessSandbox
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 
@@ -147,8 +148,8 @@ def test_without_bubblewrap_the_default_minimum_refuses_code_and_says_what_to_do
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.delenv("SDPO_SANDBOX_MIN_ISOLATION", raising=False)
     monkeypatch.setenv("SDPO_SANDBOX_PYTHON", "/usr/bin/python3")  # one the leased uid may run (the unshare level)
-    options = SandboxOptions.from_env()
-    assert options.min_isolation == SandboxOptions().min_isolation == "bwrap"
+    options = SandboxSettings()
+    assert options.min_isolation == SandboxSettings.model_fields["min_isolation"].default == "bwrap"
     choose_isolation.cache_clear()
     try:
         with pytest.raises(SandboxRefused) as refused:
@@ -170,13 +171,13 @@ def test_unshare_runs_only_when_accepted_and_isolates_the_network(caplog):
     if not os.path.exists("/usr/bin/python3"):
         pytest.fail("the test machine has no /usr/bin/python3")
     with pytest.raises(SandboxRefused, match="SDPO_SANDBOX_ISOLATION=unshare chose it"):
-        SubprocessSandbox(SandboxOptions(isolation="unshare", python="/usr/bin/python3"))
+        SubprocessSandbox(SandboxSettings(isolation="unshare", python="/usr/bin/python3"))
     if os.geteuid() != 0:  # as the worker's own user unshare is below even that minimum
         with pytest.raises(SandboxRefused, match="as the worker's own user"):
-            SubprocessSandbox(SandboxOptions(isolation="unshare", min_isolation="unshare", python="/usr/bin/python3"))
+            SubprocessSandbox(SandboxSettings(isolation="unshare", min_isolation="unshare", python="/usr/bin/python3"))
         return
-    with caplog.at_level(logging.WARNING, logger="workers.isolation"):
-        fallback = SubprocessSandbox(SandboxOptions(isolation="unshare", min_isolation="unshare",
+    with caplog.at_level(logging.WARNING, logger="sdpo_core.verification.isolation"):
+        fallback = SubprocessSandbox(SandboxSettings(isolation="unshare", min_isolation="unshare",
                                                     python="/usr/bin/python3"))
     assert fallback.isolation == "unshare"
     assert any("as SDPO_SANDBOX_MIN_ISOLATION=unshare allows" in record.getMessage() for record in caplog.records)
@@ -195,9 +196,9 @@ def test_rlimits_fallback_warns_and_still_cleans_up(caplog):
     It runs only when the operator accepts it (SDPO_SANDBOX_MIN_ISOLATION=rlimits); otherwise it is refused."""
     choose_isolation.cache_clear()
     with pytest.raises(SandboxRefused, match="SDPO_SANDBOX_MIN_ISOLATION=rlimits"):
-        SubprocessSandbox(SandboxOptions(isolation="rlimits", python="/usr/bin/python3"))
-    with caplog.at_level(logging.WARNING, logger="workers.isolation"):
-        fallback = SubprocessSandbox(SandboxOptions(isolation="rlimits", min_isolation="rlimits",
+        SubprocessSandbox(SandboxSettings(isolation="rlimits", python="/usr/bin/python3"))
+    with caplog.at_level(logging.WARNING, logger="sdpo_core.verification.isolation"):
+        fallback = SubprocessSandbox(SandboxSettings(isolation="rlimits", min_isolation="rlimits",
                                                     python="/usr/bin/python3"))
     assert fallback.isolation == "rlimits"
     assert any("WITH network access" in record.getMessage() for record in caplog.records)
@@ -218,7 +219,7 @@ def test_stale_run_directories_of_killed_workers_are_swept(tmp_path):
     fresh.mkdir()
     old = time.time() - 2 * 3600
     os.utime(stale, (old, old))
-    SubprocessSandbox(SandboxOptions(tmp_dir=str(tmp_path)))
+    SubprocessSandbox(SandboxSettings(tmp_dir=str(tmp_path)))
     assert not stale.exists() and fresh.exists()
 
 
@@ -227,13 +228,13 @@ def test_an_interpreter_under_tmp_is_visible_inside_the_sandbox(tmp_path):
     import subprocess
     import sys
 
-    from workers.isolation import SandboxOptions
-    from workers.sandbox import SubprocessSandbox
+    from sdpo_core.verification.settings import SandboxSettings
+    from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 
     assert str(tmp_path).startswith("/tmp/")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    sandbox = SubprocessSandbox(SandboxOptions(python=str(venv / "bin" / "python")))
+    sandbox = SubprocessSandbox(SandboxSettings(python=str(venv / "bin" / "python")))
     assert sandbox.isolation == "bwrap"
     result = sandbox.run_python("import sys; print(sys.prefix)")
     assert result.exit_code == 0, result.stderr

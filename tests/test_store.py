@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from workers import checkpoint
-from workers.jobs import JobSpec, new_id
-from workers.store import NewJob, StepRecord, WorkerQueue, open_store, scripts
+from workers.jobs import BatchRecord, JobPatch, JobSpec, new_id
+from workers.store import NewJob, StepRecord, TenantIndex, WorkerQueue, open_store, scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = JobSpec.model_validate({"problem": {"prompt": "Say a", "verifier": {"type": "exact", "answer": "a"}},
@@ -119,15 +120,15 @@ def test_a_worker_that_lost_its_lease_cannot_write(store, tmp_path):
         # B runs a step: 16 attempts, its checkpoint named for its generation.
         step = [json.dumps({"index": i, "by": "b"}) for i in range(1, 17)]
         blobs.save(job_id, b"state of b", checkpoint.checkpoint_name(lease_b.generation))
-        assert await b.publish(lease_b, StepRecord(attempts=step, fields={
-            "attempts": 16, "checkpoint": checkpoint.checkpoint_name(lease_b.generation)},
+        assert await b.publish(lease_b, StepRecord(attempts=step, fields=JobPatch(
+            attempts=16, checkpoint=checkpoint.checkpoint_name(lease_b.generation)),
             events=[("progress", {"by": "b"})])) == 16
 
         # A wakes up and publishes its step 2 (attempts 17-32), then everything else a worker writes: all refused.
         stale = [json.dumps({"index": i, "by": "a"}) for i in range(17, 33)]
         blobs.save(job_id, b"state of a", checkpoint.checkpoint_name(lease_a.generation))
-        assert await a.publish(lease_a, StepRecord(attempts=stale, first_index=17, fields={
-            "attempts": 32, "checkpoint": checkpoint.checkpoint_name(lease_a.generation)},
+        assert await a.publish(lease_a, StepRecord(attempts=stale, first_index=17, fields=JobPatch(
+            attempts=32, checkpoint=checkpoint.checkpoint_name(lease_a.generation)),
             events=[("progress", {"by": "a"})], counters={"attempts": 16})) == -1
         assert await a.renew(lease_a) is False
         assert await a.trim(lease_a, 0) == -1
@@ -150,3 +151,70 @@ def test_a_worker_that_lost_its_lease_cannot_write(store, tmp_path):
     assert [json.loads(f["data"]).get("by") for _, f in events if f["type"] == "progress"] == ["b"]
     assert pending["pending"] == 1  # B's entry is still B's: A's ack was refused
     assert lease_value == lease_b.token
+
+
+def test_the_service_asks_the_store_and_builds_no_key_names():
+    """Routes and views name what they need (a TenantIndex, a batch id); workers.keys stays behind the gateway."""
+    offenders = []
+    for path in (ROOT / "service").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "workers.keys":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports workers.keys")
+            elif isinstance(node, ast.Attribute) and node.attr == "keys" and id(node) not in called:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} reads .keys")  # a dict's .keys() is fine
+    assert not offenders, offenders
+
+
+def test_a_misspelled_job_field_is_refused_and_a_patch_round_trips(store):
+    with pytest.raises(ValidationError, match="atempts"):
+        JobPatch(atempts=3)  # JobHead ignores extras: written, it would vanish
+    with pytest.raises(ValidationError):
+        JobPatch(steps=1).merge(checkpoint_stp=2)
+
+    async def scenario():
+        job_id = await _submit(store)
+        queue = WorkerQueue(store, "w", lease_ms=60_000)
+        [(entry, _)] = await queue.next_entries(1, block_ms=None)
+        lease = await queue.take(entry, await store.get(job_id))
+        patch = JobPatch(worker="w", first_success_attempt=None, best_reward=0.5).merge(adapter=True)
+        assert await queue.change(lease, allowed_from=["queued"], to="running", fields=patch) == "ok"
+        assert await queue.publish(lease, StepRecord(fields=JobPatch(attempts=16, checkpoint="c-1"))) == 0
+        record = await store.get(job_id)
+        await store.close()
+        return record
+
+    record = run(scenario())
+    assert (record.worker, record.adapter, record.best_reward, record.first_success_attempt) == ("w", True, 0.5, None)
+    assert (record.attempts, record.checkpoint, record.status) == (16, "c-1", "running")
+
+
+def test_a_batch_record_round_trips_and_is_listed_by_its_tenant(store):
+    batch = BatchRecord(id=new_id("batch"), tenant="alice", created_at=12.5, method="sdpo", budget=64,
+                        metadata='{"k": "v"}', size=1)
+
+    async def scenario():
+        job_id = new_id("job")
+        await store.ensure_group()
+        outcome = await store.submit(tenant="alice", jobs=[NewJob(job_id, SPEC, "{}")], result_id=batch.id,
+                                     idempotency_key=None, fingerprint="fp", idempotency_ttl_s=60, max_active_jobs=10,
+                                     batch=batch, enqueue=1)
+        assert outcome.outcome == "created"
+        stored = await store.batch(batch.id)
+        listed = await store.page_ids(TenantIndex("alice", batches=True), after=None, limit=10)
+        jobs = await store.page_ids(TenantIndex("alice", status="queued"), after=None, limit=10)
+        await store.finish_batch(batch.id, '{"counts": {}}')
+        await store.request_batch_cancel(batch.id)
+        finished = await store.batch(batch.id)
+        await store.prune_index(TenantIndex("alice", batches=True), [batch.id])
+        pruned = await store.page_ids(TenantIndex("alice", batches=True), after=None, limit=10)
+        await store.close()
+        return job_id, stored, listed, jobs, finished, pruned
+
+    job_id, stored, listed, jobs, finished, pruned = run(scenario())
+    assert stored == batch and listed == ([batch.id], False) and jobs == ([job_id], False)
+    assert finished.outcome == '{"counts": {}}' and finished.cancel_requested_at is not None
+    assert pruned == ([], False)
+    with pytest.raises(ValidationError):
+        BatchRecord(**batch.model_dump(), sise=2)

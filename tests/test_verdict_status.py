@@ -11,9 +11,9 @@ from sdpo_core.loop import ProblemRun, run_step
 from sdpo_core.problem import Problem
 from sdpo_core.records import Attempt
 from sdpo_core.settings import RunSettings, SDPOSettings
+from sdpo_core.verification.pool import VerifierPool
 from sdpo_core.verifiers import Verdict, verifier_failed
 from workers.metrics import step_metrics, verifier_outcome
-from workers.pool import VerifierPool
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 

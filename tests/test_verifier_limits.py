@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from sandbox_helpers import SUM_SOLUTION, block, sum_problem
 
 from sdpo_core.problem import Problem
-from workers.pool import VerifierPool
-from workers.verification import verify_function
+from sdpo_core.verification.pool import VerifierPool
+from sdpo_core.verification.verify import verify_function
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 

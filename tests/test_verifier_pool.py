@@ -13,11 +13,11 @@ import pytest
 from sandbox_helpers import SUM_SOLUTION, block, sum_problem
 
 from sdpo_core.problem import Problem
+from sdpo_core.verification.pool import SHARED_LANE, VerifierPool
+from sdpo_core.verification.verify import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
 from sdpo_core.verifiers import verify_attempts
 from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS
 from sdpo_core.verifiers.webhook import ALLOW_PRIVATE_ENV
-from workers.pool import SHARED_LANE, VerifierPool
-from workers.verification import DEFAULT_STEP_BUDGET_S, verify_answer, verify_function
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 
@@ -95,13 +95,17 @@ def test_verify_answer_for_one_attempt():
 
 
 def test_sdpo_core_never_imports_workers_or_service():
+    """And the specs (shared with the light client) never import the code that runs them (sdpo_core.verification:
+    processes, sandboxes, settings read from the environment)."""
     for path in (ROOT / "sdpo_core").rglob("*.py"):
         tree = ast.parse(path.read_text())
+        specs = path.is_relative_to(ROOT / "sdpo_core" / "verifiers")
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert name.split(".")[0] not in ("workers", "service"), f"{path} imports {name}"
+                assert not (specs and name.startswith("sdpo_core.verification")), f"{path} imports {name}"
 
 
 def test_spec_modules_import_without_heavy_dependencies():

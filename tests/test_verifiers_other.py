@@ -165,3 +165,36 @@ def test_specs_round_trip_through_json():
                                                              "secret": "0123456789abcdef"}]:
         problem = problem_with(verifier)
         assert Problem.model_validate_json(problem.model_dump_json()) == problem
+
+
+# ---- the spec contract: whether it runs code, its own worst case -------------------------------------------------
+def test_every_spec_declares_whether_it_runs_code_and_its_own_worst_case():
+    """No base class gives a default: a new type that leaves either out fails here, not with someone else's limit."""
+    from sdpo_core.verifiers import SANDBOXED_TYPES, SPEC_CLASSES, VerifierSpecContract
+
+    for spec in SPEC_CLASSES:
+        for name in ("runs_code", "worst_case_seconds"):
+            assert name in vars(spec), f"{spec.__name__} must declare {name} itself ({VerifierSpecContract.__name__})"
+        assert isinstance(spec.runs_code, bool) and "runs_code" not in spec.model_fields, spec.__name__
+        assert not spec.runs_code or "verifier" in vars(spec), f"{spec.__name__} runs code: it builds its verifier"
+    assert SANDBOXED_TYPES == {"code_io", "code_functional", "python"}
+
+
+@pytest.mark.parametrize("verifier, seconds", [
+    ({"type": "exact", "answer": "4"}, 40.0),
+    ({"type": "numeric", "answer": 4}, 40.0),
+    ({"type": "regex", "pattern": "4"}, 40.0),
+    ({"type": "checklist", "checks": [{"kind": "contains", "text": "owl"}]}, 40.0),
+    ({"type": "math", "answer": "4", "timeout_s": 5}, 50.0),
+    ({"type": "reasoning_gym", "dataset": "basic_arithmetic"}, 90.0),
+    ({"type": "code_io", "public_tests": [{"input": "1", "output": "1"}] * 2, "hidden_tests": [
+        {"input": "2", "output": "2"}], "time_limit_s": 2.0}, 3 * 3.0 * 1.5 + 30),
+    ({"type": "code_functional", "entry_point": "f", "test": "assert f() == 1", "timeout_s": 10.0}, 50.0),
+    ({"type": "python", "source": "def verify(completion):\n    return True", "timeout_s": 4.0}, 41.0),
+    ({"type": "webhook", "url": "https://example.com/v", "secret": "s" * 16, "timeout_s": 10.0, "max_retries": 2},
+     3 * (10.0 + 4.0) + 30),
+])
+def test_the_pools_time_limit_is_the_specs_worst_case_and_a_margin(verifier, seconds):
+    from sdpo_core.verification.pool import time_limit_s
+
+    assert time_limit_s(problem_with(verifier)) == pytest.approx(seconds)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdpo_core.problem import Problem
-from workers.verification import verify_answer
+from sdpo_core.verification.verify import verify_answer
 
 pytestmark = pytest.mark.sandbox  # the test tier (tests/conftest.py): it runs processes
 

@@ -4,7 +4,7 @@
                  one reads theirs, and draws itself if that job stops first
     running      drawing: a background run of the job (sampled only in room the methods leave in a batch); each
                  step's samples go to the tenant's shared record for the key (workers.keys: baseline)
-    done         the estimate is settled (sdpo_core.discovery.baseline_settled) or the job's cap is reached
+    done         the estimate is settled (sdpo_core.curves.baseline_settled) or the job's cap is reached
     skipped      none asked (0 samples), or the method is best-of-k over the whole budget (its own baseline)
     cancelled    the job or its comparison was cancelled
     interrupted  the worker drawing it stopped after the job's outcome was final; the counts so far stand
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdpo_core.discovery import baseline_settled
+from sdpo_core.curves import baseline_settled
 from sdpo_core.loop import ProblemRun
 from sdpo_core.statuses import BASELINE_LIVE, BaselineState
 

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from sdpo_core.failures import RunFailure
 from sdpo_core.problem import Problem
@@ -38,9 +38,6 @@ class JobProgress(BaseModel):
     baseline_successes: int = 0
     baseline_state: str = Field(default="", description="workers.baseline's states; '' in records from before.")
     baseline_reused: int = Field(default=0, description="Baseline samples drawn by the tenant's earlier jobs.")
-
-    def fields(self) -> dict[str, Any]:
-        return self.model_dump()
 
 
 class JobHead(JobProgress):
@@ -101,6 +98,48 @@ class JobRecord(JobHead):
 
 _OPTIONAL = {"first_success_attempt", "baseline_samples", "started_at", "finished_at", "cancel_requested_at",
              "attempts_stored", "quota_reached_at"}
+
+
+class _Patch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def merge(self, **fields: Any) -> JobPatch:
+        """This patch and `fields`, validated (model_copy would not check the names)."""
+        return JobPatch(**{**self.model_dump(exclude_unset=True), **fields})
+
+    def encoded(self) -> dict[str, str]:
+        """The fields given, as the job hash stores them: None as '', a flag as '1' or '0' (JobHead reads both)."""
+        return {name: "" if value is None else ("1" if value else "0") if isinstance(value, bool) else str(value)
+                for name, value in self.model_dump(exclude_unset=True).items()}
+
+
+# The record fields a worker or the API writes with a status change or a step (the rest, counters and lease numbers,
+# are the Lua scripts'): their types are JobRecord's, and a misspelled name is an error instead of a hash field no
+# reader sees (JobHead ignores extras).
+JOB_WRITABLE = (*JobProgress.model_fields, "worker", "started_at", "finished_at", "error_code", "error_message",
+                "last_error", "checkpoint", "checkpoint_step", "adapter", "solution")
+JobPatch = create_model("JobPatch", __base__=_Patch, __doc__="Some writable fields of a job record (JOB_WRITABLE).",
+                        **{name: (JobRecord.model_fields[name].annotation | None, None) for name in JOB_WRITABLE})
+
+
+class BatchRecord(BaseModel):
+    """The batch's hash in Redis, typed: written once at submission (and its outcome once every job has ended)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    tenant: str
+    created_at: float
+    method: str
+    budget: int
+    metadata: str = "{}"
+    size: int
+    cancel_requested_at: float | None = None
+    outcome: str = Field(default="", description="The finished batch's counts and curve (service.views."
+                         "BatchOutcome) as JSON; '' until every job has ended.")
+
+    def encoded(self) -> dict[str, str]:
+        """The fields given, as the hash stores them."""
+        return {name: str(value) for name, value in self.model_dump(exclude_unset=True, exclude_none=True).items()}
 
 
 class JobFailure(RunFailure):

@@ -29,14 +29,14 @@ from sdpo_core.runs import (
     continuation_seed,
     self_baseline,
 )
+from sdpo_core.serving import Serving
 from sdpo_core.statuses import BaselineState
 from workers import checkpoint
+from workers.active_job import ActiveJob
 from workers.baseline import JobBaseline
 from workers.checkpoint import CheckpointStore
-from workers.jobs import JobFailure, JobRecord, JobSpec, now, step_too_large
+from workers.jobs import JobFailure, JobPatch, JobRecord, JobSpec, now, step_too_large
 from workers.metrics import step_metrics, verifier_outcome
-from workers.runtime import ActiveJob
-from workers.serving import Serving
 from workers.settings import WorkerSettings
 from workers.store import STORE_UNAVAILABLE, Lease, StepRecord, WorkerQueue
 
@@ -64,7 +64,7 @@ class JobLifecycle:
             verify = self._verify_function(job.spec, lease.job_id)
             outcome = await self.queue.change(
                 lease, allowed_from=["queued", "running"], to="running",
-                fields={"worker": self.queue.worker_id, "started_at": record.started_at or now()},
+                fields=JobPatch(worker=self.queue.worker_id, started_at=record.started_at or now()),
                 event={"worker": self.queue.worker_id, "try": lease.tries})
             if outcome != "ok":
                 await self.queue.release(lease)
@@ -119,22 +119,20 @@ class JobLifecycle:
                                                f"({run.max_new_tokens}) is over the model's context of {context} "
                                                "tokens")
 
-    @staticmethod
-    def _verify_function(spec: JobSpec, lane: str):
-        from workers.verification import verify_function
+    def _verify_function(self, spec: JobSpec, lane: str):
+        from sdpo_core.verification.verify import verify_function
 
         try:
-            return verify_function(spec.problem, lane=lane)
+            return verify_function(spec.problem, lane=lane, settings=self.settings.verifier_pool)
         except Exception as exc:  # noqa: BLE001 - a verifier that cannot be built is the user's to fix
             raise JobFailure("verifier_unavailable", f"the verifier cannot be set up: {type(exc).__name__}: "
                                                      f"{exc}") from exc
 
-    @staticmethod
-    def release_verifier(job_id: str) -> None:
+    def release_verifier(self, job_id: str) -> None:
         """Stop the job's verifier lane (a verification still running for it ends as not run)."""
-        from workers.verification import shared_pool
+        from sdpo_core.verification.verify import shared_pool
 
-        shared_pool().close_lane(job_id)
+        shared_pool(self.settings.verifier_pool).close_lane(job_id)
 
     async def _resume(self, job: ActiveJob) -> bool:
         """Make the attempts list equal the checkpoint's stored prefix: drop any beyond it, add any a crash lost."""
@@ -152,10 +150,10 @@ class JobLifecycle:
     # ---- each step --------------------------------------------------------------------------------------------
     async def after_step(self, job: ActiveJob, seconds: float) -> None:
         """Checkpoint, then publish the step's attempts, progress, events and metrics (fenced)."""
-        fields = job.progress()
+        fields, saved = job.progress(), False
         try:
             await asyncio.to_thread(checkpoint.save_states, self.checkpoints, job.id, job.states(), job.checkpoint)
-            fields["checkpoint"], fields["checkpoint_step"] = job.checkpoint, job.method.step
+            fields, saved = fields.merge(checkpoint=job.checkpoint, checkpoint_step=job.method.step), True
         except Exception:  # noqa: BLE001 - the job goes on; a takeover would resume from the previous checkpoint
             log.exception("job %s: checkpoint to %s failed", job.id, self.checkpoints.url)
         new = job.method.attempts[job.published:]
@@ -169,7 +167,7 @@ class JobLifecycle:
         if stored < 0:
             log.warning("job %s: lease lost; another worker holds it now", job.id)
             job.lost = True
-        elif "checkpoint" in fields and job.previous_checkpoint not in ("", job.checkpoint):
+        elif saved and job.previous_checkpoint not in ("", job.checkpoint):
             await self._delete_blobs(job.id, keep=(job.checkpoint, checkpoint.ADAPTER))
             job.previous_checkpoint = ""
 
@@ -182,9 +180,9 @@ class JobLifecycle:
             status = "exhausted"
         if method.status == "cancelled":
             status = "cancelled"
-        fields: dict[str, Any] = {**job.progress(), "error_code": "", "error_message": ""}
+        fields = job.progress().merge(error_code="", error_message="")
         if learns(job.spec.settings.method) and status != "cancelled":
-            fields["adapter"] = "1" if await self._save_adapter(job) else "0"
+            fields = fields.merge(adapter=await self._save_adapter(job))
         plan = job.to_store(self.settings.max_attempt_bytes)  # a step whose publication Redis missed
         stored = await self.queue.publish(job.lease, StepRecord(attempts=plan.rows, first_index=plan.first_index,
                                                                 events=job.take_events()))
@@ -297,14 +295,14 @@ class JobLifecycle:
             await self.end_baseline(job, "interrupted", publish=False)
         if failure.retryable and lease.tries < self.settings.max_tries:
             await self.queue.hand_back(lease, reason=f"error, will retry: {failure.message}",
-                                       fields={"last_error": failure.message})
+                                       fields=JobPatch(last_error=failure.message))
             return
         message = failure.message
         if failure.retryable:
             failure.code, message = "job_keeps_failing", f"the job failed {lease.tries} times; last error: {message}"
         outcome = await self.queue.change(
             lease, allowed_from=["queued", "running"], to="failed",
-            fields={"error_code": failure.code, "error_message": message},
+            fields=JobPatch(error_code=failure.code, error_message=message),
             event={"error": {"code": failure.code, "message": message}}, ack=True, release=True)
         log.warning("job %s failed: %s: %s", lease.job_id, failure.code, message)
         if outcome != "fenced":
@@ -324,7 +322,7 @@ class JobLifecycle:
 
 def baseline_record(fields: dict[str, Any], *, changed: bool) -> StepRecord:
     """The baseline's fields for the job record, with a `baseline` event when its state changed."""
-    return StepRecord(fields=fields, events=[("baseline", {"at": now(), **fields})] if changed else [])
+    return StepRecord(fields=JobPatch(**fields), events=[("baseline", {"at": now(), **fields})] if changed else [])
 
 
 def check_restored(spec: JobSpec, states: checkpoint.States, *, checkpoint_step: int = 0) -> None:

@@ -2,7 +2,8 @@
 file), overridden by command-line flags that are derived from the same fields.
 
     StoreSettings    the part every process shares: Redis, the key prefix, the blob store, retention, storage caps
-    WorkerSettings   `sdpo worker`: StoreSettings + the model, the job slots, leases, tries
+    WorkerSettings   `sdpo worker`: StoreSettings + the model, the job slots, leases, tries, and the verifier pool
+                     with its sandbox (nested: sdpo_core/verification/settings.py, also read by `sdpo solve`)
     (ApiSettings     `sdpo serve`: StoreSettings + keys, limits, streams; in service/config.py)
 
 Each field is documented once, in its description; `--help`, docs/settings.md (service/settings_doc.py) and the
@@ -18,7 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sdpo_core.serving import EngineSettings, adapter_slots
+from sdpo_core.verification.settings import VerifierPoolSettings, env_var
 
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -67,7 +72,7 @@ class WorkerSettings(StoreSettings):
     max_jobs: int = Field(default=4, ge=1, description="Jobs run at once; their attempts share generation batches.")
     max_batch_size: int = Field(default=32, ge=1, description="Generation slots of the engine.")
     engine: Literal["transformers", "vllm"] | None = Field(default=None, description="Generation engine (default: "
-                                                           "sdpo_core.engines.default_engine(), transformers); the "
+                                                           "sdpo_core.engine_choice.default_engine(), transformers); the "
                                                            "update always runs on transformers + peft.")
     dtype: Literal["auto", "bfloat16", "float32"] | None = Field(default=None, description="Base weights' dtype "
                                                                   "(default auto: bfloat16 on a GPU and on CPUs with "
@@ -86,30 +91,66 @@ class WorkerSettings(StoreSettings):
                              "its share (max_jobs / tenants) of the slots: its longest-running job over the share is "
                              "handed back (resumed later from its checkpoint).")
     worker_id: str | None = Field(default=None, description="This worker's name (default: host-pid-random).")
+    verifier_pool: VerifierPoolSettings = Field(default_factory=VerifierPoolSettings, description="The verifier "
+                                                "processes and the sandbox of code-running verifiers.")
+
+    @property
+    def engine_settings(self) -> EngineSettings:
+        """What the worker serves: its model and engine, with one vLLM adapter slot per job slot."""
+        return EngineSettings(model=self.model, engine=self.engine, dtype=self.dtype,
+                              max_batch_size=self.max_batch_size, max_adapters=adapter_slots(self.max_jobs))
 
 
 # ---- flags derived from the fields -------------------------------------------------------------------------------
-def add_flags(parser: argparse.ArgumentParser, settings: type[BaseSettings], *, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field (--redis-url for redis_url), its help from the field's description."""
+def nested_settings(info: FieldInfo) -> type[BaseSettings] | None:
+    """The settings class of a field that nests one (WorkerSettings.verifier_pool), else None."""
+    kind = info.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, BaseSettings) else None
+
+
+def flag(settings: type[BaseSettings], name: str) -> str:
+    """The flag of a field: its environment variable without SDPO_ (--redis-url, --sandbox-isolation)."""
+    return "--" + env_var(settings, name).removeprefix("SDPO_").lower().replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, settings: type[BaseSettings], *, skip: tuple[str, ...] = (),
+              _dest: str = "") -> None:
+    """One flag per field, nested settings' fields included, its help from the field's description."""
     for name, info in settings.model_fields.items():
         if name in skip:
             continue
-        flags = [f"--{name.replace('_', '-')}", *((info.json_schema_extra or {}).get("flags", []))]
+        nested = nested_settings(info)
+        if nested is not None:
+            add_flags(parser, nested, _dest=f"{_dest}{name}.")
+            continue
+        flags = [flag(settings, name), *((info.json_schema_extra or {}).get("flags", []))]
         kind, choices = _flag_type(info.annotation)
         default = info.default_factory() if info.default_factory else info.default
-        env = f"SDPO_{name.upper()}"
-        help_text = f"{info.description} [{env}; default {default}]".replace("%", "%%")
+        help_text = f"{info.description} [{env_var(settings, name)}; default {default}]".replace("%", "%%")
         if kind is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*flags, dest=_dest + name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
-            parser.add_argument(*flags, dest=name, type=kind, choices=choices, default=None, help=help_text)
+            parser.add_argument(*flags, dest=_dest + name, type=kind, choices=choices, default=None, help=help_text,
+                                metavar=None if choices else name.upper())
 
 
 def from_flags(settings: type[BaseSettings], args: argparse.Namespace, **overrides: Any) -> Any:
     """The settings from the environment, with the flags the user gave on top."""
-    given = {name: getattr(args, name) for name in settings.model_fields if getattr(args, name, None) is not None}
-    return settings(**given, **overrides)
+    return settings(**_given(settings, args, ""), **overrides)
+
+
+def _given(settings: type[BaseSettings], args: argparse.Namespace, dest: str) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for name, info in settings.model_fields.items():
+        nested = nested_settings(info)
+        if nested is not None:
+            inner = _given(nested, args, f"{dest}{name}.")
+            if inner:  # the nested settings from the environment, these flags on top
+                given[name] = nested(**inner)
+        elif getattr(args, dest + name, None) is not None:
+            given[name] = getattr(args, dest + name)
+    return given
 
 
 def _flag_type(annotation: Any) -> tuple[type, list[str] | None]:

@@ -31,13 +31,13 @@ import socket
 import time
 
 from sdpo_core.runs import BASELINE, METHOD, DiscoveryRuns, StepReport
+from sdpo_core.serving import load_serving
 from sdpo_core.statuses import BASELINE_LIVE
+from sdpo_core.verification.hardening import make_undumpable, start_resource_tracker_without_secrets
 from workers import checkpoint
-from workers.hardening import make_undumpable, start_resource_tracker_without_secrets
+from workers.active_job import ActiveJob
 from workers.lifecycle import JobLifecycle
 from workers.logs import log_context, set_context
-from workers.runtime import ActiveJob
-from workers.serving import load_serving
 from workers.settings import WorkerSettings
 from workers.store import STORE_UNAVAILABLE, StoreFull, WorkerQueue, open_store
 
@@ -67,8 +67,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, self.stop)
         s = self.settings
-        self.serving = await asyncio.to_thread(load_serving, s.model, max_batch_size=s.max_batch_size,
-                                               engine=s.engine, dtype=s.dtype)
+        self.serving = await asyncio.to_thread(load_serving, s.engine_settings)
         self.runs = DiscoveryRuns(self.serving.engine, step_seconds=s.max_step_seconds,
                                   chunk_attempts=s.max_batch_size)
         self.store = open_store(s.redis_url, s.redis_prefix, max_connections=s.redis_max_connections,

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from sdpo_core.discovery import (
+from sdpo_core.curves import (
     DiscoveryCurve,
     average_curve,
     best_of_k_curve,
@@ -44,7 +44,7 @@ from sdpo_core.policy import LoraPolicy
 from sdpo_core.problem import Problem
 from sdpo_core.records import EventSink, ignore_events
 from sdpo_core.reprompt import multi_turn_prompt
-from sdpo_core.runs import DiscoveryRuns, baseline_settings
+from sdpo_core.runs import DiscoveryRuns, StepReport, baseline_settings
 from sdpo_core.settings import RunSettings, SDPOSettings
 from sdpo_core.verifiers import VerifyFn, verify_attempts
 
@@ -177,16 +177,19 @@ def run_all(pending: list[Callable[[], ProblemRun]], engine: GenerationEngine, c
     their attempts sharing generation batches; free each (policy and engine) when done. Returns the runs in the
     order given. A run that raises fails the benchmark."""
     scheduler, waiting, started = DiscoveryRuns(engine), list(pending), []
-    while waiting or scheduler.active:
+
+    def admit() -> bool:
         while waiting and len(scheduler.active) < concurrency:
             started.append(waiting.pop(0)())
             scheduler.add(started[-1].name, started[-1])
-        failures = scheduler.step().failures
-        if failures:
-            raise next(iter(failures.values()))
+        return bool(waiting)
+
+    def after_step(report: StepReport) -> None:
         on_progress()
         for group in scheduler.finished:
             scheduler.close(group)
+
+    scheduler.run_until_done(after_step, admit=admit)
     return started
 
 

@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Sequence
 from html import escape
 
-from sdpo_core.discovery import DiscoveryCurve
+from sdpo_core.curves import DiscoveryCurve
 
 WIDTH, HEIGHT = 720, 470
 LEFT, RIGHT, TOP, BOTTOM = 70, 190, 80, 60  # TOP leaves room for three lines of note

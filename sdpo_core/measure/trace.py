@@ -136,11 +136,9 @@ def trace(
 
     traces = [VariantTrace(variant=name, problem_id=p.id, feedback_rate=feedback_rate[p.id],
                            base_distinct2=base_distinct[p.id], steps=[]) for p, name in keys]
-    for update in range(updates + 1):
-        if update > 0:
-            failures = scheduler.step().failures
-            if failures:
-                raise next(iter(failures.values()))
+
+    def evaluate(update: int) -> None:
+        """Every run's plain-prompt pass rate (and what it trained on) after `update` updates."""
         evals = engine.generate(_eval_requests(runs, update, eval_samples, max_new_tokens))
         for run, record, completions in zip(runs, traces, evals, strict=True):
             texts = [c.text for c in completions]
@@ -159,5 +157,9 @@ def trace(
                 seconds=sum(metrics.seconds.values()) if metrics else 0.0, examples=texts[:2],
             ))
         on_progress()
+
+    evaluate(0)
+    updates_done = iter(range(1, updates + 1))
+    scheduler.run_until_done(lambda report: evaluate(next(updates_done)))  # every run takes one update a step
     scheduler.close_all()
     return traces

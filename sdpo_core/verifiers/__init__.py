@@ -1,15 +1,17 @@
 """Verifier specs (a pydantic union tagged by `type`) and the factory that turns a spec into a Verifier.
 
-Answer verifiers (exact, numeric, regex, checklist, math, reasoning_gym) run in-process; webhook calls out over HTTP.
-Verifiers that execute code (code_io and code_functional programs written by the model, python verifiers written
-by a user) never run in the process that holds the model: their specs build a verifier from the sandbox that
-`workers/` provides (the `Sandbox` protocol of sandbox.py), passed to `build_verifier(spec, sandbox=...)`.
-To add a verifier type: write its spec model with a `type` literal, add it to `VerifierSpec`, and give it a
-`verify(problem, completion)` method or a factory in `_FACTORIES`.
+Each spec declares whether it runs code and its own worst-case time (`VerifierSpecContract`, base.py). Answer
+verifiers (exact, numeric, regex, checklist, math, reasoning_gym) and webhook are their own Verifier. Verifiers that
+execute code (code_io and code_functional programs written by the model, python verifiers written by a user) never
+run in the process that holds the model: `spec.verifier(sandbox)` builds them from the sandbox that
+sdpo_core.verification provides (the `Sandbox` protocol of sandbox.py), through `build_verifier(spec, sandbox=...)`.
+To add a verifier type: write its spec model (a `type` literal, `runs_code`, `worst_case_seconds`, and `verify` or
+`verifier(sandbox)`) in a module of its own and add it to `VerifierSpec`.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,14 +25,15 @@ from sdpo_core.verifiers.base import (
     VerdictStatus,
     Verifier,
     VerifierError,
+    VerifierSpecContract,
     clip_feedback,
     verifier_failed,
 )
 from sdpo_core.verifiers.checklist import ChecklistSpec
-from sdpo_core.verifiers.code_io import CodeIOSpec, CodeIOVerifier
-from sdpo_core.verifiers.functional import CodeFunctionalSpec, CodeFunctionalVerifier
+from sdpo_core.verifiers.code_io import CodeIOSpec
+from sdpo_core.verifiers.functional import CodeFunctionalSpec
 from sdpo_core.verifiers.math_answer import MathSpec
-from sdpo_core.verifiers.python_verifier import PythonSpec, PythonVerifier
+from sdpo_core.verifiers.python_verifier import PythonSpec
 from sdpo_core.verifiers.reasoning import ReasoningGymSpec
 from sdpo_core.verifiers.sandbox import RunLimits, RunResult, Sandbox
 from sdpo_core.verifiers.webhook import WebhookSpec
@@ -43,38 +46,22 @@ VerifierSpec = Annotated[
     | PythonSpec | WebhookSpec,
     Field(discriminator="type"),
 ]
+SPEC_CLASSES: tuple[type[VerifierSpecContract], ...] = typing.get_args(typing.get_args(VerifierSpec)[0])
 
 # Types whose verification executes untrusted code: they run only through a sandbox.
-SANDBOXED_TYPES = frozenset({"code_io", "code_functional", "python"})
-
-
-def _sandboxed(verifier_class: Callable[[Any, Sandbox], Verifier]) -> Callable[[Any, Any], Verifier]:
-    def factory(spec: Any, sandbox: Any) -> Verifier:
-        if sandbox is None:
-            raise VerifierError(
-                f"verifier type '{spec.type}' runs code and needs a sandbox (workers.verification provides one)"
-            )
-        return verifier_class(spec, sandbox)
-
-    return factory
-
+SANDBOXED_TYPES = frozenset(spec.model_fields["type"].default for spec in SPEC_CLASSES if spec.runs_code)
 
 # What the loop calls to verify one step's attempts: (problem, completions) -> one verdict each, in order.
 VerifyFn = Callable[["Problem", Sequence[str]], list[Verdict]]
 
-# type -> factory(spec, sandbox) for specs that need resources beyond their own fields.
-_FACTORIES: dict[str, Callable[[Any, Any], Verifier]] = {
-    "code_io": _sandboxed(CodeIOVerifier),
-    "code_functional": _sandboxed(CodeFunctionalVerifier),
-    "python": _sandboxed(PythonVerifier),
-}
 
-
-def build_verifier(spec: Any, *, sandbox: Any = None) -> Verifier:
+def build_verifier(spec: Any, *, sandbox: Sandbox | None = None) -> Verifier:
     """The Verifier for `spec`; `sandbox` runs code for the types that execute code."""
-    factory = _FACTORIES.get(spec.type)
-    if factory is not None:
-        return factory(spec, sandbox)
+    if spec.runs_code:
+        if sandbox is None:
+            raise VerifierError(f"verifier type '{spec.type}' runs code and needs a sandbox "
+                                "(sdpo_core.verification provides one)")
+        return spec.verifier(sandbox)
     if isinstance(spec, Verifier):
         return spec
     raise VerifierError(f"verifier type '{spec.type}' cannot be built here")
@@ -97,8 +84,9 @@ def verify_attempts(problem: Problem, completions: Sequence[str], verifier: Veri
 
 
 __all__ = [
-    "JUDGED", "SANDBOXED_TYPES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec", "MathSpec",
-    "NumericSpec", "PythonSpec", "VerdictStatus", "verifier_failed",
-    "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox", "StatesRequirements", "Verdict", "Verifier", "VerifierError",
-    "VerifierSpec", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verify_attempts",
+    "JUDGED", "SANDBOXED_TYPES", "SPEC_CLASSES", "ChecklistSpec", "CodeFunctionalSpec", "CodeIOSpec", "ExactSpec",
+    "MathSpec", "NumericSpec", "PythonSpec", "ReasoningGymSpec", "RegexSpec", "RunLimits", "RunResult", "Sandbox",
+    "StatesRequirements", "Verdict", "VerdictStatus", "Verifier", "VerifierError", "VerifierSpec",
+    "VerifierSpecContract", "VerifyFn", "WebhookSpec", "build_verifier", "clip_feedback", "verifier_failed",
+    "verify_attempts",
 ]

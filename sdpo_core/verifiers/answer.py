@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sdpo_core.verifiers.base import Verdict
+from sdpo_core.verifiers.base import TEXT_CHECK_S, Verdict
 from sdpo_core.verifiers.extract import ExtractMode, extract_answer, parse_number
 
 if TYPE_CHECKING:
@@ -41,9 +41,13 @@ class ExactSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["exact"] = "exact"
+    runs_code: ClassVar[bool] = False
     answer: str = Field(min_length=1, description="The expected final answer.")
     extract: ExtractMode = Field(default="auto", description="How the final answer is taken from the attempt.")
     case_sensitive: bool = False
+
+    def worst_case_seconds(self) -> float:
+        return TEXT_CHECK_S
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         numeric_gold = parse_number(self.answer) is not None
@@ -66,6 +70,7 @@ class NumericSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["numeric"] = "numeric"
+    runs_code: ClassVar[bool] = False
     answer: float = Field(description="The expected value.")
     rel_tol: float = Field(default=1e-6, ge=0.0)
     abs_tol: float = Field(default=1e-9, ge=0.0)
@@ -73,6 +78,9 @@ class NumericSpec(BaseModel):
     reveal_direction: bool = Field(
         default=False, description="Say whether a wrong answer is too high or too low (a hint, not the answer)."
     )
+
+    def worst_case_seconds(self) -> float:
+        return TEXT_CHECK_S
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         given = extract_answer(completion[-MAX_SCAN_CHARS:], self.extract, numeric=True)
@@ -97,6 +105,7 @@ class RegexSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["regex"] = "regex"
+    runs_code: ClassVar[bool] = False
     pattern: str = Field(min_length=1, max_length=2000, description="A Python regular expression.")
     target: Literal["answer", "completion"] = Field(
         default="answer", description="Match against the extracted final answer or the whole attempt."
@@ -115,6 +124,9 @@ class RegexSpec(BaseModel):
         except (re.error, OverflowError, RecursionError) as exc:
             raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
         return pattern
+
+    def worst_case_seconds(self) -> float:
+        return TEXT_CHECK_S
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         text = completion[-MAX_SCAN_CHARS:]

@@ -12,7 +12,7 @@ the verifier, not the attempt, and is never shown to the self-teacher.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 FEEDBACK_MAX_CHARS = 2000
 VerdictStatus = Literal["ok", "rejected", "error", "timeout", "not_run"]
 JUDGED: frozenset[str] = frozenset({"ok", "rejected"})  # the verifier looked at the attempt and said something
+TEXT_CHECK_S = 10.0  # worst case of a plain text check (exact, numeric, regex, checklist): longer is a runaway regex
 
 
 class Verdict(BaseModel):
@@ -64,6 +65,21 @@ class Verifier(Protocol):
     """Anything that can score a completion for a problem."""
 
     def verify(self, problem: Problem, completion: str) -> Verdict: ...
+
+
+class VerifierSpecContract(Protocol):
+    """What every spec of `VerifierSpec` declares beside its fields; no base class supplies a default, so a spec
+    that leaves one out fails tests/test_verifiers_other.py rather than getting someone else's time limit."""
+
+    type: str
+    # Whether verifying executes untrusted code: then only through a sandbox, and `verifier(sandbox)` builds it;
+    # otherwise the spec is itself the Verifier.
+    runs_code: ClassVar[bool]
+
+    def worst_case_seconds(self) -> float:
+        """How long one verification may legitimately take, from the spec's own limits (the verifier pool's hard
+        limit is this plus a margin for starting a process)."""
+        ...
 
 
 @runtime_checkable

@@ -28,11 +28,11 @@ handling, no user-supplied patterns, so nothing here can stall the worker.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS, Verdict
+from sdpo_core.verifiers.base import FEEDBACK_MAX_CHARS, TEXT_CHECK_S, Verdict
 from sdpo_core.verifiers.extract import ExtractMode, extract_answer
 from sdpo_core.verifiers.feedback_log import log_seed, render_log
 
@@ -197,6 +197,7 @@ class ChecklistSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["checklist"] = "checklist"
+    runs_code: ClassVar[bool] = False
     checks: list[Check] = Field(min_length=1, max_length=50)
     extract: ExtractMode = Field(default="full", description="Which part of the attempt the checks read.")
     partial_credit: bool = Field(default=True, description="Reward = share of checks passed (else 0 or 1).")
@@ -206,6 +207,9 @@ class ChecklistSpec(BaseModel):
     feedback_format: Literal["plain", "test_log", "build_log"] = Field(
         default="plain", description="plain: the messages alone; test_log / build_log: the messages inside a few "
         "hundred tokens of deterministic test-runner or compiler output.")
+
+    def worst_case_seconds(self) -> float:
+        return TEXT_CHECK_S
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         answer = extract_answer(completion[:MAX_SCAN_CHARS], self.extract)

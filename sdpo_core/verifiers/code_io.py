@@ -9,7 +9,7 @@ and are never quoted.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,7 @@ class CodeIOSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["code_io"] = "code_io"
+    runs_code: ClassVar[bool] = True
     public_tests: list[IOTest] = Field(min_length=1, max_length=1000, description="Failures here are quoted.")
     hidden_tests: list[IOTest] = Field(
         default_factory=list, max_length=10_000, description="A solution must pass these too; never quoted."
@@ -53,6 +54,12 @@ class CodeIOSpec(BaseModel):
         description="Let the program import third-party packages installed on the service (numpy, ...); without "
         "them (the default, as on most judges) Python starts 2-3x faster.",
     )
+
+    def worst_case_seconds(self) -> float:
+        return (len(self.public_tests) + len(self.hidden_tests)) * (self.time_limit_s + 1.0) * 1.5  # a run per test
+
+    def verifier(self, sandbox: Sandbox) -> CodeIOVerifier:
+        return CodeIOVerifier(self, sandbox)
 
 
 _COMPARE: dict[str, Callable[[str], object]] = {

@@ -7,14 +7,14 @@ and what the function returned, never the expected value, the assertion or the t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdpo_core.verifiers import code_feedback as fb
 from sdpo_core.verifiers.base import Verdict, clip_feedback
 from sdpo_core.verifiers.codeblock import defines_function, extract_code
-from sdpo_core.verifiers.judged import judge_limits, no_verdict, run_judge
+from sdpo_core.verifiers.judged import judge_limits, judge_worst_case_s, no_verdict, run_judge
 from sdpo_core.verifiers.sandbox import Sandbox
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class CodeFunctionalSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["code_functional"] = "code_functional"
+    runs_code: ClassVar[bool] = True
     entry_point: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The function's name.")
     test: str = Field(
         min_length=1, max_length=1_000_000,
@@ -39,6 +40,12 @@ class CodeFunctionalSpec(BaseModel):
     )
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="For loading the code and all the calls.")
     memory_mb: int = Field(default=1024, ge=64, le=16_384)
+
+    def worst_case_seconds(self) -> float:
+        return judge_worst_case_s(self.timeout_s)
+
+    def verifier(self, sandbox: Sandbox) -> CodeFunctionalVerifier:
+        return CodeFunctionalVerifier(self, sandbox)
 
     @field_validator("test")
     @classmethod

@@ -60,3 +60,8 @@ def no_verdict(run: RunResult, what: str) -> str:
 
 def judge_limits(timeout_s: float, memory_mb: int) -> RunLimits:
     return RunLimits(wall_s=timeout_s + JUDGE_STARTUP_S, cpu_s=timeout_s + JUDGE_STARTUP_S, memory_mb=memory_mb)
+
+
+def judge_worst_case_s(timeout_s: float) -> float:
+    """The worst case of one judged run of a spec with `timeout_s`: its wall clock and start-up, with room."""
+    return timeout_s * 1.5 + 5.0

@@ -8,14 +8,14 @@ imported on first use so that the spec imports without it.
 sympy evaluates integer powers and factorials exactly and at once, inside one C call no timeout interrupts:
 9^{9^{9}} has 370 million digits and takes minutes. So power towers, huge exponents and huge factorials are refused
 in a gold answer (the spec does not validate) and not evaluated in an attempt (reward 0, feedback says why); the
-verifier pool's hard time limit (workers/pool.py) catches whatever this screen misses.
+verifier pool's hard time limit (sdpo_core/verification/pool.py) catches whatever this screen misses.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,7 @@ class MathSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["math"] = "math"
+    runs_code: ClassVar[bool] = False
     answer: str = Field(min_length=1, max_length=MAX_ANSWER_CHARS, description="The gold answer, e.g. \\frac{1}{2}.")
     timeout_s: int = Field(default=5, ge=1, le=60, description="Per parse and per comparison (main thread only).")
 
@@ -49,6 +50,9 @@ class MathSpec(BaseModel):
             raise ValueError(f"the gold answer contains {hazard}, which math verification would evaluate exactly "
                              "(minutes of CPU, gigabytes of memory); such answers are not accepted")
         return answer
+
+    def worst_case_seconds(self) -> float:
+        return 4.0 * self.timeout_s  # two parses and a comparison, each under timeout_s, with room
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         given = boxed(completion[-MAX_SCAN_CHARS:])

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ast
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdpo_core.verifiers.base import Verdict, VerdictStatus, clip_feedback, verifier_failed
 from sdpo_core.verifiers.harness.plain import NotPlainData, decode_plain
-from sdpo_core.verifiers.judged import judge_limits, no_verdict, run_judge
+from sdpo_core.verifiers.judged import judge_limits, judge_worst_case_s, no_verdict, run_judge
 from sdpo_core.verifiers.sandbox import Sandbox
 
 if TYPE_CHECKING:
@@ -29,9 +29,16 @@ class PythonSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["python"] = "python"
+    runs_code: ClassVar[bool] = True
     source: str = Field(min_length=1, max_length=500_000, description="Defines verify(completion: str).")
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="For loading the source and one call.")
     memory_mb: int = Field(default=1024, ge=64, le=16_384)
+
+    def worst_case_seconds(self) -> float:
+        return judge_worst_case_s(self.timeout_s)
+
+    def verifier(self, sandbox: Sandbox) -> PythonVerifier:
+        return PythonVerifier(self, sandbox)
 
     @field_validator("source")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -28,6 +28,7 @@ class ReasoningGymSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["reasoning_gym"] = "reasoning_gym"
+    runs_code: ClassVar[bool] = False
     dataset: str = Field(pattern=r"^[a-z0-9_]+$", max_length=100, description="A reasoning-gym dataset name.")
     config: dict[str, JsonValue] = Field(default_factory=dict, description="The dataset's config, without seed and "
                                          "size (JSON; numbers finite).")
@@ -45,6 +46,9 @@ class ReasoningGymSpec(BaseModel):
     def entry(self) -> dict[str, Any]:
         """The task entry: {question, answer, metadata}."""
         return _entry(self.dataset, json.dumps(self.config, sort_keys=True), self.seed, self.index)
+
+    def worst_case_seconds(self) -> float:
+        return 60.0  # building a dataset entry can take a while
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         given = answer_tag(completion[-MAX_SCAN_CHARS:])

@@ -1,9 +1,9 @@
-"""What a code-running verifier needs from a sandbox, as a Protocol, so that sdpo_core never imports the runtime.
+"""What a code-running verifier needs from a sandbox, as a Protocol, so that the specs never import the runtime.
 
-`workers.sandbox` implements it (own process group, rlimits, namespaces, a dropped uid, a wall clock). A verifier
-hands it a Python script and gets back a RunResult. A verdict computed inside the sandbox travels on the result
-channel: a pipe whose write end the script finds in the environment variable RESULT_FD_ENV. Stdout and the exit
-status are controlled by the code under test, so nothing trusted is ever read from them.
+`sdpo_core.verification.subprocess_sandbox` implements it (own process group, rlimits, namespaces, a dropped uid, a
+wall clock). A verifier hands it a Python script and gets back a RunResult. A verdict computed inside the sandbox
+travels on the result channel: a pipe whose write end the script finds in the environment variable RESULT_FD_ENV.
+Stdout and the exit status are controlled by the code under test, so nothing trusted is ever read from them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
@@ -46,10 +46,14 @@ class WebhookSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["webhook"] = "webhook"
+    runs_code: ClassVar[bool] = False
     url: AnyHttpUrl = Field(description="Where attempts are POSTed as JSON.")
     secret: str = Field(min_length=16, max_length=512, description="Shared secret for the HMAC-SHA256 signature.")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per request.")
     max_retries: int = Field(default=2, ge=0, le=5, description="Extra tries after a failed request.")
+
+    def worst_case_seconds(self) -> float:
+        return (self.max_retries + 1) * (self.timeout_s + 2.0**self.max_retries)  # every try and its back-off
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         target = pin(str(self.url))

@@ -11,7 +11,7 @@ Key names come from workers.keys; the job record is workers.jobs.JobRecord; stat
 
 from workers.store.connection import STORE_UNAVAILABLE, StoreFull, connect
 from workers.store.events import EventHub
-from workers.store.jobs import JobStore, MetricsSnapshot, NewJob, StatusChange, SubmitOutcome
+from workers.store.jobs import JobStore, MetricsSnapshot, NewJob, StatusChange, SubmitOutcome, TenantIndex
 from workers.store.leases import Lease, StepRecord, WorkerQueue
 
 
@@ -22,5 +22,13 @@ def open_store(url: str, prefix: str, *, max_connections: int = 64, **options) -
     return JobStore(connect(url, max_connections=max_connections), Keys(prefix), **options)
 
 
+def open_event_hub(url: str, prefix: str) -> EventHub:
+    """The API process's one reader of the job event streams under `prefix`."""
+    from workers.keys import Keys
+
+    return EventHub(url, Keys(prefix))
+
+
 __all__ = ["STORE_UNAVAILABLE", "EventHub", "JobStore", "Lease", "MetricsSnapshot", "NewJob", "StatusChange",
-           "StepRecord", "StoreFull", "SubmitOutcome", "WorkerQueue", "connect", "open_store"]
+           "StepRecord", "StoreFull", "SubmitOutcome", "TenantIndex", "WorkerQueue", "connect", "open_event_hub",
+           "open_store"]

@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sdpo_core.statuses import FINISHED, STATUSES
-from workers.jobs import JobHead, JobRecord, now
+from workers.jobs import BatchRecord, JobHead, JobPatch, JobRecord, now
 from workers.keys import GROUP, Keys
 from workers.store import scripts
 
@@ -52,6 +52,16 @@ class MetricsSnapshot:
     queue_pending: int
     recent_attempts: int
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TenantIndex:
+    """One of a tenant's listings, newest first: its jobs (all, or those in one status) or its batches. Callers
+    name the listing; the store knows its key."""
+
+    tenant: str
+    status: str | None = None
+    batches: bool = False
 
 
 @dataclass
@@ -91,10 +101,10 @@ class JobStore:
     async def submit(
         self, *, tenant: str, jobs: Sequence[NewJob], result_id: str, idempotency_key: str | None,
         fingerprint: str, idempotency_ttl_s: int, max_active_jobs: int, max_tenant_bytes: int = 0,
-        batch_id: str | None = None, batch_fields: dict[str, Any] | None = None, enqueue: int | None = None,
+        batch: BatchRecord | None = None, enqueue: int | None = None,
     ) -> SubmitOutcome:
         """Store jobs (and their batch) and queue the first `enqueue` of them, atomically."""
-        k, batch_id = self.keys, batch_id or ""
+        k, batch_id = self.keys, batch.id if batch else ""
         kind = "batch" if batch_id else "job"
         keys = [k.idempotency(tenant, kind, idempotency_key or ""), k.tenant_status(tenant, "queued"),
                 k.tenant_status(tenant, "running"), k.tenant_jobs(tenant), k.tenant_batches(tenant),
@@ -104,7 +114,7 @@ class JobStore:
             "tenant": tenant, "idempotent": bool(idempotency_key), "fingerprint": fingerprint,
             "idem_ttl": idempotency_ttl_s, "max_active": max_active_jobs, "max_bytes": max_tenant_bytes,
             "now": str(now()), "result_id": result_id, "enqueue": len(jobs) if enqueue is None else enqueue,
-            "batch_id": batch_id, "batch_fields": {f: str(v) for f, v in (batch_fields or {}).items()},
+            "batch_id": batch_id, "batch_fields": batch.encoded() if batch else {},
             "maxlen": self.events_maxlen,
         })]
         for job in jobs:
@@ -142,16 +152,22 @@ class JobStore:
                 pipe.hget(self.keys.job(job_id), "cancel_requested_at")
             return [bool(flag) for flag in await pipe.execute()]
 
-    async def page_ids(self, index_key: str, *, after: str | None, limit: int) -> tuple[list[str], bool]:
-        """Ids of an index, newest first, strictly older than `after`; and whether more follow."""
+    def _index_key(self, index: TenantIndex) -> str:
+        k = self.keys
+        if index.batches:
+            return k.tenant_batches(index.tenant)
+        return k.tenant_status(index.tenant, index.status) if index.status else k.tenant_jobs(index.tenant)
+
+    async def page_ids(self, index: TenantIndex, *, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """Ids of a listing, newest first, strictly older than `after`; and whether more follow."""
         upper = f"({after}" if after else "+"
-        ids = await self.redis.zrevrangebylex(index_key, upper, "-", start=0, num=limit + 1)
+        ids = await self.redis.zrevrangebylex(self._index_key(index), upper, "-", start=0, num=limit + 1)
         return ids[:limit], len(ids) > limit
 
-    async def prune_index(self, index_key: str, job_ids: Sequence[str]) -> None:
-        """Drop ids whose records expired."""
-        if job_ids:
-            await self.redis.zrem(index_key, *job_ids)
+    async def prune_index(self, index: TenantIndex, ids: Sequence[str]) -> None:
+        """Drop ids whose records expired from a listing."""
+        if ids:
+            await self.redis.zrem(self._index_key(index), *ids)
 
     async def events(self, job_id: str, *, after: str | None, limit: int) -> list[tuple[str, dict[str, str]]]:
         """Up to `limit` events after the stream id `after` (None = from the start)."""
@@ -164,16 +180,18 @@ class JobStore:
         rows = await self.redis.lrange(self.keys.attempts(job_id), after, after + limit)
         return rows[:limit], len(rows) > limit
 
-    async def batch(self, batch_id: str) -> dict[str, str] | None:
-        return await self.redis.hgetall(self.keys.batch(batch_id)) or None
+    async def batch(self, batch_id: str) -> BatchRecord | None:
+        fields = await self.redis.hgetall(self.keys.batch(batch_id))
+        return BatchRecord.model_validate(fields) if fields else None
 
     async def batch_job_ids(self, batch_id: str) -> list[str]:
         return await self.redis.lrange(self.keys.batch_jobs(batch_id), 0, -1)
 
-    async def finish_batch(self, batch_id: str, fields: dict[str, str]) -> None:
-        """Keep what a finished batch shows (its counts and curve) on its record; it goes when its jobs go."""
+    async def finish_batch(self, batch_id: str, outcome_json: str) -> None:
+        """Keep what a finished batch shows (its counts and curve: BatchRecord.outcome) on its record; it goes when
+        its jobs go."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.batch(batch_id), mapping=fields)
+            pipe.hset(self.keys.batch(batch_id), "outcome", outcome_json)
             pipe.expire(self.keys.batch(batch_id), self.retention_s)
             pipe.expire(self.keys.batch_jobs(batch_id), self.retention_s)
             await pipe.execute()
@@ -184,18 +202,18 @@ class JobStore:
     # ---- status changes ---------------------------------------------------------------------------------------
     async def transition(
         self, job_id: str, *, tenant: str, allowed_from: Sequence[str], to: str, batch_id: str = "",
-        fields: dict[str, Any] | None = None, event: dict[str, Any] | None = None,
+        fields: JobPatch | None = None, event: dict[str, Any] | None = None,
         change: StatusChange | None = None,
     ) -> tuple[str, str]:
         """Move a job to `to` if its status is one of `allowed_from`: (ok|refused|missing|fenced, old status)."""
         k, change = self.keys, change or StatusChange()
-        fields = dict(fields or {})
+        fields = fields.encoded() if fields else {}
         at = now()
         if to == "running":
-            fields.setdefault("started_at", at)
+            fields.setdefault("started_at", str(at))
         finished = to in FINISHED
         if finished:
-            fields.setdefault("finished_at", at)
+            fields.setdefault("finished_at", str(at))
         args = {
             "id": job_id, "tenant": tenant, "allowed": list(allowed_from), "to": to, "finished": finished,
             "finished_counter": f"finished:{to}",
@@ -203,7 +221,7 @@ class JobStore:
             "token": change.token, "group": GROUP, "ack": change.ack, "requeue": change.requeue,
             "release_slot": change.release_slot, "drop_lease": change.drop_lease,
             "retire_at": at + self.retention_s, "expire_s": 2 * self.retention_s, "statuses": list(STATUSES),
-            "fields": {f: "" if v is None else str(v) for f, v in fields.items()}, "incr": change.incr,
+            "fields": fields, "incr": change.incr,
         }
         keys = [k.job(job_id), k.events(job_id), k.attempts(job_id), k.lease(job_id), k.queue,
                 k.batch_waiting(batch_id), k.jobs_by_status, k.counters, k.retiring, k.tenant_bytes(tenant),
@@ -214,7 +232,7 @@ class JobStore:
     async def cancel(self, record: JobHead) -> str:
         """Cancel a queued job at once or ask its worker to stop a running one; returns the status after."""
         outcome, old = await self.transition(record.id, tenant=record.tenant, allowed_from=["queued"],
-                                             to="cancelled", fields={"error_code": "", "error_message": ""})
+                                             to="cancelled", fields=JobPatch(error_code="", error_message=""))
         if outcome != "refused" or old != "running":
             return "cancelled" if outcome == "ok" else old
         await self.request_cancel(record)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.jobs import JobRecord, now
+from workers.jobs import JobPatch, JobRecord, now
 from workers.keys import GROUP
 from workers.store.jobs import JobStore, StatusChange
 
@@ -40,7 +40,7 @@ class StepRecord:
 
     attempts: Sequence[str] = ()
     first_index: int = 1
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: JobPatch = field(default_factory=JobPatch)
     events: Sequence[tuple[str, dict[str, Any]]] = ()
     counters: dict[str, int] = field(default_factory=dict)
     histogram: dict[str, int] = field(default_factory=dict)
@@ -101,7 +101,7 @@ class WorkerQueue:
         k, job_id = self.keys, lease.job_id
         args = {
             "token": lease.token, "first_index": step.first_index,
-            "fields": {f: "" if v is None else str(v) for f, v in step.fields.items()},
+            "fields": step.fields.encoded(),
             "events": [[kind, json.dumps(data)] for kind, data in step.events], "maxlen": self.store.events_maxlen,
             "counters": step.counters, "histogram": step.histogram,
             "seconds": "" if step.seconds is None else repr(step.seconds),
@@ -118,7 +118,7 @@ class WorkerQueue:
             keys=[k.lease(lease.job_id), k.job(lease.job_id), k.attempts(lease.job_id), k.tenant_bytes(lease.tenant)],
             args=[lease.token, keep])
 
-    async def change(self, lease: Lease, *, allowed_from: Sequence[str], to: str, fields: dict[str, Any] | None = None,
+    async def change(self, lease: Lease, *, allowed_from: Sequence[str], to: str, fields: JobPatch | None = None,
                      event: dict[str, Any] | None = None, ack: bool = False, requeue: bool = False,
                      release: bool = False, incr: dict[str, int] | None = None,
                      release_slot: bool | None = None) -> str:
@@ -138,7 +138,7 @@ class WorkerQueue:
         return await self.change(lease, allowed_from=(), to="queued", ack=True, release=True,
                                  release_slot=release_slot)
 
-    async def hand_back(self, lease: Lease, *, reason: str, fields: dict[str, Any] | None = None,
+    async def hand_back(self, lease: Lease, *, reason: str, fields: JobPatch | None = None,
                         not_a_try: bool = False) -> str:
         """Put a running job back on the queue (a fresh entry) for any worker to resume from its checkpoint."""
         return await self.change(lease, allowed_from=["running"], to="queued", fields=fields,

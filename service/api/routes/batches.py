@@ -15,20 +15,19 @@ from service.errors import ApiError
 from service.schemas import Batch, BatchCreate, BatchList
 from service.submission import fingerprint, job_spec, new_job, submission_error
 from service.views import BatchOutcome, batch_counts, batch_outcome, batch_view
-from workers.jobs import new_id, now
-from workers.store import JobStore
+from workers.jobs import BatchRecord, new_id, now
+from workers.store import JobStore, TenantIndex
 
 router = APIRouter(prefix="/batches", tags=["batches"])
-OUTCOME = "outcome"  # the batch record's field with its BatchOutcome, once finished
 
 
-async def _view(store: JobStore, record: dict[str, str]) -> Batch:
+async def _view(store: JobStore, record: BatchRecord) -> Batch:
     """A finished batch is read from its record (counts and curve, stored once when the view first finds every job
     finished); an unfinished one from its jobs' heads, without a curve (it exists once every problem has ended: an
     average over the early finishers would favour the problems solved fast)."""
-    job_ids = await store.batch_job_ids(record["id"])
-    if record.get(OUTCOME):
-        outcome = BatchOutcome.model_validate_json(record[OUTCOME])
+    job_ids = await store.batch_job_ids(record.id)
+    if record.outcome:
+        outcome = BatchOutcome.model_validate_json(record.outcome)
         return batch_view(record, job_ids, outcome.counts, outcome.curve, finished=True)
     summaries = await read_summaries(store, job_ids)  # never the problems: a batch has up to 1000
     jobs = [job for job in summaries if job is not None]
@@ -36,7 +35,7 @@ async def _view(store: JobStore, record: dict[str, str]) -> Batch:
     if not jobs or not finished:
         return batch_view(record, job_ids, batch_counts(jobs), None, finished=finished)
     outcome = await asyncio.to_thread(batch_outcome, record, jobs)
-    await store.finish_batch(record["id"], {OUTCOME: outcome.model_dump_json()})  # and it expires with its jobs
+    await store.finish_batch(record.id, outcome.model_dump_json())  # and it expires with its jobs
     return batch_view(record, job_ids, outcome.counts, outcome.curve, finished=True)
 
 
@@ -53,12 +52,12 @@ async def create_batch(body: BatchCreate, response: Response, tenant: TenantDep,
     batch_id = new_id("batch")
     metadata = json.dumps(body.metadata)
     jobs = [new_job(job_spec(body, problem, settings), metadata) for problem in body.problems]
-    fields = {"id": batch_id, "tenant": tenant, "created_at": now(), "method": body.settings.method,
-              "budget": body.settings.max_attempts, "metadata": metadata, "size": len(jobs)}
+    batch = BatchRecord(id=batch_id, tenant=tenant, created_at=now(), method=body.settings.method,
+                        budget=body.settings.max_attempts, metadata=metadata, size=len(jobs))
     outcome = await store.submit(
         tenant=tenant, jobs=jobs, result_id=batch_id, idempotency_key=idempotency, fingerprint=fingerprint(body),
         idempotency_ttl_s=settings.idempotency_ttl_s, max_active_jobs=settings.max_active_jobs,
-        max_tenant_bytes=settings.max_tenant_bytes, batch_id=batch_id, batch_fields=fields, enqueue=body.concurrency,
+        max_tenant_bytes=settings.max_tenant_bytes, batch=batch, enqueue=body.concurrency,
     )
     if outcome.outcome not in ("created", "existing"):
         raise submission_error(outcome.outcome, outcome.id, settings, len(jobs))
@@ -73,7 +72,7 @@ async def list_batches(
     after: Annotated[str | None, Query(max_length=100)] = None, limit: Annotated[int, Query(ge=1, le=50)] = 10,
 ) -> BatchList:
     """The tenant's batches, newest first, in cursor pages."""
-    index = store.keys.tenant_batches(tenant)
+    index = TenantIndex(tenant, batches=True)
     ids, has_more = await store.page_ids(index, after=after, limit=limit)
     batches = []
     for batch_id in ids:
@@ -99,4 +98,4 @@ async def cancel_batch(batch_id: str, tenant: TenantDep, store: StoreDep) -> Bat
     for job in await store.get_heads(await store.batch_job_ids(batch_id)):
         if job is not None:
             await store.cancel(job)
-    return await _view(store, await owned_batch(store, tenant, record["id"]))
+    return await _view(store, await owned_batch(store, tenant, record.id))

@@ -24,7 +24,7 @@ from service.submission import fingerprint, job_spec, new_job, submission_error,
 from service.views import job_comparison, job_summary_view, job_view
 from workers.checkpoint import ADAPTER
 from workers.jobs import JobHead, JobSpec
-from workers.store import JobStore
+from workers.store import JobStore, TenantIndex
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")  # a Redis stream id: two unsigned 64-bit numbers
@@ -73,7 +73,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
     """The tenant's jobs, newest first, in cursor pages; each a summary (GET /v1/jobs/{id} has the problem)."""
-    index = store.keys.tenant_status(tenant, status) if status else store.keys.tenant_jobs(tenant)
+    index = TenantIndex(tenant, status=status)
     ids, has_more = await store.page_ids(index, after=after, limit=limit)
     summaries = await read_summaries(store, ids)
     await store.prune_index(index, [i for i, s in zip(ids, summaries, strict=True) if s is None])

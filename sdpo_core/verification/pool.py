@@ -33,45 +33,20 @@ from types import TracebackType
 from typing import Any
 
 from sdpo_core.problem import Problem
-from sdpo_core.verifiers import (
-    SANDBOXED_TYPES,
-    CodeFunctionalSpec,
-    CodeIOSpec,
-    MathSpec,
-    PythonSpec,
-    Verdict,
-    VerdictStatus,
-    Verifier,
-    WebhookSpec,
-    build_verifier,
-    clip_feedback,
-    verifier_failed,
-)
-from workers.hardening import make_undumpable
-from workers.isolation import SandboxOptions, SandboxRefused
+from sdpo_core.verification.hardening import make_undumpable
+from sdpo_core.verification.isolation import SandboxRefused
+from sdpo_core.verification.settings import SandboxSettings, VerifierPoolSettings
+from sdpo_core.verifiers import Verdict, VerdictStatus, Verifier, build_verifier, clip_feedback, verifier_failed
 
 logger = logging.getLogger(__name__)
 
 _CACHED_VERIFIERS = 8
 _EXTRA_S = 30.0  # margin over a verifier's own worst case (and a fresh process's imports) before the pool gives up
-_ANSWER_S = 10.0  # exact, numeric, regex, checklist: plain text checks; a regex that takes longer is catastrophic
 
 
-def worst_case_seconds(problem: Problem) -> float:
-    """How long one verification of `problem` may legitimately take, from its verifier's own limits."""
-    spec = problem.verifier
-    if isinstance(spec, CodeIOSpec):
-        tests = len(spec.public_tests) + len(spec.hidden_tests)
-        return tests * (spec.time_limit_s + 1.0) * 1.5 + _EXTRA_S
-    if isinstance(spec, CodeFunctionalSpec | PythonSpec):
-        return spec.timeout_s * 1.5 + 5.0 + _EXTRA_S
-    if isinstance(spec, WebhookSpec):
-        return (spec.max_retries + 1) * (spec.timeout_s + 2.0**spec.max_retries) + _EXTRA_S
-    if isinstance(spec, MathSpec):
-        return 4.0 * spec.timeout_s + _EXTRA_S
-    if spec.type in ("exact", "numeric", "regex", "checklist"):
-        return _ANSWER_S + _EXTRA_S
-    return 60.0 + _EXTRA_S  # reasoning_gym: building a dataset entry can take a while
+def time_limit_s(problem: Problem) -> float:
+    """How long the pool lets one verification of `problem` run: its spec's own worst case and a margin."""
+    return problem.verifier.worst_case_seconds() + _EXTRA_S
 
 
 def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
@@ -81,7 +56,7 @@ def _broken(feedback: str, status: VerdictStatus = "error") -> Verdict:
 class _WorkerProcess:
     """One verifier process, started on first use and again after it dies, is killed or failed to start."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext, options: SandboxOptions | None,
+    def __init__(self, context: multiprocessing.context.SpawnContext, options: SandboxSettings | None,
                  niceness: int) -> None:
         self._context = context
         self._options = options
@@ -167,7 +142,7 @@ class VerifierPool:
 
     :param max_workers: processes per lane (default: one per core)
     :param task_timeout_s: longest one verification may take; None = from the verifier's own limits
-        (worst_case_seconds), a number caps those
+        (time_limit_s), a number caps those
     :param niceness: added to the verifier processes' nice value (the model's threads come first)
     """
 
@@ -176,22 +151,29 @@ class VerifierPool:
         *,
         max_workers: int | None = None,
         task_timeout_s: float | None = None,
-        sandbox_options: SandboxOptions | None = None,
+        sandbox: SandboxSettings | None = None,
         niceness: int = 10,
     ) -> None:
         self.max_workers = max_workers or os.cpu_count() or 2
         if self.max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.task_timeout_s = task_timeout_s
+        self.sandbox = sandbox  # None: each process reads SandboxSettings from the environment it inherits
         self._context = multiprocessing.get_context("spawn")
-        self._options, self._niceness = sandbox_options, niceness
+        self._niceness = niceness
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: VerifierPoolSettings, *, max_workers: int | None = None) -> VerifierPool:
+        """The pool `settings` describe (`max_workers` overrides their process count)."""
+        return cls(max_workers=max_workers or settings.verifier_workers or None,
+                   task_timeout_s=settings.verify_attempt_timeout_s, sandbox=settings.sandbox)
 
     def _lane(self, name: str) -> _Lane:
         with self._lock:
             if name not in self._lanes:
-                self._lanes[name] = _Lane([_WorkerProcess(self._context, self._options, self._niceness)
+                self._lanes[name] = _Lane([_WorkerProcess(self._context, self.sandbox, self._niceness)
                                            for _ in range(self.max_workers)])
             return self._lanes[name]
 
@@ -211,7 +193,7 @@ class VerifierPool:
 
         `budget_s` bounds the whole batch: what is not verified by then is `not_run`, with feedback saying so."""
         problem_json = problem.model_dump_json()
-        timeout_s = min(worst_case_seconds(problem), self.task_timeout_s or float("inf"))
+        timeout_s = min(time_limit_s(problem), self.task_timeout_s or float("inf"))
         deadline = None if budget_s is None else time.monotonic() + budget_s
         processes = self._lane(lane)
         todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
@@ -330,7 +312,7 @@ def _out_of_budget(budget_s: float | None) -> Verdict:
 # Inside a worker process
 
 
-def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions | None, niceness: int) -> None:
+def _serve(conn: multiprocessing.connection.Connection, options: SandboxSettings | None, niceness: int) -> None:
     """Answer verification requests until the pool closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if niceness:
@@ -355,7 +337,7 @@ def _serve(conn: multiprocessing.connection.Connection, options: SandboxOptions 
 class _VerifierCache:
     """Verifiers built in this worker, by problem, so a batch of one problem builds its verifier once."""
 
-    def __init__(self, options: SandboxOptions | None) -> None:
+    def __init__(self, options: SandboxSettings | None) -> None:
         self._options = options
         self._sandbox: Any = None
         self._built: dict[str, tuple[Problem, Verifier]] = {}
@@ -363,7 +345,7 @@ class _VerifierCache:
     def get(self, problem_json: str) -> tuple[Problem, Verifier]:
         if problem_json not in self._built:
             problem = Problem.model_validate_json(problem_json)
-            sandbox = self._sandbox_instance() if problem.verifier.type in SANDBOXED_TYPES else None
+            sandbox = self._sandbox_instance() if problem.verifier.runs_code else None
             if len(self._built) >= _CACHED_VERIFIERS:
                 self._built.pop(next(iter(self._built)))
             self._built[problem_json] = (problem, build_verifier(problem.verifier, sandbox=sandbox))
@@ -371,7 +353,7 @@ class _VerifierCache:
 
     def _sandbox_instance(self) -> Any:
         if self._sandbox is None:
-            from workers.sandbox import SubprocessSandbox
+            from sdpo_core.verification.subprocess_sandbox import SubprocessSandbox
 
             self._sandbox = SubprocessSandbox(self._options)
         return self._sandbox

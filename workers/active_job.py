@@ -20,7 +20,7 @@ from sdpo_core.records import Attempt
 from sdpo_core.runs import METHOD, self_baseline
 from sdpo_core.verifiers import VerifyFn
 from workers.baseline import JobBaseline
-from workers.jobs import JobProgress, JobSpec
+from workers.jobs import JobPatch, JobProgress, JobSpec
 from workers.logs import log_context
 from workers.store import Lease
 
@@ -137,7 +137,7 @@ class ActiveJob:
         self.published = len(attempts)
         return self.stored
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> JobPatch:
         """The job record's progress fields, from the runs, and the first solution (kept past the attempt cap)."""
         method, first = self.method, self.method.first_success
         progress = JobProgress(
@@ -153,7 +153,5 @@ class ActiveJob:
             progress.baseline_state = "done" if method.done else "running"
         else:
             progress.baseline_state = "skipped"
-        fields = progress.fields()
-        if first is not None:
-            fields["solution"] = first.model_dump_json()
-        return fields
+        solution = {"solution": first.model_dump_json()} if first is not None else {}
+        return JobPatch(**progress.model_dump(), **solution)

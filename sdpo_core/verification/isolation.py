@@ -32,18 +32,13 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from sdpo_core.verification.settings import Isolation, SandboxSettings
 from sdpo_core.verifiers.sandbox import RunLimits
 
 logger = logging.getLogger(__name__)
-
-Isolation = Literal["bwrap", "unshare", "rlimits"]
-IsolationChoice = Literal["auto", "bwrap", "unshare", "rlimits"]
 
 SANDBOX_DIR = "/sandbox"  # where the run directory appears inside bwrap
 _CORE_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32")
@@ -55,36 +50,6 @@ class SandboxUnavailable(RuntimeError):
 
 class SandboxRefused(SandboxUnavailable):
     """The isolation that works here is below the required minimum: untrusted code is not run."""
-
-
-@dataclass(frozen=True)
-class SandboxOptions:
-    """Operator settings of the sandbox (environment variables in brackets)."""
-
-    isolation: IsolationChoice = "auto"  # [SDPO_SANDBOX_ISOLATION]
-    min_isolation: Isolation = "bwrap"  # below this, code-running verifiers refuse [SDPO_SANDBOX_MIN_ISOLATION]
-    python: str = sys.executable  # the interpreter that runs scripts [SDPO_SANDBOX_PYTHON]
-    uid_base: int = 61000  # first uid leased to runs when the service is root [SDPO_SANDBOX_UID_BASE]
-    uid_count: int = 256  # how many uids, so how many concurrent runs [SDPO_SANDBOX_UID_COUNT]
-    tmp_dir: str | None = None  # where run directories are staged; None = the system default [SDPO_SANDBOX_TMP]
-
-    @classmethod
-    def from_env(cls) -> SandboxOptions:
-        env = os.environ
-        choice = env.get("SDPO_SANDBOX_ISOLATION", "auto")
-        if choice not in ("auto", "bwrap", "unshare", "rlimits"):
-            raise ValueError(f"SDPO_SANDBOX_ISOLATION must be auto, bwrap, unshare or rlimits, not {choice!r}")
-        minimum = env.get("SDPO_SANDBOX_MIN_ISOLATION", "bwrap")
-        if minimum not in _REQUIRED:
-            raise ValueError(f"SDPO_SANDBOX_MIN_ISOLATION must be bwrap, unshare or rlimits, not {minimum!r}")
-        return cls(
-            isolation=choice,  # type: ignore[arg-type]
-            min_isolation=minimum,  # type: ignore[arg-type]
-            python=env.get("SDPO_SANDBOX_PYTHON", sys.executable),
-            uid_base=int(env.get("SDPO_SANDBOX_UID_BASE", "61000")),
-            uid_count=int(env.get("SDPO_SANDBOX_UID_COUNT", "256")),
-            tmp_dir=env.get("SDPO_SANDBOX_TMP") or None,
-        )
 
 
 def is_root() -> bool:
@@ -238,11 +203,11 @@ def _probe(argv: list[str], pass_fds: Sequence[int] = ()) -> bool:
     return done.returncode == 0
 
 
-def _probe_uid(options: SandboxOptions) -> list[str]:
+def _probe_uid(options: SandboxSettings) -> list[str]:
     return drop_argv(options.uid_base) if is_root() else []
 
 
-def _bwrap_probe(options: SandboxOptions, *, proc: bool) -> bool:
+def _bwrap_probe(options: SandboxSettings, *, proc: bool) -> bool:
     workdir = Path(options.tmp_dir or "/tmp")
     with userns_filter_fd() as filter_fd:
         wrapped = bwrap_argv(workdir=workdir, files=[], extra_ro=python_paths(options.python), env={}, disk_mb=1,
@@ -251,13 +216,13 @@ def _bwrap_probe(options: SandboxOptions, *, proc: bool) -> bool:
 
 
 @functools.cache
-def bwrap_mounts_proc(options: SandboxOptions) -> bool:
+def bwrap_mounts_proc(options: SandboxSettings) -> bool:
     """Whether bwrap can mount a fresh /proc here (not in a container that masks parts of its own /proc)."""
     return shutil.which("bwrap") is not None and _bwrap_probe(options, proc=True)
 
 
 @functools.cache
-def choose_isolation(options: SandboxOptions) -> Isolation:
+def choose_isolation(options: SandboxSettings) -> Isolation:
     """The best isolation that works here, probed once per options; raises if an explicit choice cannot run."""
     if shutil.which("prlimit") is None or (is_root() and shutil.which("setpriv") is None):
         raise SandboxUnavailable("the sandbox needs util-linux `prlimit` and `setpriv`")
@@ -312,7 +277,7 @@ def describe(mode: Isolation) -> str:
     }[strength(mode)]
 
 
-def _why_not_bwrap(options: SandboxOptions) -> str:
+def _why_not_bwrap(options: SandboxSettings) -> str:
     """What the refusal message says about bubblewrap: what the operator can change."""
     if options.isolation != "auto":
         return f"SDPO_SANDBOX_ISOLATION={options.isolation} chose it"
@@ -321,7 +286,7 @@ def _why_not_bwrap(options: SandboxOptions) -> str:
     return "bubblewrap is installed but failed its probe (logged): as a non-root user it needs user namespaces"
 
 
-def checked_isolation(options: SandboxOptions) -> Isolation:
+def checked_isolation(options: SandboxSettings) -> Isolation:
     """The isolation to use, if it meets `options.min_isolation`; otherwise SandboxRefused, with a log line."""
     mode = choose_isolation(options)
     if strength(mode) < _REQUIRED[options.min_isolation]:

@@ -1,7 +1,7 @@
 """The sandbox that runs every piece of untrusted code: programs written by the model and verifiers written by users.
 
 One run: a fresh run directory as working directory, a leased uid (when the service is root), the isolation of
-`workers.isolation` (refused below the configured minimum), rlimits, its own process group, a scrubbed environment,
+isolation.py (refused below the configured minimum), rlimits, its own process group, a scrubbed environment,
 stdout/stderr captured up to a cap, a wall clock that kills the whole group, a watch on the private memory of all
 its processes together (killed past memory_mb), and the verdict returned as data on a pipe (the result channel).
 Nothing the run produces is ever executed or unpickled here.
@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sdpo_core.verifiers.sandbox import RESULT_FD_ENV, RunLimits, RunResult
-from workers.isolation import (
+from sdpo_core.verification.isolation import (
     SANDBOX_DIR,
-    SandboxOptions,
     bwrap_argv,
     bwrap_mounts_proc,
     checked_isolation,
@@ -37,7 +35,9 @@ from workers.isolation import (
     unshare_argv,
     userns_filter_fd,
 )
-from workers.uids import UidLease, UidPool, kill_processes_of, processes_of
+from sdpo_core.verification.settings import SandboxSettings
+from sdpo_core.verification.uids import UidLease, UidPool, kill_processes_of, processes_of
+from sdpo_core.verifiers.sandbox import RESULT_FD_ENV, RunLimits, RunResult
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class SubprocessSandbox:
     """Implements sdpo_core's `Sandbox` protocol with subprocesses; safe to share between threads."""
 
-    def __init__(self, options: SandboxOptions | None = None) -> None:
-        self.options = options or SandboxOptions.from_env()
+    def __init__(self, options: SandboxSettings | None = None) -> None:
+        self.options = options or SandboxSettings()
         self.isolation = checked_isolation(self.options)  # SandboxRefused below the minimum: nothing runs
         self._ro_paths = python_paths(self.options.python) if self.isolation == "bwrap" else []
         self._proc = self.isolation == "bwrap" and bwrap_mounts_proc(self.options)
