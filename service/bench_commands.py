@@ -280,6 +280,16 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser, writes: str) -> None:
+    """The flags `bench signal` and `bench trace` share: how attempts are sampled, and where the JSON goes."""
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-batch-size", type=int, default=64)
+    add_engine_arguments(p)
+    p.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
+    p.add_argument("--json", help=f"also write {writes} as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: discovery against best-of-k, and throughput")
     kinds = bench.add_subparsers(dest="bench", required=True)
@@ -316,12 +326,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--feedback-samples", type=int, default=None, help="attempts with the feedback in the prompt "
                    "(default: --samples)")
     g.add_argument("--gap-attempts", type=int, default=16, help="failed base attempts the gap is measured on")
-    g.add_argument("--max-new-tokens", type=int, default=48)
-    g.add_argument("--max-batch-size", type=int, default=64)
-    add_engine_arguments(g)
-    g.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
-    g.add_argument("--json", help="also write the rows as JSON here")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(g, writes="the rows")
     g.set_defaults(func=cmd_bench_signal)
 
     r = kinds.add_parser("trace", help="the student's plain-prompt pass@1 after each SDPO update, per variant")
@@ -331,12 +336,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--updates", type=int, default=6)
     r.add_argument("--attempts", type=int, default=8, help="training attempts per update")
     r.add_argument("--eval-samples", type=int, default=16, help="plain-prompt attempts after each update")
-    r.add_argument("--max-new-tokens", type=int, default=48)
-    r.add_argument("--max-batch-size", type=int, default=64)
-    add_engine_arguments(r)
-    r.add_argument("--model", help="HF id or local folder (default: the offline smollm2-135m-instruct)")
-    r.add_argument("--json", help="also write the traces as JSON here")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(r, writes="the traces")
     r.set_defaults(func=cmd_bench_trace)
 
     t = kinds.add_parser("throughput", help="attempts/s, decode vs memory floor, update and swap costs")
