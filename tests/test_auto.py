@@ -121,63 +121,51 @@ def test_rule_keeps_reading_when_the_verifiers_partial_credit_rises_in_context_w
     assert not decide([0.3], step_was_in_context=True, tried_in_context=True, rewards=(0.05, 0.0)).in_context
 
 
+def two_steps_with_credit(policy, credits: tuple[float, float], feedbacks: tuple[str, str]):
+    """An auto run of two steps of 8 (plain, then in context) whose verifier gives every attempt of step i the
+    partial credit credits[i] and the feedback feedbacks[i]: the plain prompt, the third request, the step-2
+    metrics and the last decision's reason."""
+    from sdpo_core.verifiers import Verdict
+
+    calls = []
+
+    def verify(problem, texts):
+        calls.append(len(texts))
+        i = min(len(calls), 2) - 1
+        return [Verdict(reward=credits[i], solved=False, feedback=feedbacks[i]) for _ in texts]
+
+    events = []
+    settings = RunSettings(method="auto", max_attempts=32, attempts_per_step=8, max_new_tokens=8)
+    run = ProblemRun(UNSOLVABLE, settings, policy, name="job", verify=verify, on_event=events.append)
+    engine = TransformersEngine(policy)
+    plain = run.next_request()
+    run_step([run], engine)
+    assert run.next_request().prompt_ids != plain.prompt_ids  # the feedback is tried in context
+    run_step([run], engine)
+    third = run.next_request()
+    step2 = [e for e in events if e.type == "step"][1]
+    reason = [e.reason for e in events if e.type == "decision"][-1]
+    run.close()
+    return plain, third, step2.metrics, reason
+
+
 def test_auto_reads_in_context_without_scoring_the_shift_when_context_raises_the_verifiers_score(tiny_policy,
                                                                                                    monkeypatch):
     def no_shift(*args, **kwargs):
         raise AssertionError("the shift is not scored when the partial credit decides")
 
     monkeypatch.setattr(auto, "feedback_shift", no_shift)
-    from sdpo_core.verifiers import Verdict
-
-    calls = []
-
-    def verify(problem, texts):
-        calls.append(len(texts))
-        credit = 0.0 if len(calls) == 1 else 0.5
-        return [Verdict(reward=credit, solved=False, feedback=f"Use the word '{'ab'[min(len(calls), 2) - 1]}'.")
-                for _ in texts]
-
-    events = []
-    settings = RunSettings(method="auto", max_attempts=32, attempts_per_step=8, max_new_tokens=8)
-    run = ProblemRun(UNSOLVABLE, settings, tiny_policy, name="job", verify=verify, on_event=events.append)
-    engine = TransformersEngine(tiny_policy)
-    plain = run.next_request()
-    run_step([run], engine)
-    run_step([run], engine)
-    third = run.next_request()
+    plain, third, metrics, reason = two_steps_with_credit(tiny_policy, (0.0, 0.5), ("Use 'a'.", "Use 'b'."))
     assert third.prompt_ids != plain.prompt_ids and third.adapter is None  # in context, the base model
-    step2 = [e for e in events if e.type == "step"][1]
-    assert step2.metrics.tokens_scored == 0 and step2.metrics.distilled_samples == 0
-    reasons = [e.reason for e in events if e.type == "decision"]
-    assert "partial credit (0.50 against 0.00 without)" in reasons[-1] and "holds all 2" in reasons[-1]
-    run.close()
+    assert metrics.tokens_scored == 0 and metrics.distilled_samples == 0
+    assert "partial credit (0.50 against 0.00 without)" in reason and "holds all 2" in reason
 
 
 def test_auto_takes_the_adapters_road_when_context_lowers_the_verifiers_score(tiny_policy, monkeypatch):
     """A verifier whose partial credit is 0.6 for the plain first step and 0.1 for the in-context second: auto then
     distils and samples the plain prompt from its adapter, whatever the shift says."""
     monkeypatch.setattr(auto, "feedback_shift", lambda *a, **k: ([-0.5] * len(a[2]), 10))
-    from sdpo_core.verifiers import Verdict
-
-    calls = []
-
-    def verify(problem, texts):
-        calls.append(len(texts))
-        credit = 0.6 if len(calls) == 1 else 0.1
-        return [Verdict(reward=credit, solved=False, feedback="Mention a tractor.") for _ in texts]
-
-    events = []
-    settings = RunSettings(method="auto", max_attempts=32, attempts_per_step=8, max_new_tokens=8)
-    run = ProblemRun(UNSOLVABLE, settings, tiny_policy, name="job", verify=verify, on_event=events.append)
-    engine = TransformersEngine(tiny_policy)
-    plain = run.next_request()
-    run_step([run], engine)
-    assert run.next_request().prompt_ids != plain.prompt_ids  # the feedback is tried in context
-    run_step([run], engine)
-    third = run.next_request()
+    plain, third, metrics, reason = two_steps_with_credit(tiny_policy, (0.6, 0.1), ("Mention a tractor.",) * 2)
     assert third.prompt_ids == plain.prompt_ids and third.adapter == "job"  # plain prompt, from the adapter
-    step2 = [e for e in events if e.type == "step"][1]
-    assert step2.metrics.distilled_samples > 0
-    reasons = [e.reason for e in events if e.type == "decision"]
-    assert "partial credit (0.10 against 0.60 without)" in reasons[-1]
-    run.close()
+    assert metrics.distilled_samples > 0
+    assert "partial credit (0.10 against 0.60 without)" in reason
