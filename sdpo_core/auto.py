@@ -76,7 +76,9 @@ def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt]
     """Per failed attempt (at most `limit`), mean per-token log q(y|x,C,f) - log q(y|x,C,c) under the base model;
     and the tokens scored. C is the feedback the attempts were sampled with (none for the plain prompt): it is in
     both reprompts, so what it already made likely (the requirement an attempt met because it was told) cancels and
-    only the new feedback f is measured. All reprompts go through one forward pass (their common prefix once)."""
+    only the new feedback f is measured. Attempts are scored in groups that share a reprompt (the control, and each
+    distinct feedback), each group's reprompt run once: a step's attempts mostly share their feedback, and a
+    feedback inside a log is hundreds of tokens."""
     earlier = list(context)
     control = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, None,
                             earlier + [settings.control_feedback])
@@ -84,18 +86,34 @@ def feedback_shift(policy: LoraPolicy, problem: Problem, attempts: list[Attempt]
               if not a.solved and a.judged and a.feedback and ids][:limit]  # a verifier failure says nothing
     if not picked:
         return [], 0
-    sequences, lengths = [], []
-    for attempt, ids in picked:
-        teacher = fit_feedbacks(problem, policy.chat_ids, settings.max_reprompt_tokens, None,
-                                [f for f in earlier if f != attempt.feedback] + [attempt.feedback])
-        sequences += [teacher + ids, control + ids]
-        lengths += [len(ids), len(ids)]
-    hidden = policy.response_hidden(sequences, lengths, None)  # (sum of lengths, H), in sequence order
-    log_probs = F.log_softmax(policy.head(hidden).float(), dim=-1)
-    targets = torch.tensor([t for (_, ids) in picked for t in ids + ids], device=log_probs.device)
-    chosen = log_probs.gather(-1, targets[:, None])[:, 0].split(lengths)
-    shifts = [(chosen[2 * i] - chosen[2 * i + 1]).mean().item() for i in range(len(picked))]
-    return shifts, sum(len(seq) for seq in sequences)
+    reprompts: dict[str, list[int]] = {}
+    for attempt, _ in picked:
+        if attempt.feedback not in reprompts:
+            reprompts[attempt.feedback] = fit_feedbacks(
+                problem, policy.chat_ids, settings.max_reprompt_tokens, None,
+                [f for f in earlier if f != attempt.feedback] + [attempt.feedback])
+    teacher = _mean_log_probs(policy, [(reprompts[a.feedback], ids) for a, ids in picked])
+    plain = _mean_log_probs(policy, [(control, ids) for _, ids in picked])
+    scored = sum(len(reprompts[a.feedback]) + len(control) + 2 * len(ids) for a, ids in picked)
+    return [t - c for t, c in zip(teacher, plain, strict=True)], scored
+
+
+def _mean_log_probs(policy: LoraPolicy, rows: list[tuple[list[int], list[int]]]) -> list[float]:
+    """Per (reprompt, response) row, the base model's mean per-token log-probability of the response; rows that
+    share a reprompt go through one forward pass that runs it once."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (reprompt, _) in enumerate(rows):
+        groups.setdefault(tuple(reprompt), []).append(i)
+    means = [0.0] * len(rows)
+    for members in groups.values():
+        responses = [rows[i][1] for i in members]
+        hidden = policy.response_hidden([rows[i][0] + rows[i][1] for i in members], list(map(len, responses)), None)
+        log_probs = F.log_softmax(policy.head(hidden).float(), dim=-1)
+        targets = torch.tensor([t for ids in responses for t in ids], device=log_probs.device)
+        chosen = log_probs.gather(-1, targets[:, None])[:, 0].split(list(map(len, responses)))
+        for i, values in zip(members, chosen, strict=True):
+            means[i] = values.mean().item()
+    return means
 
 
 def reward_gap(rewards: dict[str, list[float]]) -> tuple[float, float] | None:
