@@ -89,14 +89,13 @@ def settings_field(path: tuple[str, ...]):
     return info
 
 
-def add_settings_flag(p: argparse.ArgumentParser, flag: str, path: tuple[str, ...], what: str | None = None) -> None:
+def add_settings_flag(p: argparse.ArgumentParser, flag: str, path: tuple[str, ...]) -> None:
     """`flag` for the RunSettings field at `path`: its type (choices for a Literal), description and default."""
     info = settings_field(path)
     options = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
     kind = None if options else info.annotation
-    words = what or info.description or path[-1].replace("_", " ")
-    p.add_argument(flag, dest=flag.lstrip("-").replace("-", "_"), type=kind, choices=options,
-                   help=f"{words.rstrip('.')} (default {info.default})")
+    words = info.description or path[-1].replace("_", " ")
+    p.add_argument(flag, type=kind, choices=options, help=f"{words.rstrip('.')} (default {info.default})")
 
 
 def run_settings_from_args(args: argparse.Namespace):
@@ -109,7 +108,7 @@ def run_settings_from_args(args: argparse.Namespace):
     if args.full_curve:
         data["stop_at_first_success"] = False
     for flag, path in SETTINGS_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))  # argparse's own name for the flag
         if value is not None:
             node = data
             for name in path[:-1]:
