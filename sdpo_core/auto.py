@@ -57,7 +57,7 @@ from sdpo_core.settings import SDPOSettings
 
 SIGNAL_ATTEMPTS = 16  # failed attempts scored over a run: the mean is settled by then
 REWARD_ATTEMPTS = 8  # failed attempts each way (in context, plain) before their rewards are compared
-REWARD_MARGIN = 0.10  # how much lower in context the mean partial credit must be to leave the context
+REWARD_MARGIN = 0.10  # how far the mean partial credit in context must fall (leave it) or rise (keep reading) to decide
 
 
 @dataclass(frozen=True)
